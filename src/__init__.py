@@ -1,0 +1,1 @@
+"""CSRAE sweep harness: VAEs and Cauchy-Schwarz regularised autoencoders with mixture priors."""

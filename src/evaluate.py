@@ -1,0 +1,187 @@
+"""Evaluation: importance-sampled NLL, clustering metrics, and pictures.
+
+Importance-sampled log-likelihood (Burda et al.; the VampPrior protocol):
+
+    log p(x) ≈ LSE_s[ log p(x|z_s) + log p(z_s) - log q(z_s|x) ] - log S,   z_s ~ q(z|x)
+
+computed for many test points at once, with the S samples in chunks so memory stays bounded.
+The estimate is a stochastic lower bound on log p(x) whose expectation rises with S; NLL is
+reported as the positive number -log p(x) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from src.divergences import log_mixture_density, log_normal
+from src.models import Autoencoder
+
+
+@torch.no_grad()
+def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk: int) -> Tensor:
+    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for s = 1..S, as [S, B]."""
+    mu, logvar = model.encode(x)
+    prior = model.prior_components()  # computed once: depends only on the prior
+
+    out = []
+    for start in range(0, n_samples, chunk):
+        s = min(chunk, n_samples - start)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device, dtype=mu.dtype)
+        params = model.decode(z.reshape(-1, mu.shape[1]))
+        x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(-1, *x.shape[1:])
+        log_px_z = model.log_likelihood(x_rep, params).reshape(s, -1)
+        log_pz = log_mixture_density(z, *prior)
+        log_qz = log_normal(z, mu, logvar)
+        out.append(log_px_z + log_pz - log_qz)
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def importance_sampled_nll(model: Autoencoder, x: Tensor, n_samples: int = 500, chunk: int = 500,
+                           batch: int = 500, device: Optional[torch.device] = None) -> Tensor:
+    """Per-point NLL estimate -log p(x) in nats, [N]; x is evaluated `batch` points at a time."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    nll = []
+    for start in range(0, x.shape[0], batch):
+        xb = x[start:start + batch].to(device)
+        chunk_b = max(1, min(chunk, (chunk * 500) // max(1, xb.shape[0])))  # bound S_chunk·B
+        log_w = importance_log_weights(model, xb, n_samples, chunk_b)
+        nll.append(-(torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu())
+    return torch.cat(nll)
+
+
+@torch.no_grad()
+def loss_terms_mean(model: Autoencoder, x: Tensor, batch: int = 500, device=None) -> tuple[float, float]:
+    """Mean reconstruction (-log p(x|z), one sample) and regulariser over a dataset."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    recon, reg, n = 0.0, 0.0, 0
+    for start in range(0, x.shape[0], batch):
+        terms = model.loss_terms(x[start:start + batch].to(device))
+        recon += terms.recon.sum().item()
+        reg += terms.reg.sum().item()
+        n += terms.recon.shape[0]
+    return recon / n, reg / n
+
+
+@torch.no_grad()
+def assign_components(model: Autoencoder, x: Tensor, batch: int = 1000, device=None) -> np.ndarray:
+    device = device or next(model.parameters()).device
+    model.eval()
+    return torch.cat([model.assign_components(x[i:i + batch].to(device)).cpu()
+                      for i in range(0, x.shape[0], batch)]).numpy()
+
+
+@torch.no_grad()
+def posterior_means(model: Autoencoder, x: Tensor, batch: int = 1000, device=None) -> np.ndarray:
+    device = device or next(model.parameters()).device
+    model.eval()
+    return torch.cat([model.encode(x[i:i + batch].to(device))[0].cpu() for i in range(0, x.shape[0], batch)]).numpy()
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray, n_components: Optional[int] = None) -> tuple[float, str]:
+    """Accuracy of a clustering against labels, and the mapping used.
+
+    With at most as many mixture components as classes, clusters are matched one-to-one to classes
+    with the Hungarian algorithm. With more components than classes (n_components, or else the number
+    of clusters used) each cluster maps to its majority class: the many-to-one protocol used for
+    over-clustering (e.g. GMVAE with 30 clusters).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    _, y = np.unique(np.asarray(labels), return_inverse=True)
+    _, c = np.unique(np.asarray(clusters), return_inverse=True)
+    counts = np.zeros((c.max() + 1, y.max() + 1), dtype=np.int64)
+    np.add.at(counts, (c, y), 1)
+    n_classes = counts.shape[1]
+    if (n_components if n_components is not None else counts.shape[0]) > n_classes:
+        return float(counts.max(axis=1).sum() / len(y)), "many_to_one"
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / len(y)), "hungarian"
+
+
+def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: Optional[int] = None) -> dict:
+    """ACC (with its mapping), NMI and ARI of component assignments against labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    acc, mapping = cluster_accuracy(labels, clusters, n_components)
+    return {
+        "acc": acc,
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "acc_mapping": mapping,
+        "n_clusters_used": int(len(np.unique(clusters))),
+    }
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+def save_grid(images: Tensor, path, nrow: int) -> None:
+    from torchvision.utils import save_image
+
+    save_image(images.detach().cpu().clamp(0, 1), str(path), nrow=nrow, padding=1, pad_value=0.5)
+
+
+@torch.no_grad()
+def write_images(model: Autoencoder, x_test: Tensor, y_test: Tensor, out_dir, n_images: int = 64,
+                 seed: int = 0, clusters: Optional[np.ndarray] = None) -> list[str]:
+    """samples.png, components.png, reconstructions.png, latent_scatter.png; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device = next(model.parameters()).device
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    written = []
+
+    samples, _ = model.sample(n_images, generator=g)
+    save_grid(samples, out_dir / "samples.png", nrow=int(math.ceil(math.sqrt(n_images))))
+    written.append("samples.png")
+
+    k = min(model.prior.K, 20)  # one row per component, the first <= 20
+    per_row = 10
+    comp = torch.arange(k, device=device).repeat_interleave(per_row)
+    comp_imgs, _ = model.sample(k * per_row, component=comp, generator=g)
+    save_grid(comp_imgs, out_dir / "components.png", nrow=per_row)
+    written.append("components.png")
+
+    n = min(32, x_test.shape[0])
+    x = x_test[:n].to(device)
+    mu, _ = model.encode(x)
+    recon = model.mean_image(model.decode(mu))
+    pairs = torch.stack([x, recon], 1).reshape(2 * n, *x.shape[1:])  # original, reconstruction, ...
+    save_grid(pairs, out_dir / "reconstructions.png", nrow=16)
+    written.append("reconstructions.png")
+
+    means = posterior_means(model, x_test)
+    if means.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        coords, axis = PCA(n_components=2, random_state=0).fit_transform(means), "PC"
+    else:
+        coords, axis = np.pad(means, ((0, 0), (0, 2 - means.shape[1]))), "z"
+    panels = [("label", y_test.numpy())] + ([("component", clusters)] if clusters is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (title, colour) in zip(axes[0], panels):
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=colour, cmap="tab10" if colour.max() < 10 else "tab20",
+                        s=6, alpha=0.8)
+        ax.set_title(f"test posterior means, coloured by {title}")
+        ax.set_xlabel(f"{axis}1")
+        ax.set_ylabel(f"{axis}2")
+        if colour.max() < 20:
+            fig.colorbar(sc, ax=ax, ticks=np.unique(colour))
+    fig.tight_layout()
+    fig.savefig(out_dir / "latent_scatter.png", dpi=100)
+    plt.close(fig)
+    written.append("latent_scatter.png")
+    return written

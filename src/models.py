@@ -1,0 +1,132 @@
+"""One autoencoder whose regulariser is chosen by the objective.
+
+    loss = E_batch[ -log p(x|z) ] + w · R,   z ~ q(z|x) (one reparameterised sample)
+
+- objective "kl" (VAE, w = β): R = KL(q(z|x) || p(z)); closed form for the standard normal prior,
+  one-sample Monte Carlo log q(z|x) - log p(z) for mixture priors (gmm, vamp, net), which have none.
+- objective "cs" (CSRAE, w = λ): R = D_CS(q(z|x) || p(z)), closed form for every prior.
+  variant "per_sample" averages D_CS over the batch; "aggregate" takes D_CS between the batch
+  mixture (1/B) Σ_b q(z|x_b) and the prior (GMM ↔ GMM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from src.divergences import (
+    component_log_responsibilities,
+    cs_divergence,
+    cs_divergence_mixtures,
+    kl_monte_carlo,
+    kl_standard_normal,
+    log_normal,
+)
+from src.networks import Decoder, Encoder, build_networks
+from src.priors import Prior, StandardNormal, build_prior
+
+# Gaussian likelihood: clamp the decoder's per-pixel log-variance (avoids collapse onto a pixel).
+GAUSS_LOGVAR_MIN, GAUSS_LOGVAR_MAX = -9.0, 2.0
+
+
+@dataclass
+class LossTerms:
+    recon: Tensor  # [B] -log p(x|z)
+    reg: Tensor  # [B] regulariser per data point (the batch value repeated for "aggregate")
+
+    def total(self, weight: float) -> Tensor:
+        return (self.recon + weight * self.reg).mean()
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, encoder: Encoder, decoder: Decoder, prior: Prior, objective: str = "cs",
+                 variant: str = "per_sample", likelihood: str = "bernoulli"):
+        super().__init__()
+        if objective not in ("kl", "cs"):
+            raise ValueError(f"objective must be 'kl' or 'cs', got {objective!r}")
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.objective, self.variant, self.likelihood = objective, variant, likelihood
+
+    # --- the generative model -------------------------------------------------------------
+    def prior_components(self):
+        return self.prior.components(self.encoder)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return self.prior.log_prob(z, self.encoder)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
+        """log p(x|z) summed over pixels; params from decode(z). x: [B, C, H, W] -> [B]."""
+        if self.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
+        mean_logit, logvar = params.chunk(2, dim=1)
+        logvar = logvar.clamp(GAUSS_LOGVAR_MIN, GAUSS_LOGVAR_MAX)
+        return log_normal(x.flatten(1), torch.sigmoid(mean_logit).flatten(1), logvar.flatten(1))
+
+    def mean_image(self, params: Tensor) -> Tensor:
+        """The decoder's mean in [0, 1], for pictures."""
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(params)
+        return torch.sigmoid(params.chunk(2, dim=1)[0])
+
+    # --- inference and the objective --------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    @staticmethod
+    def reparameterise(mu: Tensor, logvar: Tensor) -> Tensor:
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def regulariser(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+        """R per data point, [B]."""
+        logits, p_mu, p_logvar = self.prior_components()
+        if self.objective == "kl":
+            if isinstance(self.prior, StandardNormal):
+                return kl_standard_normal(mu, logvar)
+            return kl_monte_carlo(z, mu, logvar, logits, p_mu, p_logvar)
+        if self.variant == "aggregate":
+            d = cs_divergence_mixtures(None, mu, logvar, logits, p_mu, p_logvar)
+            return d.expand(mu.shape[0])
+        return cs_divergence(mu, logvar, p_mu, p_logvar, logits)
+
+    def loss_terms(self, x: Tensor) -> LossTerms:
+        mu, logvar = self.encode(x)
+        z = self.reparameterise(mu, logvar)
+        recon = -self.log_likelihood(x, self.decode(z))
+        return LossTerms(recon=recon, reg=self.regulariser(mu, logvar, z))
+
+    @torch.no_grad()
+    def assign_components(self, x: Tensor) -> Tensor:
+        """argmax_k log π_k + log N(μ(x) | μ_k, σ²(x) + σ_k²): the clustering assignment, [B]."""
+        mu, logvar = self.encode(x)
+        logits, p_mu, p_logvar = self.prior_components()
+        return component_log_responsibilities(mu, logvar, logits, p_mu, p_logvar).argmax(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, component: Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Decoder means for n prior draws (component picked from the mixture unless given)."""
+        z, k = self.prior.sample(n, self.encoder, component=component, generator=generator)
+        return self.mean_image(self.decode(z)), k
+
+
+def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Autoencoder:
+    """The autoencoder for a ModelConfig and PriorConfig (dataclasses or DictConfigs)."""
+    value = lambda v: getattr(v, "value", v)  # noqa: E731  (str Enums and plain strings alike)
+    likelihood = value(model_cfg.likelihood)
+    n_params = 1 if likelihood == "bernoulli" else 2
+    encoder, decoder = build_networks(value(model_cfg.network), image_shape, model_cfg.latent_dim,
+                                      model_cfg.hidden_dim, n_params, model_cfg.logvar_min, model_cfg.logvar_max)
+    prior = build_prior(prior_cfg, model_cfg.latent_dim, image_shape)
+    objective = "kl" if value(model_cfg.name) == "vae" else "cs"
+    return Autoencoder(encoder, decoder, prior, objective, value(model_cfg.variant), likelihood)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

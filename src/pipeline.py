@@ -1,0 +1,155 @@
+"""One experiment, end to end: validate → data → model → train → evaluate → results.json.
+
+No Hydra in here: `run_experiment` takes a composed config (DictConfig or the dataclass schema) and
+a run directory, so tests and notebooks can call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from src import evaluate
+from src.config import ConfigError, validate
+from src.data import DataError, check_available, load_dataset
+from src.models import build_model, count_parameters
+from src.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    TrainSettings,
+    build_optimizer,
+    fingerprint,
+    fit,
+    load_best_weights,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+# Errors whose message is the whole story for the user: no traceback needed.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+
+RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
+               "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
+               "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
+               "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def key_config(cfg) -> dict:
+    """The configuration columns every results.json carries (so reports need not parse .hydra/)."""
+    return {
+        "model": _value(cfg.model.name), "prior": _value(cfg.prior.name), "K": int(cfg.prior.K),
+        "dataset": _value(cfg.dataset.name), "seed": int(cfg.trainer.seed), "reg_weight": float(cfg.model.reg_weight),
+        "latent_dim": int(cfg.model.latent_dim), "variant": _value(cfg.model.variant),
+        "network": _value(cfg.model.network), "weights": _value(cfg.prior.weights), "lr": float(cfg.optimizer.lr),
+        "epochs": int(cfg.trainer.epochs), "is_samples": int(cfg.eval.is_samples),
+    }
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """Atomically (re)write results.json: a reader never sees half a file."""
+    full = {k: results.get(k) for k in RESULT_KEYS}
+    full.update({k: v for k, v in results.items() if k not in full})
+    tmp = run_dir / "results.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(full, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / "results.json")
+
+
+def _settings(cfg) -> TrainSettings:
+    t, p = cfg.trainer, cfg.prior
+    kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
+    to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
+                                                resolve=True, enum_to_str=True)
+    return TrainSettings(
+        epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
+        patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
+        kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
+        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), to_plain(cfg.dataset), t.seed),
+    )
+
+
+def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
+    """Train and evaluate one configuration in run_dir; returns the validation NLL (finite).
+
+    Writes results.json with status running → completed | failed | interrupted. Raises on failure
+    (never returns NaN) so that sweepers record the trial as failed.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"status": "running", **(extra or {})}
+    try:
+        results.update(key_config(cfg))
+        write_results(run_dir, results)
+        validate(cfg)
+        check_available(cfg.dataset)
+        device = resolve_device(cfg.trainer.device)
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        results.update(_train_and_evaluate(cfg, run_dir, device))
+        results["status"] = "completed"
+        write_results(run_dir, results)
+        return results["val_nll"]
+    except KeyboardInterrupt:
+        results.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM); rerun with "
+                                                   f"hydra.run.dir={run_dir} to resume")
+        write_results(run_dir, results)
+        raise
+    except Exception as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_results(run_dir, results)
+        raise
+
+
+def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
+    torch.manual_seed(cfg.trainer.seed)
+    data = load_dataset(cfg.dataset)
+    model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
+    log.info("%s + %s prior (K=%d) on %s: %d train / %d val / %d test, %d parameters, device %s",
+             _value(cfg.model.name), _value(cfg.prior.name), cfg.prior.K, data.name, len(data.train.x),
+             len(data.val.x), len(data.test.x), count_parameters(model), device)
+
+    state = fit(model, data, optimizer, _settings(cfg), run_dir, device)
+    load_best_weights(model, run_dir)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.trainer.seed + 1)  # evaluation noise independent of how training went
+    ev = cfg.eval
+    is_kwargs = dict(n_samples=ev.is_samples, chunk=ev.is_chunk, batch=ev.is_batch, device=device)
+    test_nll = evaluate.importance_sampled_nll(model, data.test.x, **is_kwargs)
+    val_nll = evaluate.importance_sampled_nll(model, data.val.x, **is_kwargs).mean().item()
+    test_recon, test_reg = evaluate.loss_terms_mean(model, data.test.x, device=device)
+    out = {
+        "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+        "test_nll": test_nll.mean().item(), "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
+        "test_recon": test_recon, "test_reg": test_reg, "val_nll": val_nll, "train_seconds": state.train_seconds,
+        "n_params": count_parameters(model), "device": str(device),
+        "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None,
+    }
+    if not math.isfinite(val_nll):
+        raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
+
+    clusters = None
+    if ev.clustering and model.prior.K > 1:
+        clusters = evaluate.assign_components(model, data.test.x, device=device)
+        out.update(evaluate.clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
+    if ev.images:
+        out["images"] = evaluate.write_images(model, data.test.x, data.test.y, run_dir, ev.n_images,
+                                              seed=cfg.trainer.seed, clusters=clusters)
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out

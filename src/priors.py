@@ -1,0 +1,154 @@
+"""Priors p(z), all seen by the objectives as a diagonal Gaussian mixture (logits, mu [K,D], logvar [K,D]).
+
+- StandardNormal: N(0, I), one fixed component.
+- GaussianMixture: K learnable means and log-variances; uniform or learned weights; optional
+  refit to the encoder's posterior means with scikit-learn (VaDE-style initialisation).
+- VampPrior: K learnable pseudo-inputs mapped through the encoder (Tomczak & Welling 2018).
+- NetPrior: K learnable codes mapped by a small network to each component's mean and log-variance.
+
+Component parameters of VampPrior and NetPrior are functions of the encoder / the network, so every
+prior exposes `components(encoder)`; the others ignore the argument.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from src.divergences import log_mixture_density
+
+Components = tuple[Optional[Tensor], Tensor, Tensor]
+
+
+class Prior(nn.Module):
+    K: int
+    latent_dim: int
+
+    def components(self, encoder: Optional[nn.Module] = None) -> Components:
+        raise NotImplementedError
+
+    def log_prob(self, z: Tensor, encoder: Optional[nn.Module] = None) -> Tensor:
+        return log_mixture_density(z, *self.components(encoder))
+
+    def mixture_weights(self, encoder: Optional[nn.Module] = None) -> Tensor:
+        logits, mu, _ = self.components(encoder)
+        if logits is None:
+            return torch.full((mu.shape[0],), 1.0 / mu.shape[0], device=mu.device)
+        return torch.softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, encoder: Optional[nn.Module] = None, component: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        """Draw n latents: pick a component (from the weights unless given), then sample from it."""
+        logits, mu, logvar = self.components(encoder)
+        if component is None:
+            probs = self.mixture_weights(encoder)
+            component = torch.multinomial(probs.cpu(), n, replacement=True, generator=generator).to(mu.device)
+        eps = torch.randn(n, mu.shape[1], generator=generator).to(mu.device)
+        z = mu[component] + torch.exp(0.5 * logvar[component]) * eps
+        return z, component
+
+
+class StandardNormal(Prior):
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.K, self.latent_dim = 1, latent_dim
+        self.register_buffer("mu", torch.zeros(1, latent_dim))
+        self.register_buffer("logvar", torch.zeros(1, latent_dim))
+
+    def components(self, encoder=None) -> Components:
+        return None, self.mu, self.logvar
+
+
+def _weight_logits(k: int, learned: bool) -> Optional[nn.Parameter]:
+    return nn.Parameter(torch.zeros(k)) if learned else None
+
+
+class GaussianMixture(Prior):
+    def __init__(self, K: int, latent_dim: int, learned_weights: bool = False, init_scale: float = 1.0,
+                 init_logvar: float = 0.0, logvar_min: float = -6.0, logvar_max: float = 2.0):
+        super().__init__()
+        self.K, self.latent_dim = K, latent_dim
+        self.logvar_min, self.logvar_max = logvar_min, logvar_max
+        self.mu = nn.Parameter(torch.randn(K, latent_dim) * init_scale)
+        self.raw_logvar = nn.Parameter(torch.full((K, latent_dim), float(init_logvar)))
+        self.logits = _weight_logits(K, learned_weights)
+
+    def components(self, encoder=None) -> Components:
+        return self.logits, self.mu, self.raw_logvar.clamp(self.logvar_min, self.logvar_max)
+
+    @torch.no_grad()
+    def fit_to_codes(self, codes: Tensor, seed: int = 0) -> None:
+        """Refit means, variances (and weights, when learned) to encoder posterior means with a diagonal GMM."""
+        from sklearn.mixture import GaussianMixture as SkGMM
+
+        gmm = SkGMM(n_components=self.K, covariance_type="diag", random_state=seed, reg_covar=1e-4)
+        gmm.fit(codes.detach().cpu().double().numpy())
+        dev = self.mu.device
+        self.mu.copy_(torch.as_tensor(gmm.means_, dtype=self.mu.dtype, device=dev))
+        logvar = torch.as_tensor(gmm.covariances_, dtype=self.mu.dtype, device=dev).log()
+        self.raw_logvar.copy_(logvar.clamp(self.logvar_min, self.logvar_max))
+        if self.logits is not None:
+            self.logits.copy_(torch.as_tensor(gmm.weights_, dtype=self.mu.dtype, device=dev).log())
+
+
+class VampPrior(Prior):
+    """Pseudo-inputs u_k = clamp(w_k, 0, 1) in data space; components are the encoder's q(z|u_k)."""
+
+    def __init__(self, K: int, latent_dim: int, image_shape: tuple[int, int, int], learned_weights: bool = False,
+                 init_mean: float = 0.05, init_std: float = 0.01):
+        super().__init__()
+        self.K, self.latent_dim = K, latent_dim
+        # VampPrior's initialisation of the pseudo-inputs: N(0.05, 0.01), then Hardtanh(0, 1).
+        self.pseudo_inputs = nn.Parameter(torch.randn(K, *image_shape) * init_std + init_mean)
+        self.logits = _weight_logits(K, learned_weights)
+
+    def components(self, encoder=None) -> Components:
+        if encoder is None:
+            raise ValueError("VampPrior needs the encoder to compute its components")
+        mu, logvar = encoder(self.pseudo_inputs.clamp(0.0, 1.0))
+        return self.logits, mu, logvar
+
+
+class NetPrior(Prior):
+    """Learnable codes e_k → MLP → (μ_k, log σ²_k): the means and variances are produced by a network."""
+
+    def __init__(self, K: int, latent_dim: int, code_dim: int = 16, hidden_dim: int = 64,
+                 learned_weights: bool = False, logvar_min: float = -6.0, logvar_max: float = 2.0):
+        super().__init__()
+        self.K, self.latent_dim = K, latent_dim
+        self.codes = nn.Parameter(torch.randn(K, code_dim))
+        self.net = nn.Sequential(nn.Linear(code_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 2 * latent_dim))
+        self.clamp = nn.Hardtanh(logvar_min, logvar_max)
+        self.logits = _weight_logits(K, learned_weights)
+        with torch.no_grad():  # start with means spread about like N(0, I) and log-variances near 0
+            self.net[-1].bias.zero_()
+            self.net[-1].weight[:latent_dim].mul_(3.5)
+
+    def components(self, encoder=None) -> Components:
+        out = self.net(self.codes)
+        mu, logvar = out.chunk(2, dim=-1)
+        return self.logits, mu, self.clamp(logvar)
+
+
+def build_prior(cfg, latent_dim: int, image_shape: tuple[int, int, int]) -> Prior:
+    """The prior named by cfg.name (a PriorConfig or DictConfig)."""
+    name = getattr(cfg.name, "value", cfg.name)
+    learned = getattr(cfg.weights, "value", cfg.weights) == "learned"
+    if name == "standard":
+        prior: Prior = StandardNormal(latent_dim)
+    elif name == "gmm":
+        prior = GaussianMixture(cfg.K, latent_dim, learned, cfg.init_scale, cfg.init_logvar, cfg.logvar_min,
+                                cfg.logvar_max)
+    elif name == "vamp":
+        prior = VampPrior(cfg.K, latent_dim, image_shape, learned)
+    elif name == "net":
+        prior = NetPrior(cfg.K, latent_dim, cfg.code_dim, cfg.hidden_dim, learned, cfg.logvar_min, cfg.logvar_max)
+    else:
+        raise ValueError(f"unknown prior {name!r}")
+    if not cfg.train:
+        for p in prior.parameters():
+            p.requires_grad_(False)
+    return prior

@@ -1,0 +1,67 @@
+"""Hydra entry point: `python -m src.run model=csrae prior.K=10` (add -m for sweeps).
+
+Thin on purpose: compose the config, hand it to the pipeline, return the objective (validation NLL)
+for sweepers. Known user errors print one line and exit non-zero in a single run; in a multirun
+they are raised so the sweeper records the job as failed and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from src.config import register_configs
+from src.pipeline import USER_ERRORS, run_experiment
+
+log = logging.getLogger(__name__)
+register_configs()
+
+
+def _sigterm_as_interrupt(signum, frame):  # schedulers stop jobs with SIGTERM: record "interrupted"
+    raise KeyboardInterrupt
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:  # not the main thread (some launchers): keep the default handler
+        pass
+    extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
+    try:
+        val_nll = run_experiment(cfg, run_dir, extra)
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        if multirun:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"done: {run_dir}  (results.json, metrics.csv, checkpoints/, *.png)")
+    _print_headline(run_dir)
+    return val_nll
+
+
+def _print_headline(run_dir: Path) -> None:
+    import json
+
+    r = json.loads((run_dir / "results.json").read_text())
+    parts = [f"test NLL {r['test_nll']:.2f} ± {r['test_nll_sem']:.2f} nats (S={r['is_samples']})",
+             f"val NLL {r['val_nll']:.2f}"]
+    if r.get("acc") is not None:
+        parts.append(f"ACC {r['acc']:.3f} ({r['acc_mapping']}) NMI {r['nmi']:.3f} ARI {r['ari']:.3f}")
+    parts.append(f"{r['epochs_run']} epochs in {r['train_seconds']:.0f}s")
+    print("  " + " | ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
