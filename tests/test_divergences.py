@@ -357,6 +357,26 @@ def test_1d_mixture_vs_mixture_matches_quad():
     assert expected > 0.01  # the case is not degenerate
 
 
+def test_1d_integrals_with_uniform_weights_match_quad():
+    # logits=None must mean weights 1/K inside each integral (the log K terms only cancel inside D_CS)
+    _, pmu, plogvar = MIX3_1D
+
+    def p(x):
+        return float(np.exp(np_mixture_logpdf(np.array([[x]]), None, pmu, plogvar))[0])
+
+    qmu, qlogvar = np.array([[0.7]]), np.array([[0.0]])
+
+    def q(x):
+        return float(np.exp(np_mixture_logpdf(np.array([[x]]), None, qmu, qlogvar))[0])
+
+    centers = [0.7, *pmu[:, 0].tolist()]
+    tm, tv = _t(pmu, plogvar)
+    assert log_mixture_self_integral(None, tm, tv).item() == pytest.approx(
+        quad_log_integral(lambda x: p(x) ** 2, centers), abs=1e-8)
+    assert log_mixture_cross_integral(None, *_t(qmu, qlogvar), None, tm, tv).item() == pytest.approx(
+        quad_log_integral(lambda x: q(x) * p(x), centers), abs=1e-8)
+
+
 def _grid_2d(half_width=14.0, n=1001):
     xs = np.linspace(-half_width, half_width, n)
     xx, yy = np.meshgrid(xs, xs, indexing="ij")
