@@ -163,7 +163,7 @@ def check_available(cfg: Any) -> None:
             gz = [f for f in missing if (raw / f"{f}.gz").is_file()]
             extra = (
                 f" (found {len(gz)} .gz archive(s) there: torchvision reads only the uncompressed files; "
-                "gunzip them, or download=true extracts them without going online)"
+                "gunzip them; download=true also extracts the official archives without fetching them again)"
                 if gz else ""
             )
             raise _missing_files_error(name, root, f"{_TV_FOLDER[name]}/raw", missing, extra)
