@@ -99,7 +99,7 @@ class PriorConfig:
     init: PriorInit = PriorInit.random
     init_scale: float = 1.0  # std of the random initial component means
     init_logvar: float = 0.0
-    kmeans_epoch: int = 5  # kmeans init: refit the components after this many epochs
+    kmeans_epoch: int = 10  # kmeans init: refit the components after this many epochs
     kmeans_samples: int = 2000  # ... on the posterior means of this many training points
     train: bool = True  # False freezes the prior's parameters
     code_dim: int = 16  # net prior: size of the learnable component codes

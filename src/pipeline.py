@@ -75,11 +75,13 @@ def _settings(cfg) -> TrainSettings:
     kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
     to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
                                                 resolve=True, enum_to_str=True)
+    # Where the files live and whether they may be downloaded do not change what a checkpoint means.
+    data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
     return TrainSettings(
         epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
         kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
-        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), to_plain(cfg.dataset), t.seed),
+        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed),
     )
 
 

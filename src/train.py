@@ -252,6 +252,8 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
             bar.close()
         if settings.kmeans_epoch is not None and epoch == settings.kmeans_epoch and isinstance(model.prior, GaussianMixture):
             _refit_mixture(model, x_train, settings.kmeans_samples, settings.seed, optimizer, device)
+            # The objective changed under the model: earlier validation losses no longer compare.
+            state.best_val, state.bad_epochs = math.inf, 0
 
         val_recon, val_reg = _validation_terms(model, data.val.x, 500, device)
         val_loss = val_recon + settings.reg_weight * val_reg  # at the final weight, comparable across epochs
