@@ -125,9 +125,14 @@ def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: O
 # --- pictures ---------------------------------------------------------------------------------
 
 def save_grid(images: Tensor, path, nrow: int) -> None:
+    """Save a grid of images; small images (8×8 digits) are enlarged so the PNG is readable."""
     from torchvision.utils import save_image
 
-    save_image(images.detach().cpu().clamp(0, 1), str(path), nrow=nrow, padding=1, pad_value=0.5)
+    images = images.detach().cpu().clamp(0, 1)
+    scale = max(1, math.ceil(28 / images.shape[-1]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, str(path), nrow=nrow, padding=scale, pad_value=0.5)
 
 
 @torch.no_grad()

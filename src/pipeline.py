@@ -40,7 +40,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
 
 
 def _value(v: Any) -> Any:
@@ -141,7 +141,7 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
         "test_nll": test_nll.mean().item(), "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
         "test_recon": test_recon, "test_reg": test_reg, "val_nll": val_nll, "train_seconds": state.train_seconds,
         "n_params": count_parameters(model), "device": str(device),
-        "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None,
+        "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None, "val_acc": None,
     }
     if not math.isfinite(val_nll):
         raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
@@ -150,6 +150,9 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
     if ev.clustering and model.prior.K > 1:
         clusters = evaluate.assign_components(model, data.test.x, device=device)
         out.update(evaluate.clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
+        # Validation ACC: what a sweep may select on (test ACC stays untouched by model selection).
+        val_clusters = evaluate.assign_components(model, data.val.x, device=device)
+        out["val_acc"] = evaluate.cluster_accuracy(data.val.y.numpy(), val_clusters, model.prior.K)[0]
     if ev.images:
         out["images"] = evaluate.write_images(model, data.test.x, data.test.y, run_dir, ev.n_images,
                                               seed=cfg.trainer.seed, clusters=clusters)

@@ -1,7 +1,8 @@
 """Hydra entry point: `python -m src.run model=csrae prior.K=10` (add -m for sweeps).
 
-Thin on purpose: compose the config, hand it to the pipeline, return the objective (validation NLL)
-for sweepers. Known user errors print one line and exit non-zero in a single run; in a multirun
+Thin on purpose: compose the config, hand it to the pipeline, return the objective for sweepers
+(the validation NLL; a sweep's `sweep.objectives` may list other results.json keys, see
+src/sweeps.py). Known user errors print one line and exit non-zero in a single run; in a multirun
 they are raised so the sweeper records the job as failed and goes on.
 """
 
@@ -17,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from src import sweeps
 from src.config import register_configs
-from src.pipeline import USER_ERRORS, run_experiment
+from src.pipeline import RESULT_KEYS, USER_ERRORS, run_experiment
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -29,7 +31,7 @@ def _sigterm_as_interrupt(signum, frame):  # schedulers stop jobs with SIGTERM: 
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -38,9 +40,18 @@ def main(cfg: DictConfig) -> float:
     except ValueError:  # not the main thread (some launchers): keep the default handler
         pass
     extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
+    if multirun:  # sweep name, Optuna study / trial / params; CPU share when jobs run side by side
+        extra.update(sweeps.job_record(cfg, hc, list(hc.overrides.task)))
+        threads = sweeps.job_threads(cfg.trainer.threads, hc)
+        if threads:
+            cfg.trainer.threads = threads
+            log.info("trainer.threads=%d (this job's share of the CPUs under %s)", threads, hc.launcher._target_)
     try:
+        if multirun:
+            sweeps.check_objectives(cfg, RESULT_KEYS)
         val_nll = run_experiment(cfg, run_dir, extra)
-    except USER_ERRORS as e:
+        value = sweeps.objective(cfg, run_dir, val_nll) if multirun else val_nll
+    except (*USER_ERRORS, sweeps.ObjectiveError) as e:
         log.error("%s", e)
         if multirun:
             raise
@@ -48,7 +59,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     print(f"done: {run_dir}  (results.json, metrics.csv, checkpoints/, *.png)")
     _print_headline(run_dir)
-    return val_nll
+    return value
 
 
 def _print_headline(run_dir: Path) -> None:

@@ -1,0 +1,400 @@
+"""Sweep support: Optuna study storage, trial ↔ job bookkeeping, objectives, per-job CPU threads.
+
+Used from three places:
+
+- the sweep files in sweeps/ (hydra.callbacks.optuna_study → `OptunaStudyCallback`,
+  hydra.sweeper.custom_search_space → `record_trial`, hydra.sweeper.n_jobs → `${parallel_trials:...}`);
+- src/run.py (`job_threads`, `job_record`, `objective`, `check_objectives`);
+- the shell, for studies shared between processes or machines:
+
+      python -m src.sweeps create sweep=csrae_optuna [hydra.sweeper.storage=URL ...]
+      python -m src.sweeps show   sweep=csrae_optuna
+      python -m src.sweeps export sweep=csrae_optuna [--out trials.csv]
+      python -m src.sweeps fail-stale sweep=csrae_optuna --older-than 120
+
+Optuna is imported lazily: jobs import this module, and most of them never touch the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+TRIALS_SUBDIR = ".optuna"  # <sweep dir>/.optuna/<job num>.json: the trial each job runs
+TRIALS_CSV = "trials.csv"  # written beside optimization_results.yaml
+
+
+class ObjectiveError(ValueError):
+    """The run finished but cannot give the sweep the objective it asked for (one line for the user)."""
+
+
+# --- CPU share per job --------------------------------------------------------------------------
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def workers(n_jobs: Any) -> int:
+    """joblib's reading of n_jobs: -1 = all CPUs, -2 = all but one, None/0 = 1."""
+    try:
+        n = int(n_jobs)
+    except (TypeError, ValueError):
+        return 1
+    if n < 0:
+        return max(1, cpu_count() + 1 + n)
+    return max(1, n)
+
+
+def parallel_trials(n_jobs: Any = 1) -> int:
+    """Resolver for hydra.sweeper.n_jobs: as many trials per batch as the launcher runs at once.
+
+    `${parallel_trials:${oc.select:hydra.launcher.n_jobs,1}}` gives 1 for the basic and submitit
+    launchers and the joblib worker count (-1 read as all CPUs) for joblib. The Optuna sweeper asks
+    n_jobs trials, launches them as one batch and waits for all of them, so with n_jobs=1 a parallel
+    launcher would run one trial at a time.
+    """
+    return workers(n_jobs)
+
+
+def job_threads(trainer_threads: int, hydra_cfg: Any) -> Optional[int]:
+    """torch threads for one job when trainer.threads=0 (auto) and the launcher runs jobs side by side.
+
+    joblib with N workers: each job gets cpus // N threads (2 workers on 2 cores: 1 thread each).
+    submitit with cpus_per_task set: that many. Otherwise None (keep torch's default).
+    """
+    if trainer_threads:
+        return None
+    launcher = OmegaConf.select(hydra_cfg, "launcher") if hydra_cfg is not None else None
+    if launcher is None:
+        return None
+    target = str(launcher.get("_target_", ""))
+    if "JoblibLauncher" in target:
+        return max(1, cpu_count() // workers(launcher.get("n_jobs", -1)))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("parallel_trials"):
+        OmegaConf.register_new_resolver("parallel_trials", parallel_trials)
+
+
+_register_resolvers()
+
+
+# --- objectives ---------------------------------------------------------------------------------
+
+def objective_names(cfg: Any) -> list[str]:
+    names = OmegaConf.select(cfg, "sweep.objectives", default=None) if OmegaConf.is_config(cfg) else None
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [names]
+    return [str(n) for n in names]
+
+
+def check_objectives(cfg: Any, known: Iterable[str]) -> None:
+    """Fail before training when sweep.objectives names a key results.json does not have."""
+    from src.config import ConfigError
+
+    unknown = [n for n in objective_names(cfg) if n not in set(known)]
+    if unknown:
+        raise ConfigError(f"sweep.objectives: {unknown} are not results.json keys (e.g. val_nll, val_acc, test_nll)")
+
+
+def objective(cfg: Any, run_dir: Path, val_nll: float) -> float | list[float]:
+    """What the task returns to the sweeper.
+
+    Default (no sweep.objectives, or [val_nll]): the validation NLL as a float. A sweep that lists
+    several results.json keys (multi-objective, e.g. [val_nll, val_acc]) gets a list of floats in that
+    order; it must give hydra.sweeper.direction in the same order. A missing or non-finite value
+    raises ObjectiveError: the Optuna sweeper then records the trial as failed (a NaN return would
+    crash the whole sweep with hydra-optuna-sweeper 1.3).
+    """
+    names = objective_names(cfg)
+    if not names or names == ["val_nll"]:
+        return val_nll
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    values = []
+    for name in names:
+        v = results.get(name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            hint = " (clustering metrics need prior.K > 1 and eval.clustering=true)" if "acc" in name else ""
+            raise ObjectiveError(f"objective {name!r} is {v!r} in {run_dir}/results.json{hint}")
+        values.append(float(v))
+    return values[0] if len(values) == 1 else values
+
+
+# --- trial <-> job ------------------------------------------------------------------------------
+
+_job_counters: dict[str, Any] = {}
+
+
+def record_trial(cfg: DictConfig, trial: Any) -> None:
+    """hydra.sweeper.custom_search_space hook: link the Optuna trial and the job that will run it.
+
+    The sweeper calls this once per trial, in the order it numbers the jobs (0, 1, ... per sweep
+    dir), just before launching them. The trial gets user attributes sweep_dir and job_num (columns
+    of trials.csv); the job finds <sweep dir>/.optuna/<job num>.json and copies the study name, the
+    trial number and the sampled params into its results.json.
+    """
+    sweep_dir = str(cfg.hydra.sweep.dir)
+    job_num = next(_job_counters.setdefault(sweep_dir, itertools.count()))
+    trial.set_user_attr("sweep_dir", sweep_dir)
+    trial.set_user_attr("job_num", job_num)
+    record = {"study": trial.study.study_name, "trial": trial.number, "params": dict(trial.params)}
+    path = Path(sweep_dir) / TRIALS_SUBDIR / f"{job_num}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    os.replace(tmp, path)
+
+
+def _override_params(overrides: Iterable[str]) -> dict:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.key_or_group == "sweep":
+            continue
+        try:
+            params[o.key_or_group] = o.value()
+        except Exception:  # noqa: BLE001 - a value the parser cannot type: keep the text
+            params[o.key_or_group] = o.get_value_element_as_str()
+    return params
+
+
+def job_record(cfg: Any, hydra_cfg: Any, overrides: list[str]) -> dict:
+    """Keys a multirun job adds to results.json so runs and trials join.
+
+    sweep: the sweep file's name (null for a command-line grid); study / trial: the Optuna study and
+    trial number (null without Optuna); params: the trial's sampled parameters for Optuna, else the
+    job's overrides as a key -> value dict.
+    """
+    out = {"sweep": OmegaConf.select(cfg, "sweep.name", default=None), "study": None, "trial": None,
+           "params": _override_params(overrides)}
+    sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir", default=None)
+    job_num = OmegaConf.select(hydra_cfg, "job.num", default=None)
+    if sweep_dir is not None and job_num is not None:
+        path = Path(str(sweep_dir)) / TRIALS_SUBDIR / f"{job_num}.json"
+        if path.exists():
+            out.update(json.loads(path.read_text()))
+    return out
+
+
+# --- the study ----------------------------------------------------------------------------------
+
+def masked(url: Any) -> str:
+    """A storage URL fit for logs: the password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
+
+
+def prepare_storage(storage: Any) -> None:
+    """SQLite cannot create its file in a missing directory: make the directory."""
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        path = storage[len("sqlite:///"):].split("?")[0]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def directions_of(direction: Any) -> list[str]:
+    if isinstance(direction, (list, tuple, ListConfig)):
+        return [getattr(d, "name", str(d)) for d in direction]
+    return [getattr(direction, "name", str(direction))]
+
+
+def ensure_study(storage: str, study_name: str, directions: list[str], attempts: int = 5):
+    """Create the study (or load it) before workers race for it; safe to call from several processes."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    prepare_storage(storage)
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                       load_if_exists=True)
+        except SQLAlchemyError as e:  # two processes creating the schema or the study at once
+            if attempt == attempts - 1:
+                raise
+            log.warning("creating study %s: %s; retrying", study_name, type(e).__name__)
+            time.sleep(0.5 + attempt)
+
+
+def study_summary(study) -> str:
+    from collections import Counter
+
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    parts = [f"{n} {s.lower()}" for s, n in sorted(counts.items())] or ["no trials yet"]
+    return f"study {study.study_name}: " + ", ".join(parts)
+
+
+def _run_dirs(sweep_dirs: Iterable[str], study_name: str) -> dict[int, tuple[str, Any]]:
+    """trial number -> (run dir, results.json status) for this study's jobs under the given sweep dirs."""
+    found = {}
+    for sweep_dir in sweep_dirs:
+        for res in sorted(Path(sweep_dir).glob("*/results.json")):
+            try:
+                r = json.loads(res.read_text())
+            except (OSError, ValueError):
+                continue
+            if r.get("study") == study_name and r.get("trial") is not None:
+                found[int(r["trial"])] = (str(res.parent), r.get("status"))
+    return found
+
+
+def export_trials(storage: str, study_name: str, out: Path, objectives: Optional[list[str]] = None) -> Path:
+    """Write the study's trials_dataframe to CSV, with each trial's run_dir and results.json status."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    df = study.trials_dataframe()
+    if objectives and len(objectives) > 1:
+        df = df.rename(columns={f"values_{i}": name for i, name in enumerate(objectives)})
+    elif objectives and "value" in df.columns:
+        df = df.rename(columns={"value": objectives[0]})
+    if "user_attrs_sweep_dir" in df.columns:
+        runs = _run_dirs(df["user_attrs_sweep_dir"].dropna().unique(), study.study_name)
+        df["run_dir"] = [runs.get(n, (None, None))[0] for n in df["number"]]
+        df["run_status"] = [runs.get(n, (None, None))[1] for n in df["number"]]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out
+
+
+def _sweeper_settings(config: DictConfig) -> Optional[tuple[str, str, list[str], list[str]]]:
+    s = OmegaConf.select(config, "hydra.sweeper")
+    if s is None or s.get("storage") is None or s.get("study_name") is None:
+        return None
+    return str(s.storage), str(s.study_name), directions_of(s.direction), objective_names(config)
+
+
+class OptunaStudyCallback(Callback):
+    """Hydra callback for Optuna sweeps (hydra.callbacks.optuna_study in the sweep files).
+
+    on_multirun_start: create the storage directory and the study (with the sweep's directions)
+    before the sweeper opens it. on_multirun_end: write <sweep dir>/trials.csv beside
+    optimization_results.yaml.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        settings = _sweeper_settings(config)
+        if settings is None:
+            return
+        storage, name, directions, _ = settings
+        study = ensure_study(storage, name, directions)
+        log.info("%s in %s", study_summary(study), masked(storage))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        settings = _sweeper_settings(config)
+        if settings is None:
+            return
+        storage, name, _, objectives = settings
+        out = export_trials(storage, name, Path(str(config.hydra.sweep.dir)) / TRIALS_CSV, objectives)
+        log.info("trials of study %s written to %s", name, out)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def compose_sweep(overrides: list[str]) -> DictConfig:
+    """The composed config (with its hydra node) of `python -m src.run -m <overrides>`."""
+    from hydra import compose, initialize_config_dir
+
+    from src.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def fail_stale(study, older_than_min: float) -> list[int]:
+    """Mark RUNNING trials started more than older_than_min minutes ago as FAIL (after a killed sweep)."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    cutoff = datetime.datetime.now() - datetime.timedelta(minutes=older_than_min)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.datetime_start is not None and t.datetime_start < cutoff:
+            storage = study._storage
+            if hasattr(storage, "set_trial_state"):  # optuna 2.x
+                storage.set_trial_state(t._trial_id, TrialState.FAIL)
+            else:  # optuna 3.x
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.sweeps", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["create", "show", "export", "fail-stale"])
+    parser.add_argument("overrides", nargs="*", help="as for src.run, e.g. sweep=csrae_optuna "
+                                                     "hydra.sweeper.storage=postgresql://host/db")
+    parser.add_argument("--out", help="export: CSV path (default outputs/optuna/<study>_trials.csv)")
+    parser.add_argument("--older-than", type=float, default=60.0,
+                        help="fail-stale: minutes a RUNNING trial must have run (default 60)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cfg = compose_sweep(args.overrides)
+    settings = _sweeper_settings(cfg)
+    if settings is None:
+        print("error: no Optuna storage/study_name in this config; pass sweep=NAME of an Optuna sweep",
+              file=sys.stderr)
+        return 2
+    storage, name, directions, objectives = settings
+    if args.command == "create":
+        study = ensure_study(storage, name, directions)
+        print(f"{study_summary(study)} ({', '.join(directions)}) in {masked(storage)}")
+        return 0
+
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        print(f"error: no study {name!r} in {masked(storage)} (run `create` or the sweep first)", file=sys.stderr)
+        return 2
+    if args.command == "show":
+        print(study_summary(study))
+        done = [t for t in study.trials if t.state.name == "COMPLETE"]
+        if done and len(directions) == 1:
+            best = study.best_trial
+            print(f"best trial {best.number}: {objectives[0] if objectives else 'value'} = {best.value:.4f}  "
+                  f"params {best.params}")
+        elif done:
+            for t in study.best_trials:
+                print(f"pareto trial {t.number}: values {t.values}  params {t.params}")
+    elif args.command == "export":
+        out = Path(args.out) if args.out else Path("outputs/optuna") / f"{name}_trials.csv"
+        print(export_trials(storage, name, out, objectives))
+    elif args.command == "fail-stale":
+        failed = fail_stale(study, args.older_than)
+        print(f"marked {len(failed)} stale RUNNING trial(s) FAIL: {failed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
