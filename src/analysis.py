@@ -1,0 +1,1051 @@
+"""Loading and aggregating run outputs: the one implementation behind `src.report` and `analysis/`.
+
+Reads only files (docs/CONTRACT.md): each run directory's `results.json`, `.hydra/config.yaml`,
+`metrics.csv` and images; for Optuna sweeps the sweep directory's `optimization_results.yaml`,
+`multirun.yaml` and, when present, a trials CSV. Nothing here imports torch, so notebooks and the
+report start fast.
+
+Statistics are over completed runs only. Failed, interrupted, still-running (or SIGKILLed) and
+unreadable runs stay in the run table with their status and are excluded from every mean, CI and test.
+
+Main entry points:
+    load_runs(path)               -> one row per run (config columns, every result key, status, ...)
+    summarize(runs)               -> grouped over seeds: mean, std, 95% CI (t), n per metric
+    paired_comparisons(runs, m)   -> model vs model on the same seeds: paired t-test per context
+    verdict(runs, ...)            -> sentences written from the data
+    plot_* functions              -> seaborn figures (each returns a matplotlib Figure)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+# --------------------------------------------------------------------------------------------------
+# Vocabulary
+
+#: Keys of results.json (docs/CONTRACT.md; the same list as src.pipeline.RESULT_KEYS, kept here so
+#: that reading results does not import torch; tests check that the two agree).
+RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
+               "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
+               "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
+               "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+LIST_KEYS = ["overrides", "images"]  # lists in results.json: joined with spaces in the table
+
+#: Configuration columns of results.json and the config path each comes from.
+CONFIG_COLUMNS = {
+    "model": "model.name", "prior": "prior.name", "K": "prior.K", "dataset": "dataset.name",
+    "reg_weight": "model.reg_weight", "latent_dim": "model.latent_dim", "variant": "model.variant",
+    "network": "model.network", "weights": "prior.weights", "lr": "optimizer.lr", "epochs": "trainer.epochs",
+    "is_samples": "eval.is_samples", "seed": "trainer.seed",
+}
+#: Config entries that do not change what is learned (or only how fast): never grouping keys.
+NOT_GROUPING = {"trainer.threads", "trainer.progress", "trainer.device", "trainer.checkpoint", "trainer.resume",
+                "eval.images", "eval.n_images", "eval.is_chunk", "eval.is_batch", "dataset.root", "dataset.download"}
+
+COMPLETED = "completed"
+STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.json", "unreadable"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+
+METRICS = {
+    "test_nll": Metric("test_nll", "test NLL", "nats", False),
+    "val_nll": Metric("val_nll", "validation NLL", "nats", False),
+    "test_recon": Metric("test_recon", "test reconstruction", "nats", False),
+    "acc": Metric("acc", "clustering ACC", "", True),
+    "nmi": Metric("nmi", "NMI", "", True),
+    "ari": Metric("ari", "ARI", "", True),
+}
+SUMMARY_METRICS = ["test_nll", "val_nll", "test_recon", "test_reg", "acc", "nmi", "ari", "n_clusters_used",
+                   "epochs_run", "best_epoch", "train_seconds"]
+VERDICT_METRICS = ["test_nll", "acc", "nmi"]
+
+# --------------------------------------------------------------------------------------------------
+# Finding and loading runs
+
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "results.json").is_file() or (path / ".hydra" / "config.yaml").is_file()
+
+
+REPORT_MARKER = ".csrae_report"  # written into report directories so that scans skip them
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run directory at or below root (a run dir holds results.json or .hydra/config.yaml)."""
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if (here / REPORT_MARKER).exists():
+            dirnames[:] = []
+            continue
+        if here != root and is_run_dir(here):
+            found.append(here)
+            dirnames[:] = []  # runs do not nest
+            continue
+        dirnames[:] = [d for d in dirnames if d not in ("checkpoints", ".hydra", "__pycache__", ".git")]
+    return sorted(found, key=_natural_key)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _read_yaml(path: Path) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def load_run(run_dir: Path, root: Optional[Path] = None) -> tuple[dict, dict]:
+    """One run: (row, flattened .hydra config). Never raises for a broken run: the status says why."""
+    run_dir = Path(run_dir)
+    rel = os.path.relpath(run_dir, root) if root is not None else run_dir.name
+    row: dict = {"run": "." if rel == "." else rel}
+    cfg = flatten(_read_yaml(run_dir / ".hydra" / "config.yaml") or {})
+    res_path = run_dir / "results.json"
+    if res_path.is_file():
+        try:
+            results = json.loads(res_path.read_text())
+            if not isinstance(results, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            results = {"status": "unreadable", "error": f"results.json unreadable: {e}"}
+        row["last_update"] = res_path.stat().st_mtime
+    else:
+        results = {"status": "no results.json",
+                   "error": "no results.json: the run never started (or was killed before writing it)"}
+    for key in RESULT_KEYS:
+        row[key] = results.get(key)
+    for key in LIST_KEYS:
+        v = results.get(key)
+        row[key] = " ".join(map(str, v)) if isinstance(v, list) else v
+    for key in results:  # keys added after the contract was written (sweep, study, trial, ...): keep them
+        if key not in row and key not in ("run_dir", "job_num"):
+            v = results[key]
+            row[key] = json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
+    for col, path in CONFIG_COLUMNS.items():  # fill what results.json lacks from .hydra/config.yaml
+        if row.get(col) is None and path in cfg:
+            row[col] = cfg[path]
+    row["job_num"] = results.get("job_num")
+    row["run_dir"] = str(run_dir.resolve())
+    row["has_metrics_csv"] = (run_dir / "metrics.csv").is_file()
+    if row["status"] is None:
+        row["status"] = "unreadable"
+    return row, cfg
+
+
+def _progress(items: Sequence, desc: str, enabled: bool):
+    """A tqdm bar on stderr when enabled (plain lines every 10% when stderr is not a terminal)."""
+    if not enabled or len(items) < 2:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, unit="run", file=sys.stderr, leave=False)
+        return
+    n, step, t0 = len(items), max(1, len(items) // 10), time.time()
+    for i, item in enumerate(items, 1):
+        yield item
+        if (n >= 20 and i % step == 0) or i == n:
+            print(f"{desc}: {i}/{n} runs ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
+
+
+class NoRunsError(Exception):
+    """The directory holds no run (no results.json or .hydra/config.yaml anywhere below it)."""
+
+
+def load_runs(path, progress: bool = True) -> pd.DataFrame:
+    """One row per run below `path`: every results.json key, config columns, status, and the config
+    entries that vary between runs (as `cfg.<path>` columns, e.g. `cfg.trainer.batch_size`).
+
+    Raises NoRunsError when there is no run below path.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NoRunsError(f"{root} does not exist")
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise NoRunsError(f"no runs under {root} (looked for results.json or .hydra/config.yaml in its subdirectories)")
+    if progress:
+        print(f"reading {len(dirs)} run director{'y' if len(dirs) == 1 else 'ies'} under {root}", file=sys.stderr)
+    rows, cfgs = [], []
+    for d in _progress(dirs, "reading runs", progress):
+        row, cfg = load_run(d, root)
+        rows.append(row)
+        cfgs.append(cfg)
+    df = pd.DataFrame(rows)
+    # Config entries that vary between runs and are not already a column: searched parameters of a
+    # sweep (batch size, hidden width, ...) must be visible and must split groups.
+    covered = set(CONFIG_COLUMNS.values()) | NOT_GROUPING
+    cfg_df = pd.DataFrame(cfgs, index=df.index)
+    extra = [c for c in cfg_df.columns if c not in covered and not c.startswith("hydra.")
+             and cfg_df[c].astype(str).nunique(dropna=False) > 1]
+    for c in extra:
+        df[f"cfg.{c}"] = cfg_df[c]
+    df["last_update"] = pd.to_datetime(df["last_update"], unit="s", utc=True) if "last_update" in df else pd.NaT
+    for col in ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
+                "n_params", "job_num"]:
+        df[col] = _as_int(df[col])
+    return df
+
+
+def _as_int(s: pd.Series) -> pd.Series:
+    v = pd.to_numeric(s, errors="coerce")
+    if v.notna().any() and (v.dropna() % 1 == 0).all():
+        return v.astype("Int64")
+    return v
+
+
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == COMPLETED]
+
+
+def excluded(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] != COMPLETED]
+
+
+def status_counts(runs: pd.DataFrame) -> dict:
+    counts = runs["status"].value_counts().to_dict()
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(s for s in counts if s not in STATUS_ORDER)
+    return {s: int(counts[s]) for s in order}
+
+
+# --------------------------------------------------------------------------------------------------
+# Grouping keys and labels
+
+
+def candidate_keys(runs: pd.DataFrame) -> list[str]:
+    """Configuration columns (without seed) that can define a group."""
+    keys = [c for c in CONFIG_COLUMNS if c != "seed" and c in runs]
+    return keys + [c for c in runs.columns if c.startswith("cfg.")]
+
+
+def varying_keys(runs: pd.DataFrame, keys: Optional[Iterable[str]] = None) -> list[str]:
+    """The keys whose value differs between the given runs."""
+    keys = candidate_keys(runs) if keys is None else list(keys)
+    return [k for k in keys if k in runs and runs[k].astype(str).nunique(dropna=False) > 1]
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """Grouping keys for seeds-as-replicates: the configuration columns that vary among completed runs
+    (always including model and K when present, so labels stay readable)."""
+    ok = completed(runs)
+    keys = varying_keys(ok if len(ok) else runs)
+    for k in ("K", "model"):
+        if k in runs and k not in keys:
+            keys.insert(0, k)
+    order = candidate_keys(runs)
+    return sorted(keys, key=order.index)
+
+
+def _fmt_value(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:g}"
+    return str(v)
+
+
+def short_key(key: str, model: Optional[str] = None) -> str:
+    if key == "reg_weight":
+        return {"csrae": "λ", "vae": "β"}.get(str(model), "β/λ")
+    return key[4:].split(".")[-1] if key.startswith("cfg.") else key
+
+
+def config_label(values: dict, keys: Sequence[str]) -> str:
+    """'csrae, K=10, λ=0.5' from the key values (model and categorical names without 'key=')."""
+    parts = []
+    model = values.get("model")
+    for k in keys:
+        v = values.get(k)
+        if k in ("model", "prior", "dataset", "network", "variant", "weights"):
+            parts.append(_fmt_value(v))
+        else:
+            parts.append(f"{short_key(k, model)}={_fmt_value(v)}")
+    return ", ".join(parts) if parts else "all runs"
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_ci(values: Iterable[float], level: float = 0.95) -> dict:
+    """n, mean, std (ddof=1), sem and the t-based CI half-width of the mean (NaN when n < 2)."""
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
+    v = pd.Series(v.to_numpy(dtype="float64", na_value=np.nan))
+    v = v[np.isfinite(v)]
+    n = int(len(v))
+    mean = float(v.mean()) if n else float("nan")
+    std = float(v.std(ddof=1)) if n > 1 else float("nan")
+    sem = std / math.sqrt(n) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sem) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "std": std, "sem": sem, "ci95": half, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def summarize(runs: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
+              by: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Completed runs grouped over seeds: for each metric `<m>_mean, _std, _ci95, _ci_low, _ci_high, _n`
+    (t-based 95% CI of the mean; NaN when n < 2), plus n_runs and the seeds of each group."""
+    ok = completed(runs)
+    metrics = [m for m in (metrics or SUMMARY_METRICS) if m in runs]
+    by = list(by) if by is not None else group_keys(runs)
+    if ok.empty:
+        return pd.DataFrame(columns=by + ["n_runs", "seeds"])
+    rows = []
+    for keys, g in ok.groupby(by, dropna=False, sort=True) if by else [((), ok)]:
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row = dict(zip(by, keys))
+        row["n_runs"] = len(g)
+        row["seeds"] = " ".join(str(s) for s in sorted(g["seed"].dropna().unique()))
+        for m in metrics:
+            s = mean_ci(g[m])
+            row.update({f"{m}_{k}": s[k] for k in ("mean", "std", "ci95", "ci_low", "ci_high", "n")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (NaNs stay NaN and do not count as tests)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.where(np.isfinite(p))[0]
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx])]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def paired_test(a: pd.Series, b: pd.Series) -> dict:
+    """Paired comparison of two per-seed series (index = seed): a − b over the common seeds."""
+    common = sorted(set(a.dropna().index) & set(b.dropna().index))
+    d = (a.loc[common] - b.loc[common]).astype(float) if common else pd.Series(dtype=float)
+    n = len(common)
+    s = mean_ci(d)
+    p = t_stat = float("nan")
+    if n >= 2:
+        if s["std"] > 0:
+            res = stats.ttest_rel(a.loc[common].astype(float), b.loc[common].astype(float))
+            p, t_stat = float(res.pvalue), float(res.statistic)
+        elif s["mean"] != 0:  # identical non-zero difference on every seed
+            p, t_stat = 0.0, math.copysign(math.inf, s["mean"])
+        else:
+            p, t_stat = 1.0, 0.0
+    return {"n": n, "seeds": " ".join(map(str, common)), "mean_a": float(a.loc[common].mean()) if n else np.nan,
+            "mean_b": float(b.loc[common].mean()) if n else np.nan, "diff": s["mean"], "diff_std": s["std"],
+            "diff_ci95": s["ci95"], "t": t_stat, "p": p}
+
+
+def _per_seed(g: pd.DataFrame, metric: str) -> pd.Series:
+    """Metric per seed (duplicate runs of one seed, e.g. from two sweeps, are averaged)."""
+    v = g[["seed", metric]].dropna()
+    return v.groupby("seed")[metric].mean().astype(float)
+
+
+def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") -> pd.DataFrame:
+    """For each context (all other grouping keys equal), every pair of `between` values compared on
+    the seeds both have: mean difference (a − b), its 95% CI, paired t-test p and Holm-adjusted p over
+    the rows of this table. `better` names the value with the better mean for this metric."""
+    ok = completed(runs)
+    ok = ok[pd.to_numeric(ok[metric], errors="coerce").notna()] if metric in ok else ok.iloc[0:0]
+    keys = [k for k in group_keys(runs) if k != between]
+    cols = keys + ["a", "b", "n", "seeds", "mean_a", "mean_b", "diff", "diff_std", "diff_ci95", "t", "p", "p_holm",
+                   "better", "significant", "metric"]
+    if ok.empty or between not in ok:
+        return pd.DataFrame(columns=cols)
+    higher = METRICS[metric].higher_is_better if metric in METRICS else False
+    rows = []
+    groups = ok.groupby(keys, dropna=False, sort=True) if keys else [((), ok)]
+    for ctx, g in groups:
+        ctx = ctx if isinstance(ctx, tuple) else (ctx,)
+        values = sorted(g[between].dropna().unique(), key=str)
+        for a, b in combinations(values, 2):
+            r = paired_test(_per_seed(g[g[between] == a], metric), _per_seed(g[g[between] == b], metric))
+            if r["n"] == 0:
+                continue
+            better = None
+            if np.isfinite(r["diff"]) and r["diff"] != 0:
+                better = a if (r["diff"] > 0) == higher else b
+            rows.append({**dict(zip(keys, ctx)), "a": a, "b": b, **r, "better": better, "metric": metric})
+    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"] if not rows else None)
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    out["p_holm"] = holm(out["p"])
+    out["significant"] = out["p_holm"] < 0.05
+    return out[cols]
+
+
+def best_configs(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Summary rows sorted best-first by the mean of metric (rows without it dropped)."""
+    col = f"{metric}_mean"
+    if col not in summary:
+        return summary.iloc[0:0]
+    s = summary[summary[col].notna()]
+    higher = METRICS[metric].higher_is_better if metric in METRICS else False
+    return s.sort_values(col, ascending=not higher, kind="stable")
+
+
+def best_run(runs: pd.DataFrame, model: Optional[str] = None, select_by: str = "val_nll") -> Optional[pd.Series]:
+    """The completed run (of one model) with the best validation NLL — chosen on validation, not test."""
+    ok = completed(runs)
+    if model is not None:
+        ok = ok[ok["model"] == model]
+    ok = ok[pd.to_numeric(ok[select_by], errors="coerce").notna()]
+    if ok.empty:
+        return None
+    higher = METRICS[select_by].higher_is_better if select_by in METRICS else False
+    idx = ok[select_by].astype(float).idxmax() if higher else ok[select_by].astype(float).idxmin()
+    return ok.loc[idx]
+
+
+# --------------------------------------------------------------------------------------------------
+# The verdict
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if not np.isfinite(p):
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def _digits(metric: str) -> int:
+    if metric in ("acc", "nmi", "ari"):
+        return 3
+    return 2 if METRICS.get(metric, Metric(metric, metric, "", False)).unit == "nats" else 1
+
+
+def _unit(metric: str) -> str:
+    u = METRICS[metric].unit if metric in METRICS else ""
+    return f" {u}" if u else ""
+
+
+def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str:
+    """One sentence for a paired comparison row: honest about n and significance."""
+    m = METRICS[metric]
+    ctx = config_label(row.to_dict(), [k for k in keys if k not in ("model",)])
+    where = f"{ctx}: " if ctx != "all runs" else ""
+    n, dg, unit = int(row["n"]), _digits(metric), _unit(metric)
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if n < 2:
+        return (f"{where}{row['a']} vs {row['b']} on {m.label}: only {seeds} in common "
+                f"({row['a']} {_num(row['mean_a'], dg)}, {row['b']} {_num(row['mean_b'], dg)}); "
+                f"too few seeds to tell.")
+    if row["better"] is None or pd.isna(row["better"]):
+        return f"{where}{row['a']} and {row['b']} tie on {m.label} over {seeds} ({_num(row['mean_a'], dg)})."
+    winner, loser = row["better"], (row["b"] if row["better"] == row["a"] else row["a"])
+    diff = abs(row["diff"])
+    ci = row["diff_ci95"]
+    pm = f" ± {_num(ci, dg)}" if np.isfinite(ci) else ""
+    p_txt = _p(row["p"])
+    if np.isfinite(row["p_holm"]) and row["p_holm"] != row["p"]:
+        p_txt += f", Holm-adjusted {_p(row['p_holm'])[2:]}"
+    verb = "beats" if row["significant"] else "is ahead of"
+    s = f"{where}{winner} {verb} {loser} on {m.label} by {_num(diff, dg)}{pm}{unit} ({p_txt}, {seeds})"
+    if row["significant"]:
+        return s + (": significant, but with only 2 seeds treat it as preliminary." if n < 3 else ".")
+    if n < 3:
+        return s + ": not significant, and too few seeds to tell."
+    return s + ": not significant."
+
+
+def verdict(runs: pd.DataFrame, summary: Optional[pd.DataFrame] = None,
+            comparisons: Optional[dict] = None) -> list[tuple[str, list[str]]]:
+    """The verdict written from the data, as sections: [(title, [sentence, ...]), ...].
+
+    "Runs" (what was run and what was excluded), one section per metric of VERDICT_METRICS (best
+    configuration and how clearly it leads, then every paired model comparison on common seeds),
+    and "Caveats" (what the data says about how far to trust it).
+    """
+    sections: list[tuple[str, list[str]]] = []
+    counts = status_counts(runs)
+    ok = completed(runs)
+    n_ex = len(runs) - len(ok)
+    head = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    if n_ex:
+        head += (f"; the {n_ex} not completed {'is' if n_ex == 1 else 'are'} listed under Excluded runs and left out "
+                 "of all statistics")
+    overview = [head + "."]
+    sections.append(("Runs", overview))
+    if ok.empty:
+        overview.append("No completed run: nothing to compare.")
+        return sections
+    summary = summarize(runs) if summary is None else summary
+    keys = group_keys(runs)
+    seeds_per = summary["n_runs"]
+    datasets = ", ".join(sorted(map(str, ok["dataset"].dropna().unique())))
+    design = " × ".join(f"{short_key(k)} ∈ {{{', '.join(_fmt_value(v) for v in sorted(ok[k].dropna().unique(), key=_sort_key))}}}"
+                        for k in keys if ok[k].nunique() > 1)
+    overview.append(f"{len(summary)} configuration{'s' if len(summary) != 1 else ''} on {datasets}"
+                    + (f" ({design})" if design else "")
+                    + f", {_range_text(seeds_per)} completed seed{'s' if seeds_per.max() != 1 else ''} each. "
+                    "± below is the 95% confidence half-width (t distribution); p-values are from paired t-tests "
+                    "on the seeds both sides share.")
+
+    comparisons = comparisons if comparisons is not None else {m: paired_comparisons(runs, m) for m in VERDICT_METRICS}
+    for metric in VERDICT_METRICS:
+        if f"{metric}_mean" not in summary:
+            continue
+        m, dg = METRICS[metric], _digits(metric)
+        title = m.label[0].upper() + m.label[1:]
+        ranked = best_configs(summary, metric)
+        if ranked.empty:
+            if metric == "acc":
+                sections.append(("Clustering", ["No clustering metrics: every completed run has K = 1 "
+                                                "(one component has nothing to cluster)."]))
+            continue
+        lines: list[str] = []
+        best = ranked.iloc[0]
+        ci = best[f"{metric}_ci95"]
+        ci_txt = (f"95% CI {_num(best[f'{metric}_ci_low'], dg)} to {_num(best[f'{metric}_ci_high'], dg)}"
+                  if np.isfinite(ci) else "no CI")
+        s = (f"Best {m.label}: {config_label(best.to_dict(), keys)} with {_num(best[f'{metric}_mean'], dg)}"
+             f"{_unit(metric)} ({ci_txt}, n = {int(best[f'{metric}_n'])})")
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            s += f"; runner-up {config_label(second.to_dict(), keys)} with {_num(second[f'{metric}_mean'], dg)}"
+            s += _separation(runs, best, second, metric, keys)
+        lines.append(s + ".")
+        table = comparisons.get(metric)
+        if table is not None and not table.empty:
+            for _, row in table.iterrows():
+                lines.append(describe_comparison(row, metric, keys))
+            if len(table) > 1:
+                n_sig = int(table["significant"].sum())
+                lines.append(f"{n_sig} of {len(table)} paired {m.label} comparisons significant at 0.05 after Holm "
+                             "correction for the comparisons in this section.")
+        sections.append((title, lines))
+    cav = caveats(runs, summary)
+    if cav:
+        sections.append(("Caveats", cav))
+    return sections
+
+
+def verdict_markdown(sections: list[tuple[str, list[str]]]) -> str:
+    """The verdict sections as Markdown (a bold title and bullets per section)."""
+    parts = []
+    for title, lines in sections:
+        parts.append(f"**{title}**\n\n" + "\n".join(f"- {line}" for line in lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _sort_key(v):
+    return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
+
+
+def _range_text(n: pd.Series) -> str:
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: str, keys: Sequence[str]) -> str:
+    """Is the best distinguishable from the runner-up? Paired test on common seeds when possible."""
+    ok = completed(runs)
+
+    def select(row):
+        mask = pd.Series(True, index=ok.index)
+        for k in keys:
+            v = row[k]
+            mask &= ok[k].isna() if pd.isna(v) else (ok[k] == v)
+        return ok[mask]
+
+    r = paired_test(_per_seed(select(best), metric), _per_seed(select(second), metric))
+    if r["n"] >= 2 and np.isfinite(r["p"]):
+        sig = "significant" if r["p"] < 0.05 else "not significant"
+        if r["n"] < 3:
+            sig += ", 2 seeds only"
+        return f" — paired difference {_num(abs(r['diff']), _digits(metric))} ({_p(r['p'])}, {r['n']} seeds, {sig})"
+    lo1, hi1 = best[f"{metric}_ci_low"], best[f"{metric}_ci_high"]
+    lo2, hi2 = second[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
+    if all(np.isfinite([lo1, hi1, lo2, hi2])):
+        return " — their 95% CIs overlap, so the order is not established" if (lo1 <= hi2 and lo2 <= hi1) else \
+            " — their 95% CIs do not overlap"
+    return " — too few seeds to tell them apart"
+
+
+def caveats(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Things a reader must know before trusting the numbers, detected in the data."""
+    ok = completed(runs)
+    out = []
+    n = summary["n_runs"] if "n_runs" in summary else pd.Series(dtype=int)
+    if len(n) and n.max() < 3:
+        out.append(f"With at most {int(n.max())} seed{'s' if n.max() != 1 else ''} per configuration, confidence "
+                   "intervals are wide or undefined and only large differences can reach significance.")
+    s = ok["is_samples"].dropna()
+    if len(s) and s.min() < 1000:
+        out.append(f"Test NLL uses S = {_range_text(s)} importance samples per point; the estimate is an upper bound "
+                   "that loosens as S shrinks (the literature protocol uses S = 5000).")
+    still = ok[(ok["best_epoch"].notna()) & (ok["best_epoch"] == ok["epochs_run"]) & (ok["stopped_early"] != True)]  # noqa: E712
+    if len(ok) and len(still) / len(ok) >= 0.5:
+        out.append(f"{len(still)} of {len(ok)} completed runs had their best validation loss at the last epoch "
+                   f"({_range_text(ok['epochs_run'].dropna())} epochs): they were still improving, and longer training "
+                   "may change the ranking.")
+    clust = ok[(ok["K"].fillna(1) > 1) & ok["n_clusters_used"].notna()]
+    if len(clust):
+        for keys, g in clust.groupby(["model", "K"], sort=True):
+            used, K = g["n_clusters_used"].astype(float).mean(), int(keys[1])
+            if used <= max(1.0, K / 2):
+                out.append(f"{keys[0]}, K={K}: test points are assigned to only {used:.1f} of {K} components on "
+                           f"average, so its clustering scores describe a collapsed assignment.")
+    if "acc_mapping" in ok and (ok["acc_mapping"] == "many_to_one").any():
+        out.append("ACC for K above the number of classes uses a many-to-one majority mapping, which favours "
+                   "large K; compare ACC across K with care (NMI and ARI are not mapped).")
+    if ok["model"].nunique() > 1 and "test_reg" in ok:
+        out.append("Regulariser values (test_reg) and training losses are KL for vae and Cauchy–Schwarz divergence "
+                   "for csrae: they are not comparable across models; NLL and reconstruction are.")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-epoch curves and Optuna studies
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv of every completed run, long: one row per (run, epoch) with the run's config columns."""
+    frames = []
+    keys = ["run", "seed"] + candidate_keys(runs)
+    for _, r in completed(runs).iterrows():
+        path = Path(r["run_dir"]) / "metrics.csv"
+        try:
+            m = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue
+        for k in keys:
+            m[k] = r[k]
+        frames.append(m)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def find_sweep_root(path) -> Optional[Path]:
+    """The sweep directory that holds path (the dir with multirun.yaml or optimization_results.yaml)."""
+    p = Path(path).resolve()
+    for q in [p, *p.parents]:
+        if (q / "multirun.yaml").is_file() or (q / "optimization_results.yaml").is_file():
+            return q
+    return None
+
+
+def is_optuna_sweep(sweep_dir) -> bool:
+    d = Path(sweep_dir)
+    if (d / "optimization_results.yaml").is_file() or _trials_csv(d) is not None:
+        return True
+    mr = _read_yaml(d / "multirun.yaml") or {}
+    target = str(((mr.get("hydra") or {}).get("sweeper") or {}).get("_target_", ""))
+    return "optuna" in target.lower()
+
+
+def _trials_csv(d: Path) -> Optional[Path]:
+    found = sorted(d.glob("*trials*.csv"))
+    return found[0] if found else None
+
+
+def _parse_override(s: str) -> tuple[str, str]:
+    k, _, v = s.partition("=")
+    return k.lstrip("+~"), v
+
+
+def _to_number(v):
+    if isinstance(v, str):
+        try:
+            f = float(v)
+            return int(f) if f.is_integer() and re.fullmatch(r"[+-]?\d+", v.strip()) else f
+        except ValueError:
+            return v
+    return v
+
+
+@dataclass
+class OptunaStudy:
+    sweep_dir: Path
+    trials: pd.DataFrame          # number, value, state, and one column per parameter (params)
+    params: list[str]
+    direction: str                # minimize | maximize
+    best_params: dict
+    best_value: Optional[float]
+    log_params: set               # parameters searched on a log scale
+    source: str                   # where the trials came from
+
+
+def load_optuna(sweep_dir, runs: Optional[pd.DataFrame] = None) -> OptunaStudy:
+    """The study of an Optuna sweep directory: from its trials CSV when one is there (Optuna's
+    trials_dataframe layout: number, value, state, params_<name>), else from the job directories
+    (trial = job number, objective = val_nll which the task returns, parameters from the overrides of
+    the sweeper's search space in multirun.yaml). optimization_results.yaml gives the best trial."""
+    d = Path(sweep_dir)
+    res = _read_yaml(d / "optimization_results.yaml") or {}
+    mr = _read_yaml(d / "multirun.yaml") or {}
+    sweeper = (mr.get("hydra") or {}).get("sweeper") or {}
+    space = sweeper.get("params") or {}
+    direction = sweeper.get("direction", "minimize")
+    if isinstance(direction, list):
+        direction = direction[0]
+    direction = str(direction).lower().replace("studydirection.", "")
+    log_params = {k for k, v in space.items() if "log" in str(v)}
+    best_params = dict(res.get("best_params") or {})
+    best_value = res.get("best_value")
+    objectives = list((mr.get("sweep") or {}).get("objectives") or [])
+    csv = _trials_csv(d)
+    if csv is not None:
+        t = pd.read_csv(csv)
+        meta = ("number", "value", "state", "datetime_start", "datetime_complete", "duration", "run_dir",
+                "run_status", "system_attrs", "user_attrs")
+        raw_params = [c[len("params_"):] for c in t.columns if c.startswith("params_")]
+        t = t.rename(columns={f"params_{c}": c for c in raw_params})
+        if "value" not in t:  # src.sweeps names the value column after the objective(s)
+            for cand in objectives + ["values_0", "val_nll"]:
+                if cand in t:
+                    t["value"] = t[cand]
+                    break
+            else:
+                t["value"] = np.nan
+        if "number" not in t:
+            t["number"] = np.arange(len(t))
+        if "state" not in t:
+            t["state"] = np.where(t["value"].notna(), "COMPLETE", "FAIL")
+        t["state"] = t["state"].astype(str).str.replace("TrialState.", "", regex=False)
+        params = [c for c in raw_params if c not in meta]
+        source = csv.name
+    else:
+        runs = load_runs(d, progress=False) if runs is None else runs
+        params = list(space) or sorted({_parse_override(o)[0] for ov in runs["overrides"].dropna()
+                                        for o in str(ov).split()})
+        rows = []
+        for _, r in runs.iterrows():
+            ov = dict(_parse_override(o) for o in str(r["overrides"] or "").split())
+            state = {"completed": "COMPLETE", "failed": "FAIL", "running": "RUNNING"}.get(r["status"], "FAIL")
+            trial = r.get("trial")
+            number = trial if trial is not None and pd.notna(trial) else r["job_num"]
+            obj = objectives[0] if objectives and objectives[0] in r else "val_nll"
+            row = {"number": number, "value": r[obj] if state == "COMPLETE" else np.nan, "state": state,
+                   "run": r["run"]}
+            for p in params:
+                row[p] = _to_number(ov[p]) if p in ov else np.nan
+            rows.append(row)
+        t = pd.DataFrame(rows)
+        source = f"job directories (objective = {objectives[0] if objectives else 'val_nll'})"
+    t = t.sort_values("number", kind="stable").reset_index(drop=True)
+    for p in params:
+        conv = pd.to_numeric(t[p], errors="coerce")
+        if conv.notna().sum() == t[p].notna().sum():
+            t[p] = conv
+    if best_value is None and t["value"].notna().any():
+        best_value = float(t["value"].min() if direction == "minimize" else t["value"].max())
+    return OptunaStudy(d, t, params, direction, best_params, best_value, log_params, source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures (seaborn). Each returns a Figure; the caller saves or shows it.
+
+PALETTE = "colorblind"
+
+
+def _plt():
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
+    return plt, sns
+
+
+def _model_colors(models: Sequence[str]) -> dict:
+    _, sns = _plt()
+    pal = sns.color_palette(PALETTE, max(len(models), 3))
+    return {m: pal[i] for i, m in enumerate(sorted(models, key=str))}
+
+
+def _facets(summary: pd.DataFrame, keys: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list]:
+    fk = [k for k in keys if k not in exclude]
+    if not fk:
+        return [], [()]
+    vals = summary[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)
+    return fk, list(vals)
+
+
+def _select(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFrame:
+    mask = pd.Series(True, index=df.index)
+    for k, v in zip(keys, values):
+        mask &= df[k].isna() if pd.isna(v) else (df[k] == v)
+    return df[mask]
+
+
+def plot_metric_vs_k(runs: pd.DataFrame, metrics: Sequence[str] = ("test_nll",), summary: Optional[pd.DataFrame] = None):
+    """Each metric against K, one line per model: mean over seeds, 95% t-CI band, seeds as dots.
+    Other varying settings (prior, λ/β, ...) become one column of panels each."""
+    plt, sns = _plt()
+    summary = summarize(runs) if summary is None else summary
+    keys = group_keys(runs)
+    fk, facets = _facets(summary, keys, ("model", "K"))
+    metrics = [m for m in metrics if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
+    if not metrics:
+        return None
+    ok = completed(runs)
+    colors = _model_colors(ok["model"].dropna().unique())
+    fig, axes = plt.subplots(len(metrics), len(facets), figsize=(5.2 * len(facets) + 1.0, 3.8 * len(metrics)),
+                             squeeze=False)
+    ks = sorted(ok["K"].dropna().unique())
+    log_x = len(ks) > 1 and min(ks) > 0 and max(ks) / min(ks) >= 20
+    for i, metric in enumerate(metrics):
+        for j, fv in enumerate(facets):
+            ax = axes[i][j]
+            s = _select(summary, fk, fv)
+            pts = _select(ok, fk, fv)
+            for model, g in s.groupby("model", sort=True):
+                g = g[g[f"{metric}_mean"].notna()].sort_values("K")
+                if g.empty:
+                    continue
+                c = colors[model]
+                x = g["K"].astype(float)
+                ax.plot(x, g[f"{metric}_mean"], marker="o", color=c, label=f"{model} (mean)", lw=2)
+                lo, hi = g[f"{metric}_ci_low"], g[f"{metric}_ci_high"]
+                band = lo.notna() & hi.notna()
+                if band.any():
+                    ax.fill_between(x[band], lo[band], hi[band], color=c, alpha=0.2, lw=0, label=f"{model} 95% CI")
+                p = pts[(pts["model"] == model) & pts[metric].notna()]
+                ax.scatter(p["K"].astype(float), p[metric].astype(float), color=c, s=14, alpha=0.6,
+                           edgecolor="white", linewidth=0.5, zorder=3)
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xticks([float(k) for k in ks])
+            ax.set_xticklabels([str(int(k)) for k in ks])
+            ax.set_xlabel("K (mixture components)")
+            m = METRICS.get(metric, Metric(metric, metric, "", False))
+            arrow = "↑ better" if m.higher_is_better else "↓ better"
+            ax.set_ylabel(f"{m.label}{' (' + m.unit + ')' if m.unit else ''}  {arrow}")
+            if fk:
+                ax.set_title(config_label(dict(zip(fk, fv)), fk))
+            if i == 0 and j == len(facets) - 1:
+                ax.legend(loc="best", fontsize=8, frameon=True)
+    fig.suptitle(" and ".join(METRICS.get(m, Metric(m, m, "", False)).label for m in metrics)
+                 + " vs K: mean over seeds, band = 95% t-interval, dots = single runs", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_clustering_vs_k(runs: pd.DataFrame, summary: Optional[pd.DataFrame] = None):
+    """ACC and NMI against K (K > 1 only: one component has nothing to cluster)."""
+    ok = completed(runs)
+    sub = runs[(runs["K"].fillna(1) > 1)]
+    if completed(sub)[["acc", "nmi"]].notna().sum().sum() == 0:
+        return None
+    plt, sns = _plt()
+    summary = summarize(sub) if summary is None else summary[summary["K"] > 1]
+    keys = group_keys(sub)
+    fk, facets = _facets(summary, keys, ("model", "K"))
+    colors = _model_colors(ok["model"].dropna().unique())
+    metrics = ["acc", "nmi"]
+    fig, axes = plt.subplots(len(facets), 2, figsize=(11, 3.8 * len(facets)), squeeze=False)
+    ks = sorted(completed(sub)["K"].dropna().unique())
+    for i, fv in enumerate(facets):
+        s, pts = _select(summary, fk, fv), _select(completed(sub), fk, fv)
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for model, g in s.groupby("model", sort=True):
+                g = g[g[f"{metric}_mean"].notna()].sort_values("K")
+                if g.empty:
+                    continue
+                c = colors[model]
+                x = g["K"].astype(float)
+                yerr = g[f"{metric}_ci95"].fillna(0).to_numpy()
+                ax.errorbar(x, g[f"{metric}_mean"], yerr=yerr, marker="o", color=c, capsize=4, lw=2, label=model)
+                p = pts[(pts["model"] == model) & pts[metric].notna()]
+                ax.scatter(p["K"].astype(float), p[metric].astype(float), color=c, s=14, alpha=0.6,
+                           edgecolor="white", linewidth=0.5, zorder=3)
+            ax.set_xticks([float(k) for k in ks])
+            ax.set_xticklabels([str(int(k)) for k in ks])
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("K (mixture components)")
+            ax.set_ylabel(f"{METRICS[metric].label}  ↑ better")
+            title = config_label(dict(zip(fk, fv)), fk) if fk else ""
+            ax.set_title((title + ": " if title else "") + METRICS[metric].label)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle("Clustering of the test set vs K: mean over seeds, error bar = 95% t-interval, dots = runs",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
+    """Validation reconstruction and validation loss per epoch, one line per model (mean over runs,
+    band = ±1 sd), one column per K (and other varying settings)."""
+    curves = load_curves(runs) if curves is None else curves
+    if curves.empty:
+        return None
+    plt, sns = _plt()
+    keys = group_keys(runs)
+    fk = [k for k in keys if k != "model"]
+    facets = list(curves[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)) if fk else [()]
+    if len(facets) > 8:
+        fk, facets = [], [()]
+    colors = _model_colors(curves["model"].dropna().unique())
+    rows = [("val_recon", "validation reconstruction (nats)"), ("val_loss", "validation loss (own objective)")]
+    rows = [r for r in rows if r[0] in curves]
+    fig, axes = plt.subplots(len(rows), len(facets), figsize=(4.2 * len(facets) + 1.2, 3.4 * len(rows)),
+                             squeeze=False, sharex=True)
+    for j, fv in enumerate(facets):
+        c = _select(curves, fk, fv)
+        for i, (col, label) in enumerate(rows):
+            ax = axes[i][j]
+            sns.lineplot(data=c, x="epoch", y=col, hue="model", palette=colors, errorbar="sd", ax=ax,
+                         legend=(i == 0 and j == 0))
+            ax.set_ylabel(label if j == 0 else "")
+            if i == 0 and fk:
+                ax.set_title(config_label(dict(zip(fk, fv)), fk))
+            lo, hi = c[col].quantile(0.02), c[col].quantile(0.98)
+            if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+                pad = 0.15 * (hi - lo)
+                ax.set_ylim(lo - pad, hi + pad)
+    fig.suptitle("Validation curves per epoch (mean over seeds, band = ±1 sd). Loss levels differ by objective "
+                 "(KL vs CS): compare models on reconstruction", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_optuna_history(study: OptunaStudy):
+    plt, sns = _plt()
+    t = study.trials
+    done = t[t["value"].notna()]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    if not done.empty:
+        ax.scatter(done["number"], done["value"], s=28, label="trial objective", zorder=3)
+        best = done["value"].cummin() if study.direction == "minimize" else done["value"].cummax()
+        ax.step(done["number"], best, where="post", color="C3", lw=2, label="best so far")
+    failed = t[t["value"].isna()]
+    if not failed.empty:
+        y = ax.get_ylim()[0] if not done.empty else 0
+        ax.scatter(failed["number"], [y] * len(failed), marker="x", color="grey", s=40,
+                   label=f"failed / unfinished ({len(failed)})", zorder=3, clip_on=False)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"objective ({study.direction})")
+    ax.set_title("Optuna optimisation history")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_optuna_params(study: OptunaStudy):
+    if not study.params:
+        return None
+    plt, sns = _plt()
+    t = study.trials
+    n = len(study.params)
+    cols = min(n, 3)
+    rows_ = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    done = t[t["value"].notna()]
+    best_number = None
+    if not done.empty:
+        best_number = done.loc[done["value"].idxmin() if study.direction == "minimize" else done["value"].idxmax(),
+                               "number"]
+    for ax, p in zip(axes.flat, study.params):
+        d = done[done[p].notna()]
+        if pd.api.types.is_numeric_dtype(d[p]):
+            sc = ax.scatter(d[p], d["value"], c=d["number"], cmap="viridis", s=30)
+            if p in study.log_params or (len(d) and d[p].min() > 0 and d[p].max() / max(d[p].min(), 1e-300) > 100):
+                ax.set_xscale("log")
+        else:
+            sns.stripplot(data=d, x=p, y="value", ax=ax)
+            sc = None
+        b = d[d["number"] == best_number]
+        if not b.empty:
+            ax.scatter(b[p], b["value"], marker="*", s=200, color="C3", zorder=4, label="best")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(p)
+        ax.set_ylabel("objective")
+    if done.shape[0] and sc is not None:
+        fig.colorbar(sc, ax=axes.ravel().tolist(), label="trial number", shrink=0.8)
+    fig.suptitle("Objective vs each searched parameter (colour = trial order, star = best)", fontsize=11)
+    return fig
+
+
+def plot_best_images(runs: pd.DataFrame, image: str = "samples.png", select_by: str = "val_nll"):
+    """One image of the best run (by validation NLL) of each model side by side."""
+    ok = completed(runs)
+    picks = []
+    for model in sorted(ok["model"].dropna().unique(), key=str):
+        r = best_run(runs, model, select_by)
+        if r is not None and (Path(r["run_dir"]) / image).is_file():
+            picks.append(r)
+    if not picks:
+        return None
+    plt, _ = _plt()
+    from PIL import Image
+
+    imgs = [np.asarray(Image.open(Path(r["run_dir"]) / image).convert("RGB")) for r in picks]
+    aspect = max(im.shape[1] / im.shape[0] for im in imgs)
+    w = 5.5 * aspect if aspect > 1.5 else 5.0
+    fig, axes = plt.subplots(1, len(picks), figsize=(w * len(picks), 5.6), squeeze=False)
+    keys = [k for k in group_keys(runs) if k != "model"]
+    for ax, r, im in zip(axes[0], picks, imgs):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_axis_off()
+        label = config_label(r.to_dict(), ["model"] + keys)
+        ax.set_title(f"{label}, seed {r['seed']}\nval NLL {_num(r['val_nll'])}, test NLL {_num(r['test_nll'])}",
+                     fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> Optional[Path]:
+    """Save a figure as PNG (dpi 110) and close it; None when there was nothing to draw."""
+    if fig is None:
+        return None
+    plt, _ = _plt()
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,431 @@
+"""Comparison report: `python -m src.report [DIR]`.
+
+DIR is a run directory, a multirun / Optuna sweep directory or all of `outputs/` (default: the newest
+sweep under outputs/multirun). Writes `outputs/reports/<name>/`:
+
+    index.html   one self-contained page (inline CSS, images beside it with relative links)
+    report.md    the same content in Markdown
+    runs.csv     one row per run (config columns, every results.json key, status)
+    summary.csv  grouped over seeds: mean, std, 95% CI (t), n per metric
+    comparisons.csv  paired model comparisons on common seeds (t-test, Holm-adjusted p)
+    *.png        seaborn figures
+
+Loading and statistics live in src/analysis.py (shared with the notebooks in analysis/).
+Exit status: 0 on success, 1 when DIR holds no runs or does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from src import analysis as A
+
+OUTPUTS = Path("outputs")
+OWNED_SUFFIXES = (".png", ".csv", ".md", ".html")
+
+
+# --------------------------------------------------------------------------------------------------
+# Which directory, which name
+
+
+def newest_sweep(outputs: Path = OUTPUTS) -> Optional[Path]:
+    """The most recently written sweep directory under outputs/multirun (by its multirun.yaml or
+    optimization_results.yaml), else the newest directory holding runs there."""
+    base = Path(outputs) / "multirun"
+    if not base.is_dir():
+        return None
+    marks = [p for p in base.rglob("multirun.yaml")] + [p for p in base.rglob("optimization_results.yaml")]
+    if marks:
+        newest = max(marks, key=lambda p: max((q.stat().st_mtime for q in p.parent.glob("*/results.json")),
+                                              default=p.stat().st_mtime))
+        return newest.parent
+    runs = A.find_run_dirs(base)
+    if not runs:
+        return None
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def report_name(target: Path, outputs: Path = OUTPUTS) -> str:
+    """outputs/multirun/2026-01-02/10-11-12 → multirun_2026-01-02_10-11-12; outputs → all."""
+    t = target.resolve()
+    o = Path(outputs).resolve()
+    if t == o:
+        return "all"
+    try:
+        parts = t.relative_to(o).parts
+    except ValueError:
+        parts = t.parts[-2:]
+    name = "_".join(parts) or "report"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables for display
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _mean_ci(row: pd.Series, metric: str) -> str:
+    n = row.get(f"{metric}_n", 0)
+    if not n or pd.isna(n):
+        return "–"
+    d = A._digits(metric)
+    s = _fmt(row[f"{metric}_mean"], d)
+    if np.isfinite(row[f"{metric}_ci95"]):
+        s += f" ± {_fmt(row[f'{metric}_ci95'], d)}"
+    return s + f" (n={int(n)})"
+
+
+DISPLAY_METRICS = [("test_nll", "test NLL"), ("val_nll", "val NLL"), ("test_recon", "test recon"),
+                   ("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"), ("n_clusters_used", "clusters used"),
+                   ("best_epoch", "best epoch")]
+
+
+def summary_display(summary: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    out = pd.DataFrame()
+    for k in keys:
+        out[A.short_key(k) if k != "reg_weight" else "β/λ"] = summary[k].map(A._fmt_value)
+    out["seeds"] = summary["seeds"]
+    for m, label in DISPLAY_METRICS:
+        if f"{m}_mean" in summary and summary[f"{m}_n"].fillna(0).sum() > 0:
+            out[label] = [_mean_ci(r, m) for _, r in summary.iterrows()]
+    return out
+
+
+def comparisons_display(comps: dict, keys: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for metric, t in comps.items():
+        d = A._digits(metric)
+        for _, r in t.iterrows():
+            ctx = A.config_label(r.to_dict(), [k for k in keys if k != "model"])
+            rows.append({
+                "metric": A.METRICS[metric].label, "setting": ctx, "a − b": f"{r['a']} − {r['b']}",
+                "seeds": r["seeds"], "mean a": _fmt(r["mean_a"], d), "mean b": _fmt(r["mean_b"], d),
+                "difference ± 95% CI": _fmt(r["diff"], d) + (f" ± {_fmt(r['diff_ci95'], d)}"
+                                                             if np.isfinite(r["diff_ci95"]) else ""),
+                "p": _fmt(r["p"], 3), "p (Holm)": _fmt(r["p_holm"], 3),
+                "better": "–" if pd.isna(r["better"]) else r["better"],
+                "significant": "yes" if r["significant"] else "no",
+            })
+    return pd.DataFrame(rows)
+
+
+def excluded_display(runs: pd.DataFrame) -> pd.DataFrame:
+    ex = A.excluded(runs)
+    now = time.time()
+    rows = []
+    for _, r in ex.iterrows():
+        note = r["error"] if isinstance(r["error"], str) else ""
+        if r["status"] == "running" and pd.notna(r.get("last_update")):
+            age = now - r["last_update"].timestamp()
+            note = (f"last update {_age(age)} ago: still running, or killed without a chance to record it "
+                    "(SIGKILL leaves status running)")
+        rows.append({"run": r["run"], "status": r["status"], "model": A._fmt_value(r["model"]),
+                     "prior": A._fmt_value(r["prior"]), "K": A._fmt_value(r["K"]), "seed": A._fmt_value(r["seed"]),
+                     "overrides": r["overrides"] or "", "reason": note})
+    return pd.DataFrame(rows)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+RUN_COLUMNS = ["run", "status", "model", "prior", "K", "reg_weight", "seed", "epochs_run", "best_epoch", "test_nll",
+               "val_nll", "acc", "nmi", "ari", "n_clusters_used", "train_seconds"]
+
+
+def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in RUN_COLUMNS if c in runs] + [c for c in runs.columns if c.startswith("cfg.")]
+    out = runs[cols].copy()
+    for c in cols:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].map(lambda v: _fmt(v, 3))
+        else:
+            out[c] = out[c].map(A._fmt_value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(df: pd.DataFrame, cls: str = "") -> str:
+    if df.empty:
+        return "<p><em>(none)</em></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False, name=None))
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff;box-shadow:0 0 12px rgba(0,0,0,.06)}
+h1{font-size:1.55rem;margin:.2em 0 .1em} h2{font-size:1.2rem;margin-top:1.8em;border-bottom:2px solid #e4e7ec;padding-bottom:4px}
+h3{font-size:1.0rem;margin:1.1em 0 .3em;color:#334}
+.meta{color:#5b6475;font-size:.9rem;margin-bottom:1em} code{background:#f0f2f5;padding:1px 4px;border-radius:3px}
+.verdict{background:#f3f7ff;border-left:4px solid #3b6fd8;padding:8px 18px 10px;margin:12px 0}
+.verdict ul{margin:.2em 0 .6em;padding-left:1.2em} .verdict li{margin:.25em 0;line-height:1.4}
+.status span{display:inline-block;margin-right:10px;padding:2px 10px;border-radius:12px;font-size:.88rem;background:#eef0f3}
+.status .completed{background:#dff3e4;color:#14532d} .status .failed{background:#fde2e1;color:#7f1d1d}
+.status .interrupted,.status .running{background:#fff3cd;color:#6b4f00}
+.scroll{overflow-x:auto} table{border-collapse:collapse;font-size:.84rem;margin:6px 0 14px}
+th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left;white-space:nowrap} th{background:#f0f2f5}
+tbody tr:nth-child(even){background:#fafbfc}
+figure{margin:14px 0 26px} figure img{max-width:100%;height:auto;border:1px solid #e4e7ec}
+figcaption{color:#4a5263;font-size:.88rem;margin-top:4px}
+details summary{cursor:pointer;font-weight:600;margin:8px 0}
+"""
+
+
+class Doc:
+    """Collects the report once and renders it as HTML and Markdown (same content)."""
+
+    def __init__(self):
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def h(self, level: int, text: str):
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append("#" * level + " " + text + "\n")
+
+    def p(self, text: str, cls: str = ""):
+        self.html.append(f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>")
+        self.md.append(text + "\n")
+
+    def raw(self, html_text: str, md_text: str):
+        self.html.append(html_text)
+        self.md.append(md_text)
+
+    def table(self, df: pd.DataFrame, collapsed: Optional[str] = None):
+        t = html_table(df)
+        self.html.append(f"<details><summary>{html.escape(collapsed)}</summary>{t}</details>" if collapsed else t)
+        self.md.append(md_table(df))
+
+    def figure(self, file: str, caption: str):
+        self.html.append(f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md.append(f"![{caption}]({file})\n\n_{caption}_\n")
+
+    def verdict(self, sections):
+        parts = []
+        for title, lines in sections:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+            parts.append(f"<h3>{html.escape(title)}</h3><ul>{items}</ul>")
+        self.html.append('<div class="verdict">' + "".join(parts) + "</div>")
+        self.md.append(A.verdict_markdown(sections))
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[str] = None,
+                 progress: bool = True) -> Path:
+    """Write the report of the runs under target; returns the report directory. Raises
+    analysis.NoRunsError when there is no run."""
+    target = Path(target)
+    runs = A.load_runs(target, progress=progress)
+    out = Path(out_root) / (name or report_name(target))
+    _prepare(out)
+    ok = A.completed(runs)
+    keys = A.group_keys(runs)
+    summary = A.summarize(runs)
+    comps = {m: A.paired_comparisons(runs, m) for m in A.VERDICT_METRICS}
+    sections = A.verdict(runs, summary, comps)
+
+    runs.drop(columns=["last_update"]).to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    all_comps = [t for t in comps.values() if not t.empty]
+    (pd.concat(all_comps, ignore_index=True) if all_comps else pd.DataFrame(
+        columns=["metric", "a", "b", "n", "diff", "p", "p_holm"])).to_csv(out / "comparisons.csv", index=False)
+
+    doc = Doc()
+    title = f"Report: {target.resolve()}"
+    doc.raw(f"<h1>{html.escape('Sweep report')}</h1>", "# Sweep report\n")
+    doc.p(f"Source: {target.resolve()} · generated {time.strftime('%Y-%m-%d %H:%M')} by python -m src.report · "
+          f"{len(runs)} runs, {len(ok)} completed", cls="meta")
+    counts = A.status_counts(runs)
+    doc.raw('<p class="status">' + "".join(f'<span class="{html.escape(s.split()[0])}">{html.escape(s)}: {n}</span>'
+                                          for s, n in counts.items()) + "</p>",
+            "Status: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "\n")
+    doc.h(2, "Verdict")
+    doc.verdict(sections)
+
+    ex = excluded_display(runs)
+    doc.h(2, f"Excluded runs ({len(ex)})")
+    if ex.empty:
+        doc.p("Every run completed; none excluded.")
+    else:
+        doc.p("Not completed, so left out of every mean, interval and test (listed, never dropped silently).")
+        doc.table(ex)
+
+    doc.h(2, "Summary over seeds")
+    doc.p("Mean ± 95% t-interval half-width (n = completed runs with the metric). NLL in nats, lower is better; "
+          "ACC/NMI/ARI higher is better. Full numbers (std, CI bounds) in summary.csv.")
+    doc.table(summary_display(summary, keys))
+
+    cd = comparisons_display(comps, keys)
+    doc.h(2, "Paired comparisons between models")
+    doc.p("Same setting, same seeds: difference a − b, paired t-test, Holm-adjusted within each metric "
+          "(comparisons.csv).")
+    doc.table(cd)
+
+    doc.h(2, "Figures")
+    figs = [
+        ("nll_vs_k.png", lambda: A.plot_metric_vs_k(runs, ("test_nll",), summary),
+         "Test NLL vs K per model: mean over seeds, band = 95% t-interval, dots = single runs."),
+        ("clustering_vs_k.png", lambda: A.plot_clustering_vs_k(runs, summary),
+         "Clustering ACC and NMI vs K (K > 1), error bars = 95% t-interval."),
+        ("val_curves.png", lambda: A.plot_val_curves(runs),
+         "Validation reconstruction and loss per epoch by model (band = ±1 sd over seeds)."),
+        ("samples_best.png", lambda: A.plot_best_images(runs, "samples.png"),
+         "Samples from the prior: best run of each model (selected by validation NLL)."),
+        ("latent_best.png", lambda: A.plot_best_images(runs, "latent_scatter.png"),
+         "Latent space (PCA of test posterior means) of the best run of each model."),
+        ("reconstructions_best.png", lambda: A.plot_best_images(runs, "reconstructions.png"),
+         "Test reconstructions (original, reconstruction pairs) of the best run of each model."),
+    ]
+    _draw(doc, out, figs)
+
+    studies = optuna_sweeps(target)
+    for sweep in studies:
+        inside = runs[runs["run_dir"].map(lambda d: Path(d).is_relative_to(sweep))]
+        _optuna_section(doc, out, sweep, inside, multiple=len(studies) > 1)
+
+    doc.h(2, f"All runs ({len(runs)})")
+    doc.table(runs_display(runs), collapsed=f"Show the table of all {len(runs)} runs (also runs.csv)")
+    doc.p("Files: runs.csv (every results.json key and config column per run), summary.csv, comparisons.csv, "
+          "report.md (this page in Markdown).", cls="meta")
+
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
+            + "\n".join(doc.html) + "</main></body></html>\n")
+    (out / "index.html").write_text(page, encoding="utf-8")
+    (out / "report.md").write_text("\n".join(doc.md), encoding="utf-8")
+    return out
+
+
+def _prepare(out: Path) -> None:
+    """Create the report dir; clear the files an earlier report wrote there (only in report dirs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / A.REPORT_MARKER
+    if marker.exists():
+        for f in out.iterdir():
+            if f.is_file() and f.suffix in OWNED_SUFFIXES:
+                f.unlink()
+    marker.write_text("written by python -m src.report; files here are replaced on the next run\n")
+
+
+def _draw(doc: Doc, out: Path, figs) -> None:
+    for file, make, caption in figs:
+        try:
+            path = A.save(make(), out / file)
+        except Exception as e:  # a figure must never take the report down
+            doc.p(f"{file}: could not be drawn ({type(e).__name__}: {e}).")
+            continue
+        if path is not None:
+            doc.figure(file, caption)
+
+
+def optuna_sweeps(target: Path, limit: int = 5) -> list[Path]:
+    """Optuna sweep directories the target is in or holds (at most `limit`)."""
+    up = A.find_sweep_root(target)
+    if up is not None:
+        return [up] if A.is_optuna_sweep(up) else []
+    found = sorted({p.parent.resolve() for p in Path(target).rglob("optimization_results.yaml")}
+                   | {p.parent.resolve() for p in Path(target).rglob("multirun.yaml") if A.is_optuna_sweep(p.parent)})
+    return found[:limit]
+
+
+def _optuna_section(doc: Doc, out: Path, sweep: Path, runs: pd.DataFrame, multiple: bool = False) -> None:
+    study = A.load_optuna(sweep, runs)
+    t = study.trials
+    tag = ("_" + re.sub(r"[^A-Za-z0-9]+", "-", sweep.name)) if multiple else ""
+    doc.h(2, "Optuna study" + (f": {sweep}" if multiple else ""))
+    n_done = int(t["value"].notna().sum())
+    doc.p(f"{len(t)} trials ({n_done} with an objective) from {study.source}; direction {study.direction}; "
+          f"best value {_fmt(study.best_value, 4)}.")
+    if study.best_params:
+        doc.table(pd.DataFrame([{"parameter": k, "best value": v} for k, v in study.best_params.items()]))
+    _draw(doc, out, [
+        (f"optuna_history{tag}.png", lambda: A.plot_optuna_history(study),
+         "Optimisation history: objective per trial and best so far (failed trials marked ×)."),
+        (f"optuna_params{tag}.png", lambda: A.plot_optuna_params(study),
+         "Objective vs each searched parameter (colour = trial number, star = best trial)."),
+    ])
+    top = t.sort_values("value", ascending=study.direction == "minimize", na_position="last").head(10)
+    doc.table(top.map(lambda v: _fmt(v, 4) if isinstance(v, float) else A._fmt_value(v)),
+              collapsed="Best 10 trials")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir", nargs="?", help="a run, a sweep directory or outputs/ (default: newest sweep under "
+                                           "outputs/multirun)")
+    ap.add_argument("--out", default=str(OUTPUTS / "reports"), help="where report directories go "
+                                                                     "(default outputs/reports)")
+    ap.add_argument("--name", help="report directory name (default: derived from DIR)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    if args.dir is None:
+        target = newest_sweep()
+        if target is None:
+            print(f"error: no sweep under {OUTPUTS / 'multirun'}; pass a directory "
+                  "(a run, a sweep or outputs/)", file=sys.stderr)
+            return 1
+        print(f"newest sweep: {target}", file=sys.stderr)
+    else:
+        target = Path(args.dir)
+    try:
+        out = build_report(target, Path(args.out), args.name, progress=not args.quiet)
+    except A.NoRunsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    runs = pd.read_csv(out / "runs.csv")
+    n_ok = int((runs["status"] == A.COMPLETED).sum())
+    print(f"report: {out / 'index.html'}  ({len(runs)} runs, {n_ok} completed; also report.md, runs.csv, "
+          f"summary.csv)")
+    if n_ok == 0:
+        print("warning: no completed run, so the report has no statistics", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
