@@ -42,7 +42,7 @@ from scipy import stats
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
 LIST_KEYS = ["overrides", "images"]  # lists in results.json: joined with spaces in the table
 
 #: Configuration columns of results.json and the config path each comes from.
@@ -491,7 +491,7 @@ def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str
     verb = "beats" if row["significant"] else "is ahead of"
     s = f"{where}{winner} {verb} {loser} on {m.label} by {_num(diff, dg)}{pm}{unit} ({p_txt}, {seeds})"
     if row["significant"]:
-        return s + (": significant, but with only 2 seeds treat it as preliminary." if n < 3 else ".")
+        return s + (": significant, but with only 2 seeds treat it as preliminary." if n < 3 else ": significant.")
     if n < 3:
         return s + ": not significant, and too few seeds to tell."
     return s + ": not significant."
@@ -522,11 +522,13 @@ def verdict(runs: pd.DataFrame, summary: Optional[pd.DataFrame] = None,
     keys = group_keys(runs)
     seeds_per = summary["n_runs"]
     datasets = ", ".join(sorted(map(str, ok["dataset"].dropna().unique())))
-    design = " × ".join(f"{short_key(k)} ∈ {{{', '.join(_fmt_value(v) for v in sorted(ok[k].dropna().unique(), key=_sort_key))}}}"
-                        for k in keys if ok[k].nunique() > 1)
+    design = " × ".join(_values_text(ok, k) for k in keys if ok[k].nunique() > 1)
+    fixed = ", ".join(f"{short_key(k)}={_fmt_value(ok[k].iloc[0])}" for k in ("prior", "K", "reg_weight", "latent_dim",
+                                                                            "epochs", "is_samples")
+                      if k in ok and ok[k].nunique(dropna=False) == 1)
     overview.append(f"{len(summary)} configuration{'s' if len(summary) != 1 else ''} on {datasets}"
-                    + (f" ({design})" if design else "")
-                    + f", {_range_text(seeds_per)} completed seed{'s' if seeds_per.max() != 1 else ''} each. "
+                    + (f" ({design})" if design else "") + (f", all with {fixed}" if fixed else "")
+                    + f"; {_range_text(seeds_per)} completed seed{'s' if seeds_per.max() != 1 else ''} each. "
                     "± below is the 95% confidence half-width (t distribution); p-values are from paired t-tests "
                     "on the seeds both sides share.")
 
@@ -577,6 +579,14 @@ def verdict_markdown(sections: list[tuple[str, list[str]]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _values_text(df: pd.DataFrame, key: str, most: int = 6) -> str:
+    """'K ∈ {1, 5, 10}', or 'K: 20 values from 1 to 50' when there are many."""
+    vals = sorted(df[key].dropna().unique(), key=_sort_key)
+    if len(vals) <= most:
+        return f"{short_key(key)} ∈ {{{', '.join(_fmt_value(v) for v in vals)}}}"
+    return f"{short_key(key)}: {len(vals)} values from {_fmt_value(vals[0])} to {_fmt_value(vals[-1])}"
+
+
 def _sort_key(v):
     return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
 
@@ -587,7 +597,11 @@ def _range_text(n: pd.Series) -> str:
 
 
 def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: str, keys: Sequence[str]) -> str:
-    """Is the best distinguishable from the runner-up? Paired test on common seeds when possible."""
+    """Is the best distinguishable from the runner-up? Paired test on common seeds when possible (not
+    corrected for having picked the best; when the two differ only in the model, the paired model
+    comparison below says it, with Holm correction)."""
+    if all(best[k] == second[k] for k in keys if k != "model"):
+        return " (compared below)"
     ok = completed(runs)
 
     def select(row):
@@ -599,10 +613,11 @@ def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: 
 
     r = paired_test(_per_seed(select(best), metric), _per_seed(select(second), metric))
     if r["n"] >= 2 and np.isfinite(r["p"]):
-        sig = "significant" if r["p"] < 0.05 else "not significant"
+        sig = "below 0.05" if r["p"] < 0.05 else "not significant"
         if r["n"] < 3:
             sig += ", 2 seeds only"
-        return f" — paired difference {_num(abs(r['diff']), _digits(metric))} ({_p(r['p'])}, {r['n']} seeds, {sig})"
+        return (f" — paired difference {_num(abs(r['diff']), _digits(metric))} ({_p(r['p'])}, {r['n']} seeds, {sig}; "
+                "uncorrected for picking the best)")
     lo1, hi1 = best[f"{metric}_ci_low"], best[f"{metric}_ci_high"]
     lo2, hi2 = second[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
     if all(np.isfinite([lo1, hi1, lo2, hi2])):
@@ -616,9 +631,12 @@ def caveats(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     ok = completed(runs)
     out = []
     n = summary["n_runs"] if "n_runs" in summary else pd.Series(dtype=int)
-    if len(n) and n.max() < 3:
-        out.append(f"With at most {int(n.max())} seed{'s' if n.max() != 1 else ''} per configuration, confidence "
-                   "intervals are wide or undefined and only large differences can reach significance.")
+    if len(n) and n.max() == 1:
+        out.append("One seed per configuration: no confidence intervals or tests are possible, and differences "
+                   "may be seed noise.")
+    elif len(n) and n.max() < 3:
+        out.append(f"With at most {int(n.max())} seeds per configuration, confidence intervals are wide or "
+                   "undefined and only large differences can reach significance.")
     s = ok["is_samples"].dropna()
     if len(s) and s.min() < 1000:
         out.append(f"Test NLL uses S = {_range_text(s)} importance samples per point; the estimate is an upper bound "
@@ -664,121 +682,72 @@ def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def find_sweep_root(path) -> Optional[Path]:
-    """The sweep directory that holds path (the dir with multirun.yaml or optimization_results.yaml)."""
-    p = Path(path).resolve()
-    for q in [p, *p.parents]:
-        if (q / "multirun.yaml").is_file() or (q / "optimization_results.yaml").is_file():
-            return q
-    return None
+def _job_configs(run_dir) -> tuple[dict, dict]:
+    """(config.yaml, hydra.yaml's `hydra` node) of one job, {} where missing."""
+    d = Path(run_dir) / ".hydra"
+    return _read_yaml(d / "config.yaml") or {}, (_read_yaml(d / "hydra.yaml") or {}).get("hydra") or {}
 
 
-def is_optuna_sweep(sweep_dir) -> bool:
-    d = Path(sweep_dir)
-    if (d / "optimization_results.yaml").is_file() or _trials_csv(d) is not None:
-        return True
-    mr = _read_yaml(d / "multirun.yaml") or {}
-    target = str(((mr.get("hydra") or {}).get("sweeper") or {}).get("_target_", ""))
-    return "optuna" in target.lower()
-
-
-def _trials_csv(d: Path) -> Optional[Path]:
-    found = sorted(d.glob("*trials*.csv"))
-    return found[0] if found else None
-
-
-def _parse_override(s: str) -> tuple[str, str]:
-    k, _, v = s.partition("=")
-    return k.lstrip("+~"), v
-
-
-def _to_number(v):
-    if isinstance(v, str):
-        try:
-            f = float(v)
-            return int(f) if f.is_integer() and re.fullmatch(r"[+-]?\d+", v.strip()) else f
-        except ValueError:
-            return v
-    return v
+def _params_of(row: pd.Series) -> dict:
+    """The trial's sampled parameters (results.json `params`, kept as JSON text in the run table)."""
+    p = row.get("params")
+    try:
+        p = json.loads(p) if isinstance(p, str) else p
+    except ValueError:
+        return {}
+    return p if isinstance(p, dict) else {}
 
 
 @dataclass
 class OptunaStudy:
     sweep_dir: Path
-    trials: pd.DataFrame          # number, value, state, and one column per parameter (params)
+    name: Optional[str]
+    trials: pd.DataFrame          # number, value, state, run, status, and one column per parameter
     params: list[str]
+    objective: str                # the results.json key the trials returned (first objective)
     direction: str                # minimize | maximize
-    best_params: dict
-    best_value: Optional[float]
     log_params: set               # parameters searched on a log scale
-    source: str                   # where the trials came from
+
+    @property
+    def best(self) -> Optional[pd.Series]:
+        done = self.trials[self.trials["value"].notna()]
+        if done.empty:
+            return None
+        return done.loc[done["value"].idxmin() if self.direction == "minimize" else done["value"].idxmax()]
 
 
-def load_optuna(sweep_dir, runs: Optional[pd.DataFrame] = None) -> OptunaStudy:
-    """The study of an Optuna sweep directory: from its trials CSV when one is there (Optuna's
-    trials_dataframe layout: number, value, state, params_<name>), else from the job directories
-    (trial = job number, objective = val_nll which the task returns, parameters from the overrides of
-    the sweeper's search space in multirun.yaml). optimization_results.yaml gives the best trial."""
-    d = Path(sweep_dir)
-    res = _read_yaml(d / "optimization_results.yaml") or {}
-    mr = _read_yaml(d / "multirun.yaml") or {}
-    sweeper = (mr.get("hydra") or {}).get("sweeper") or {}
-    space = sweeper.get("params") or {}
+def optuna_studies(runs: pd.DataFrame) -> list[OptunaStudy]:
+    """The Optuna sweeps among the runs: jobs whose results.json has a trial number, grouped by sweep
+    directory (the parent of the job dir). Built from the job directories alone, so an interrupted
+    sweep (no trials.csv, no optimization_results.yaml) still shows every trial it ran."""
+    if "trial" not in runs:
+        return []
+    opt = runs[runs["trial"].notna()]
+    return [load_optuna(g) for _, g in opt.groupby(opt["run_dir"].map(lambda d: str(Path(d).parent)), sort=True)]
+
+
+def load_optuna(runs: pd.DataFrame) -> OptunaStudy:
+    """One Optuna sweep from its jobs' rows: trial = results.json `trial`, parameters = `params`,
+    value = the sweep's first objective (`sweep.objectives`, default val_nll) for completed jobs,
+    state COMPLETE or FAIL; direction and log-scaled parameters from the sweeper config in .hydra/."""
+    first = runs.iloc[0]
+    cfg, hydra_cfg = _job_configs(first["run_dir"])
+    sweeper = hydra_cfg.get("sweeper") or {}
     direction = sweeper.get("direction", "minimize")
-    if isinstance(direction, list):
-        direction = direction[0]
-    direction = str(direction).lower().replace("studydirection.", "")
-    log_params = {k for k, v in space.items() if "log" in str(v)}
-    best_params = dict(res.get("best_params") or {})
-    best_value = res.get("best_value")
-    objectives = list((mr.get("sweep") or {}).get("objectives") or [])
-    csv = _trials_csv(d)
-    if csv is not None:
-        t = pd.read_csv(csv)
-        meta = ("number", "value", "state", "datetime_start", "datetime_complete", "duration", "run_dir",
-                "run_status", "system_attrs", "user_attrs")
-        raw_params = [c[len("params_"):] for c in t.columns if c.startswith("params_")]
-        t = t.rename(columns={f"params_{c}": c for c in raw_params})
-        if "value" not in t:  # src.sweeps names the value column after the objective(s)
-            for cand in objectives + ["values_0", "val_nll"]:
-                if cand in t:
-                    t["value"] = t[cand]
-                    break
-            else:
-                t["value"] = np.nan
-        if "number" not in t:
-            t["number"] = np.arange(len(t))
-        if "state" not in t:
-            t["state"] = np.where(t["value"].notna(), "COMPLETE", "FAIL")
-        t["state"] = t["state"].astype(str).str.replace("TrialState.", "", regex=False)
-        params = [c for c in raw_params if c not in meta]
-        source = csv.name
-    else:
-        runs = load_runs(d, progress=False) if runs is None else runs
-        params = list(space) or sorted({_parse_override(o)[0] for ov in runs["overrides"].dropna()
-                                        for o in str(ov).split()})
-        rows = []
-        for _, r in runs.iterrows():
-            ov = dict(_parse_override(o) for o in str(r["overrides"] or "").split())
-            state = {"completed": "COMPLETE", "failed": "FAIL", "running": "RUNNING"}.get(r["status"], "FAIL")
-            trial = r.get("trial")
-            number = trial if trial is not None and pd.notna(trial) else r["job_num"]
-            obj = objectives[0] if objectives and objectives[0] in r else "val_nll"
-            row = {"number": number, "value": r[obj] if state == "COMPLETE" else np.nan, "state": state,
-                   "run": r["run"]}
-            for p in params:
-                row[p] = _to_number(ov[p]) if p in ov else np.nan
-            rows.append(row)
-        t = pd.DataFrame(rows)
-        source = f"job directories (objective = {objectives[0] if objectives else 'val_nll'})"
-    t = t.sort_values("number", kind="stable").reset_index(drop=True)
-    for p in params:
-        conv = pd.to_numeric(t[p], errors="coerce")
-        if conv.notna().sum() == t[p].notna().sum():
-            t[p] = conv
-    if best_value is None and t["value"].notna().any():
-        best_value = float(t["value"].min() if direction == "minimize" else t["value"].max())
-    return OptunaStudy(d, t, params, direction, best_params, best_value, log_params, source)
+    direction = str(direction[0] if isinstance(direction, list) else direction).lower().replace("studydirection.", "")
+    space = sweeper.get("params") or {}
+    objectives = ((cfg.get("sweep") or {}).get("objectives")) or ["val_nll"]
+    objective = str(objectives[0])
+    rows = []
+    for _, r in runs.iterrows():
+        ok = r["status"] == COMPLETED
+        value = pd.to_numeric(r.get(objective), errors="coerce") if ok else np.nan
+        rows.append({"number": int(r["trial"]), "value": value, "state": "COMPLETE" if ok else "FAIL",
+                     "status": r["status"], "run": r["run"], **_params_of(r)})
+    trials = pd.DataFrame(rows).sort_values("number", kind="stable").reset_index(drop=True)
+    params = [c for c in trials.columns if c not in ("number", "value", "state", "status", "run")]
+    return OptunaStudy(Path(first["run_dir"]).parent, first.get("study"), trials, params, objective, direction,
+                       {k for k, v in space.items() if "log" in str(v)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -805,12 +774,18 @@ def _model_colors(models: Sequence[str]) -> dict:
     return {m: pal[i] for i, m in enumerate(sorted(models, key=str))}
 
 
-def _facets(summary: pd.DataFrame, keys: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list]:
-    fk = [k for k in keys if k not in exclude]
+MAX_PANELS = 4  # more settings than this besides model and K (an Optuna search): one panel of single runs
+
+
+def _panels(summary: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], list]:
+    """The settings other than model and K, and their value combinations: one panel column each.
+    ([], [()]) when there are none, more than MAX_PANELS, or no panel would hold two values of K."""
+    fk = [k for k in keys if k not in ("model", "K")]
     if not fk:
         return [], [()]
-    vals = summary[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)
-    return fk, list(vals)
+    vals = list(summary[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None))
+    several_k = any(_select(summary, fk, v)["K"].nunique() > 1 for v in vals)
+    return (fk, vals) if len(vals) <= MAX_PANELS and several_k else ([], [()])
 
 
 def _select(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFrame:
@@ -820,101 +795,67 @@ def _select(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFram
     return df[mask]
 
 
-def plot_metric_vs_k(runs: pd.DataFrame, metrics: Sequence[str] = ("test_nll",), summary: Optional[pd.DataFrame] = None):
-    """Each metric against K, one line per model: mean over seeds, 95% t-CI band, seeds as dots.
-    Other varying settings (prior, λ/β, ...) become one column of panels each."""
-    plt, sns = _plt()
-    summary = summarize(runs) if summary is None else summary
-    keys = group_keys(runs)
-    fk, facets = _facets(summary, keys, ("model", "K"))
+def plot_metric_vs_k(runs: pd.DataFrame, metrics: Sequence[str] = ("test_nll",),
+                     summary: Optional[pd.DataFrame] = None, min_k: int = 0):
+    """Each metric (one row of panels) against K, one colour per model: mean over seeds with its 95%
+    t-interval (band, or error bar at a single K) and every run as a dot. Other settings that vary
+    (prior, λ/β, ...) get one panel column each; with more than MAX_PANELS combinations (a random or
+    Optuna search) only the single runs are drawn, since no two share a configuration."""
+    sub = runs[runs["K"].fillna(1) > min_k] if min_k else runs
+    ok = completed(sub)
+    summary = summarize(sub) if summary is None else summary[summary["K"].fillna(1) > min_k]
     metrics = [m for m in metrics if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
     if not metrics:
         return None
-    ok = completed(runs)
+    plt, _ = _plt()
+    keys = group_keys(sub)
+    fk, facets = _panels(summary, keys)
+    means = len(fk) > 0 or len([k for k in keys if k not in ("model", "K")]) == 0
     colors = _model_colors(ok["model"].dropna().unique())
     fig, axes = plt.subplots(len(metrics), len(facets), figsize=(5.2 * len(facets) + 1.0, 3.8 * len(metrics)),
                              squeeze=False)
     ks = sorted(ok["K"].dropna().unique())
-    log_x = len(ks) > 1 and min(ks) > 0 and max(ks) / min(ks) >= 20
     for i, metric in enumerate(metrics):
+        m = METRICS.get(metric, Metric(metric, metric, "", False))
         for j, fv in enumerate(facets):
             ax = axes[i][j]
-            s = _select(summary, fk, fv)
-            pts = _select(ok, fk, fv)
-            for model, g in s.groupby("model", sort=True):
-                g = g[g[f"{metric}_mean"].notna()].sort_values("K")
-                if g.empty:
-                    continue
+            s, pts = _select(summary, fk, fv), _select(ok, fk, fv)
+            for model in sorted(pts["model"].dropna().unique(), key=str):
                 c = colors[model]
-                x = g["K"].astype(float)
-                ax.plot(x, g[f"{metric}_mean"], marker="o", color=c, label=f"{model} (mean)", lw=2)
-                lo, hi = g[f"{metric}_ci_low"], g[f"{metric}_ci_high"]
-                band = lo.notna() & hi.notna()
-                if band.any():
-                    ax.fill_between(x[band], lo[band], hi[band], color=c, alpha=0.2, lw=0, label=f"{model} 95% CI")
+                g = s[(s["model"] == model) & s[f"{metric}_mean"].notna()].sort_values("K")
+                if means and not g.empty:
+                    x, lo, hi = g["K"].astype(float), g[f"{metric}_ci_low"], g[f"{metric}_ci_high"]
+                    ax.plot(x, g[f"{metric}_mean"], marker="o", color=c, lw=2, label=f"{model}: mean, 95% CI")
+                    if len(g) > 1:
+                        ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
+                    else:
+                        ax.errorbar(x, g[f"{metric}_mean"], yerr=g[f"{metric}_ci95"].fillna(0), color=c, capsize=5)
                 p = pts[(pts["model"] == model) & pts[metric].notna()]
-                ax.scatter(p["K"].astype(float), p[metric].astype(float), color=c, s=14, alpha=0.6,
-                           edgecolor="white", linewidth=0.5, zorder=3)
-            if log_x:
+                ax.scatter(p["K"].astype(float), p[metric].astype(float), color=c, s=16, alpha=0.7,
+                           edgecolor="white", linewidth=0.5, zorder=3, label=None if means else f"{model}: runs")
+            if len(ks) > 1 and min(ks) > 0 and max(ks) / min(ks) >= 20:
                 ax.set_xscale("log")
-            ax.set_xticks([float(k) for k in ks])
-            ax.set_xticklabels([str(int(k)) for k in ks])
+            if len(ks) <= 12:
+                ax.set_xticks([float(k) for k in ks], [str(int(k)) for k in ks])
             ax.set_xlabel("K (mixture components)")
-            m = METRICS.get(metric, Metric(metric, metric, "", False))
-            arrow = "↑ better" if m.higher_is_better else "↓ better"
-            ax.set_ylabel(f"{m.label}{' (' + m.unit + ')' if m.unit else ''}  {arrow}")
+            ax.set_ylabel(f"{m.label}{' (' + m.unit + ')' if m.unit else ''}  {'↑' if m.higher_is_better else '↓'} better")
+            if metric in ("acc", "nmi", "ari"):
+                ax.set_ylim(-0.02, 1.02)
             if fk:
                 ax.set_title(config_label(dict(zip(fk, fv)), fk))
-            if i == 0 and j == len(facets) - 1:
+            if i == 0 and j == 0:
                 ax.legend(loc="best", fontsize=8, frameon=True)
-    fig.suptitle(" and ".join(METRICS.get(m, Metric(m, m, "", False)).label for m in metrics)
-                 + " vs K: mean over seeds, band = 95% t-interval, dots = single runs", fontsize=11)
+    what = ("mean over seeds, band or bar = 95% t-interval, dots = single runs" if means
+            else "single runs (other settings vary between them)")
+    fig.suptitle(" and ".join(METRICS.get(mt, Metric(mt, mt, "", False)).label for mt in metrics)
+                 + f" vs K: {what}", fontsize=11)
     fig.tight_layout()
     return fig
 
 
 def plot_clustering_vs_k(runs: pd.DataFrame, summary: Optional[pd.DataFrame] = None):
-    """ACC and NMI against K (K > 1 only: one component has nothing to cluster)."""
-    ok = completed(runs)
-    sub = runs[(runs["K"].fillna(1) > 1)]
-    if completed(sub)[["acc", "nmi"]].notna().sum().sum() == 0:
-        return None
-    plt, sns = _plt()
-    summary = summarize(sub) if summary is None else summary[summary["K"] > 1]
-    keys = group_keys(sub)
-    fk, facets = _facets(summary, keys, ("model", "K"))
-    colors = _model_colors(ok["model"].dropna().unique())
-    metrics = ["acc", "nmi"]
-    fig, axes = plt.subplots(len(facets), 2, figsize=(11, 3.8 * len(facets)), squeeze=False)
-    ks = sorted(completed(sub)["K"].dropna().unique())
-    for i, fv in enumerate(facets):
-        s, pts = _select(summary, fk, fv), _select(completed(sub), fk, fv)
-        for j, metric in enumerate(metrics):
-            ax = axes[i][j]
-            for model, g in s.groupby("model", sort=True):
-                g = g[g[f"{metric}_mean"].notna()].sort_values("K")
-                if g.empty:
-                    continue
-                c = colors[model]
-                x = g["K"].astype(float)
-                yerr = g[f"{metric}_ci95"].fillna(0).to_numpy()
-                ax.errorbar(x, g[f"{metric}_mean"], yerr=yerr, marker="o", color=c, capsize=4, lw=2, label=model)
-                p = pts[(pts["model"] == model) & pts[metric].notna()]
-                ax.scatter(p["K"].astype(float), p[metric].astype(float), color=c, s=14, alpha=0.6,
-                           edgecolor="white", linewidth=0.5, zorder=3)
-            ax.set_xticks([float(k) for k in ks])
-            ax.set_xticklabels([str(int(k)) for k in ks])
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("K (mixture components)")
-            ax.set_ylabel(f"{METRICS[metric].label}  ↑ better")
-            title = config_label(dict(zip(fk, fv)), fk) if fk else ""
-            ax.set_title((title + ": " if title else "") + METRICS[metric].label)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=8)
-    fig.suptitle("Clustering of the test set vs K: mean over seeds, error bar = 95% t-interval, dots = runs",
-                 fontsize=11)
-    fig.tight_layout()
-    return fig
+    """ACC and NMI against K, for K > 1 (one component has nothing to cluster)."""
+    return plot_metric_vs_k(runs, ("acc", "nmi"), summary, min_k=1)
 
 
 def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
@@ -927,7 +868,7 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
     keys = group_keys(runs)
     fk = [k for k in keys if k != "model"]
     facets = list(curves[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)) if fk else [()]
-    if len(facets) > 8:
+    if len(facets) > 2 * MAX_PANELS:  # a search: one panel, every run of a model pooled
         fk, facets = [], [()]
     colors = _model_colors(curves["model"].dropna().unique())
     rows = [("val_recon", "validation reconstruction (nats)"), ("val_loss", "validation loss (own objective)")]
@@ -941,6 +882,7 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
             sns.lineplot(data=c, x="epoch", y=col, hue="model", palette=colors, errorbar="sd", ax=ax,
                          legend=(i == 0 and j == 0))
             ax.set_ylabel(label if j == 0 else "")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             if i == 0 and fk:
                 ax.set_title(config_label(dict(zip(fk, fv)), fk))
             lo, hi = c[col].quantile(0.02), c[col].quantile(0.98)
@@ -954,61 +896,58 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
 
 
 def plot_optuna_history(study: OptunaStudy):
-    plt, sns = _plt()
+    """Objective per trial, the best so far as a step line, failed trials as grey crosses."""
+    plt, _ = _plt()
     t = study.trials
-    done = t[t["value"].notna()]
+    done, failed = t[t["value"].notna()], t[t["value"].isna()]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     if not done.empty:
-        ax.scatter(done["number"], done["value"], s=28, label="trial objective", zorder=3)
+        ax.scatter(done["number"], done["value"], s=28, label="trial", zorder=3)
         best = done["value"].cummin() if study.direction == "minimize" else done["value"].cummax()
         ax.step(done["number"], best, where="post", color="C3", lw=2, label="best so far")
-    failed = t[t["value"].isna()]
     if not failed.empty:
-        y = ax.get_ylim()[0] if not done.empty else 0
+        y = done["value"].min() if not done.empty else 0.0
         ax.scatter(failed["number"], [y] * len(failed), marker="x", color="grey", s=40,
-                   label=f"failed / unfinished ({len(failed)})", zorder=3, clip_on=False)
+                   label=f"failed ({len(failed)}, drawn at the bottom)", zorder=3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("trial")
-    ax.set_ylabel(f"objective ({study.direction})")
-    ax.set_title("Optuna optimisation history")
+    ax.set_ylabel(f"{study.objective} ({study.direction})")
+    ax.set_title(f"Optuna optimisation history{': ' + study.name if study.name else ''}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_optuna_params(study: OptunaStudy):
-    if not study.params:
+    """Objective against each searched parameter (log axis where the search space is log-scaled)."""
+    done = study.trials[study.trials["value"].notna()]
+    if not study.params or done.empty:
         return None
-    plt, sns = _plt()
-    t = study.trials
+    plt, _ = _plt()
     n = len(study.params)
-    cols = min(n, 3)
-    rows_ = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False)
+    cols = 2 if n in (2, 4) else min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.4 * rows), squeeze=False, sharey=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    done = t[t["value"].notna()]
-    best_number = None
-    if not done.empty:
-        best_number = done.loc[done["value"].idxmin() if study.direction == "minimize" else done["value"].idxmax(),
-                               "number"]
+    best = study.best
     for ax, p in zip(axes.flat, study.params):
-        d = done[done[p].notna()]
-        if pd.api.types.is_numeric_dtype(d[p]):
-            sc = ax.scatter(d[p], d["value"], c=d["number"], cmap="viridis", s=30)
-            if p in study.log_params or (len(d) and d[p].min() > 0 and d[p].max() / max(d[p].min(), 1e-300) > 100):
-                ax.set_xscale("log")
-        else:
-            sns.stripplot(data=d, x=p, y="value", ax=ax)
-            sc = None
-        b = d[d["number"] == best_number]
-        if not b.empty:
-            ax.scatter(b[p], b["value"], marker="*", s=200, color="C3", zorder=4, label="best")
-            ax.legend(fontsize=8)
+        x = pd.to_numeric(done[p], errors="coerce")
+        if x.isna().any():  # categorical parameter
+            x = done[p].astype(str)
+        ax.scatter(x, done["value"], c=done["number"], cmap="viridis", s=30)
+        ax.scatter([best[p]] if pd.api.types.is_numeric_dtype(x) else [str(best[p])], [best["value"]],
+                   marker="*", s=220, color="C3", zorder=4, label="best")
+        if p in study.log_params:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel(p)
-        ax.set_ylabel("objective")
-    if done.shape[0] and sc is not None:
-        fig.colorbar(sc, ax=axes.ravel().tolist(), label="trial number", shrink=0.8)
-    fig.suptitle("Objective vs each searched parameter (colour = trial order, star = best)", fontsize=11)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(study.objective)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Objective vs each searched parameter (colour = trial number, dark = early; star = best)",
+                 fontsize=11)
+    fig.tight_layout()
     return fig
 
 
@@ -1027,14 +966,16 @@ def plot_best_images(runs: pd.DataFrame, image: str = "samples.png", select_by: 
 
     imgs = [np.asarray(Image.open(Path(r["run_dir"]) / image).convert("RGB")) for r in picks]
     aspect = max(im.shape[1] / im.shape[0] for im in imgs)
-    w = 5.5 * aspect if aspect > 1.5 else 5.0
-    fig, axes = plt.subplots(1, len(picks), figsize=(w * len(picks), 5.6), squeeze=False)
+    wide = aspect > 1.5  # wide images (latent scatters) one above the other, square ones side by side
+    n = len(picks)
+    size = (11.0, 11.0 / aspect * n + 0.8 * n) if wide else (5.0 * n, 5.6)
+    fig, axes = plt.subplots(n if wide else 1, 1 if wide else n, figsize=size, squeeze=False)
     keys = [k for k in group_keys(runs) if k != "model"]
-    for ax, r, im in zip(axes[0], picks, imgs):
-        ax.imshow(im, interpolation="nearest")
+    for ax, r, im in zip(axes.flat, picks, imgs):
+        ax.imshow(im, interpolation="nearest" if im.shape[0] < 400 else "antialiased")
         ax.set_axis_off()
         label = config_label(r.to_dict(), ["model"] + keys)
-        ax.set_title(f"{label}, seed {r['seed']}\nval NLL {_num(r['val_nll'])}, test NLL {_num(r['test_nll'])}",
+        ax.set_title(f"{label}, seed {r['seed']}: val NLL {_num(r['val_nll'])}, test NLL {_num(r['test_nll'])}",
                      fontsize=10)
     fig.tight_layout()
     return fig

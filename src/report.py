@@ -152,18 +152,17 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-RUN_COLUMNS = ["run", "status", "model", "prior", "K", "reg_weight", "seed", "epochs_run", "best_epoch", "test_nll",
-               "val_nll", "acc", "nmi", "ari", "n_clusters_used", "train_seconds"]
+RESULT_COLUMNS = ["epochs_run", "best_epoch", "test_nll", "val_nll", "acc", "nmi", "ari", "n_clusters_used",
+                  "train_seconds"]
 
 
 def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in RUN_COLUMNS if c in runs] + [c for c in runs.columns if c.startswith("cfg.")]
-    out = runs[cols].copy()
-    for c in cols:
-        if pd.api.types.is_float_dtype(out[c]):
-            out[c] = out[c].map(lambda v: _fmt(v, 3))
-        else:
-            out[c] = out[c].map(A._fmt_value)
+    """The run table of the page: run, status, the settings that vary (model, prior, K always), seed,
+    and the main results. runs.csv has every column."""
+    config = [k for k in A.candidate_keys(runs) if k in ("model", "prior", "K") or k in A.varying_keys(runs)]
+    out = runs[["run", "status"] + config + ["seed"]].astype(object).map(A._fmt_value)
+    for c in RESULT_COLUMNS:
+        out[c] = runs[c].map(lambda v: _fmt(v, 3) if isinstance(v, float) else A._fmt_value(v))
     return out
 
 
@@ -319,10 +318,9 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
     ]
     _draw(doc, out, figs)
 
-    studies = optuna_sweeps(target)
-    for sweep in studies:
-        inside = runs[runs["run_dir"].map(lambda d: Path(d).is_relative_to(sweep))]
-        _optuna_section(doc, out, sweep, inside, multiple=len(studies) > 1)
+    studies = A.optuna_studies(runs)
+    for i, study in enumerate(studies):
+        _optuna_section(doc, out, study, tag=f"_{i + 1}" if len(studies) > 1 else "")
 
     doc.h(2, f"All runs ({len(runs)})")
     doc.table(runs_display(runs), collapsed=f"Show the table of all {len(runs)} runs (also runs.csv)")
@@ -360,26 +358,16 @@ def _draw(doc: Doc, out: Path, figs) -> None:
             doc.figure(file, caption)
 
 
-def optuna_sweeps(target: Path, limit: int = 5) -> list[Path]:
-    """Optuna sweep directories the target is in or holds (at most `limit`)."""
-    up = A.find_sweep_root(target)
-    if up is not None:
-        return [up] if A.is_optuna_sweep(up) else []
-    found = sorted({p.parent.resolve() for p in Path(target).rglob("optimization_results.yaml")}
-                   | {p.parent.resolve() for p in Path(target).rglob("multirun.yaml") if A.is_optuna_sweep(p.parent)})
-    return found[:limit]
-
-
-def _optuna_section(doc: Doc, out: Path, sweep: Path, runs: pd.DataFrame, multiple: bool = False) -> None:
-    study = A.load_optuna(sweep, runs)
+def _optuna_section(doc: Doc, out: Path, study: A.OptunaStudy, tag: str = "") -> None:
     t = study.trials
-    tag = ("_" + re.sub(r"[^A-Za-z0-9]+", "-", sweep.name)) if multiple else ""
-    doc.h(2, "Optuna study" + (f": {sweep}" if multiple else ""))
     n_done = int(t["value"].notna().sum())
-    doc.p(f"{len(t)} trials ({n_done} with an objective) from {study.source}; direction {study.direction}; "
-          f"best value {_fmt(study.best_value, 4)}.")
-    if study.best_params:
-        doc.table(pd.DataFrame([{"parameter": k, "best value": v} for k, v in study.best_params.items()]))
+    doc.h(2, "Optuna study" + (f" {study.name}" if study.name else "") + f" ({study.sweep_dir})")
+    doc.p(f"{len(t)} trials ({n_done} completed, {len(t) - n_done} failed), read from the job directories; "
+          f"objective {study.objective}, direction {study.direction}.")
+    best = study.best
+    if best is not None:
+        doc.p(f"Best trial {int(best['number'])} (run {best['run']}): {study.objective} = {_fmt(best['value'], 4)}.")
+        doc.table(pd.DataFrame([{"parameter": p, "best value": A._fmt_value(best[p])} for p in study.params]))
     _draw(doc, out, [
         (f"optuna_history{tag}.png", lambda: A.plot_optuna_history(study),
          "Optimisation history: objective per trial and best so far (failed trials marked ×)."),
@@ -387,8 +375,8 @@ def _optuna_section(doc: Doc, out: Path, sweep: Path, runs: pd.DataFrame, multip
          "Objective vs each searched parameter (colour = trial number, star = best trial)."),
     ])
     top = t.sort_values("value", ascending=study.direction == "minimize", na_position="last").head(10)
-    doc.table(top.map(lambda v: _fmt(v, 4) if isinstance(v, float) else A._fmt_value(v)),
-              collapsed="Best 10 trials")
+    doc.table(top.astype(object).map(A._fmt_value),
+              collapsed=f"Best {len(top)} trials")
 
 
 # --------------------------------------------------------------------------------------------------
