@@ -117,6 +117,17 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(found, key=_natural_key)
 
 
+def newest_sweep(outputs="outputs") -> Optional[Path]:
+    """The sweep directory under outputs/multirun holding the most recently written run (None if none)."""
+    base = Path(outputs) / "multirun"
+    runs = find_run_dirs(base) if base.is_dir() else []
+    if not runs:
+        return None
+    newest = max(runs, key=lambda d: (d / "results.json").stat().st_mtime if (d / "results.json").exists()
+                 else d.stat().st_mtime)
+    return newest.parent
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in (d or {}).items():
@@ -613,11 +624,8 @@ def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: 
 
     r = paired_test(_per_seed(select(best), metric), _per_seed(select(second), metric))
     if r["n"] >= 2 and np.isfinite(r["p"]):
-        sig = "below 0.05" if r["p"] < 0.05 else "not significant"
-        if r["n"] < 3:
-            sig += ", 2 seeds only"
-        return (f" — paired difference {_num(abs(r['diff']), _digits(metric))} ({_p(r['p'])}, {r['n']} seeds, {sig}; "
-                "uncorrected for picking the best)")
+        return (f" — paired difference {_num(abs(r['diff']), _digits(metric))} ({_p(r['p'])} over {r['n']} seeds, "
+                "not corrected for picking the best)")
     lo1, hi1 = best[f"{metric}_ci_low"], best[f"{metric}_ci_high"]
     lo2, hi2 = second[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
     if all(np.isfinite([lo1, hi1, lo2, hi2])):
@@ -990,3 +998,47 @@ def save(fig, path) -> Optional[Path]:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers for the percent-format notebooks in analysis/
+
+
+def notebook_params(sweep_dir=None, out=None, description: str = "") -> tuple[Path, Optional[Path]]:
+    """(sweep dir, figure dir) of an analysis/ notebook. The arguments are the notebook's parameters
+    cell (papermill may replace it); run as `python analysis/X.py`, --sweep-dir and --out override
+    them. Without a sweep dir: the newest sweep under outputs/multirun."""
+    if "ipykernel" not in sys.modules:  # a script: read the command line
+        import argparse
+
+        ap = argparse.ArgumentParser(description=description)
+        ap.add_argument("--sweep-dir", default=sweep_dir, help="a sweep directory, a run, or outputs/ "
+                                                               "(default: newest sweep under outputs/multirun)")
+        ap.add_argument("--out", default=out, help="save the figures as PNGs here (default: show them)")
+        args = ap.parse_args()
+        sweep_dir, out = args.sweep_dir, args.out
+    if sweep_dir is None:
+        sweep_dir = newest_sweep()
+        if sweep_dir is None:
+            raise SystemExit("no sweep under outputs/multirun: pass --sweep-dir DIR")
+        print(f"newest sweep: {sweep_dir}")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(sweep_dir), (Path(out) if out is not None else None)
+
+
+def show(fig, out: Optional[Path] = None, name: str = "figure.png") -> None:
+    """Save the figure into out when given; else show it (inline in Jupyter; nothing under Agg)."""
+    if fig is None:
+        print(f"({name}: nothing to draw)")
+        return
+    if out is not None:
+        print(f"saved {save(fig, Path(out) / name)}")
+        return
+    plt, _ = _plt()
+    import matplotlib
+
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()

@@ -38,23 +38,6 @@ OWNED_SUFFIXES = (".png", ".csv", ".md", ".html")
 # Which directory, which name
 
 
-def newest_sweep(outputs: Path = OUTPUTS) -> Optional[Path]:
-    """The most recently written sweep directory under outputs/multirun (by its multirun.yaml or
-    optimization_results.yaml), else the newest directory holding runs there."""
-    base = Path(outputs) / "multirun"
-    if not base.is_dir():
-        return None
-    marks = [p for p in base.rglob("multirun.yaml")] + [p for p in base.rglob("optimization_results.yaml")]
-    if marks:
-        newest = max(marks, key=lambda p: max((q.stat().st_mtime for q in p.parent.glob("*/results.json")),
-                                              default=p.stat().st_mtime))
-        return newest.parent
-    runs = A.find_run_dirs(base)
-    if not runs:
-        return None
-    return max(runs, key=lambda p: p.stat().st_mtime).parent
-
-
 def report_name(target: Path, outputs: Path = OUTPUTS) -> str:
     """outputs/multirun/2026-01-02/10-11-12 → multirun_2026-01-02_10-11-12; outputs → all."""
     t = target.resolve()
@@ -393,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
     if args.dir is None:
-        target = newest_sweep()
+        target = A.newest_sweep(OUTPUTS)
         if target is None:
             print(f"error: no sweep under {OUTPUTS / 'multirun'}; pass a directory "
                   "(a run, a sweep or outputs/)", file=sys.stderr)
