@@ -200,7 +200,8 @@ def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -
 def _refit_mixture(model: Autoencoder, x: torch.Tensor, n: int, seed: int, optimizer, device) -> None:
     """VaDE-style initialisation: fit the mixture to the encoder's posterior means."""
     model.eval()
-    codes = torch.cat([model.encode(x[i:i + 1000].to(device))[0] for i in range(0, min(n, x.shape[0]), 1000)])
+    n = min(n, x.shape[0])  # the first n training images, in chunks of 1000
+    codes = torch.cat([model.encode(x[i:min(i + 1000, n)].to(device))[0] for i in range(0, n, 1000)])
     model.prior.fit_to_codes(codes, seed=seed)
     for p in model.prior.parameters():  # stale Adam moments would pull the new values back
         optimizer.state.pop(p, None)

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real Hydra config composed from conf/, the real digits data, and a helper
+that runs `python -m src.run` in a subprocess.
+
+Everything is CPU, offline and single-threaded (the test machines are small and shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# The settings every quick run uses (docs/CONTRACT.md, "Quick settings for tests").
+TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false",
+        "eval.is_samples=10", "eval.images=false"]
+
+torch.set_num_threads(1)
+
+
+def compose_config(*overrides: str, tiny: bool = True, return_hydra_config: bool = False):
+    """Compose conf/config.yaml (with its schemas) exactly as `python -m src.run` would."""
+    from hydra import compose, initialize_config_dir
+
+    from src.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*(TINY if tiny else []), *overrides],
+                       return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture
+def compose() -> Callable:
+    """compose(*overrides, tiny=True): the real config with the tiny test settings applied first."""
+    return compose_config
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The real digits DataBundle (sklearn's load_digits through src.data), loaded once."""
+    from src.data import load_dataset
+
+    return load_dataset(compose_config().dataset)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = "1"
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> list[str]:
+    return [sys.executable, "-m", "src.run", *(TINY if tiny else []), *overrides, f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict:
+    return _env()
+
+
+@pytest.fixture
+def run_cli(tmp_path, cli_env) -> Callable:
+    """run_cli(run_dir, *overrides, tiny=True, timeout=300) -> CompletedProcess.
+
+    Runs `python -m src.run` from an empty working directory (tmp_path/cwd) so that anything
+    written outside the run dir shows up there.
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+
+    def run(run_dir: Path, *overrides: str, tiny: bool = True, timeout: float = 300):
+        return subprocess.run(cli_command(run_dir, overrides, tiny), cwd=cwd, env=cli_env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    run.cwd = cwd
+    return run
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
