@@ -10,7 +10,7 @@ Used from three places:
       python -m src.sweeps create sweep=csrae_optuna [hydra.sweeper.storage=URL ...]
       python -m src.sweeps show   sweep=csrae_optuna
       python -m src.sweeps export sweep=csrae_optuna [--out trials.csv]
-      python -m src.sweeps fail-stale sweep=csrae_optuna --older-than 120
+      python -m src.sweeps close-stale sweep=csrae_optuna --older-than 120
 
 Optuna is imported lazily: jobs import this module, and most of them never touch the study.
 """
@@ -290,12 +290,51 @@ def _sweeper_settings(config: DictConfig) -> Optional[tuple[str, str, list[str],
     return str(s.storage), str(s.study_name), directions_of(s.direction), objective_names(config)
 
 
+class SweepDirInUse(RuntimeError):
+    """Another Optuna sweep already writes job directories into this hydra.sweep.dir."""
+
+
+def claim_sweep_dir(sweep_dir: Any) -> Path:
+    """Atomically claim <sweep dir>/.optuna for this process, or raise SweepDirInUse.
+
+    The Optuna sweeper numbers its jobs 0, 1, ... in every process, so two processes sharing a sweep
+    dir (two workers started in the same second, or a rerun with the same hydra.sweep.dir) would
+    overwrite each other's finished job directories. os.mkdir is atomic: exactly one process wins.
+    """
+    root = Path(str(sweep_dir))
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / TRIALS_SUBDIR
+    try:
+        marker.mkdir()
+    except FileExistsError:
+        raise SweepDirInUse(
+            f"{root} already holds an Optuna sweep's jobs (another process started in the same second, or "
+            f"hydra.sweep.dir was reused); its job dirs would be overwritten. Pass a fresh "
+            f"hydra.sweep.dir=..., e.g. hydra.sweep.dir=outputs/multirun/$(date +%F)/worker-$HOSTNAME-$$"
+        ) from None
+    (marker / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return marker
+
+
+def preflight(config: DictConfig) -> None:
+    """Checks that would fail every trial alike (bad fixed override, missing dataset, unknown objective):
+    fail once, before the study is touched, instead of recording n_trials failed trials."""
+    from src.config import validate
+    from src.data import check_available
+    from src.pipeline import RESULT_KEYS
+
+    check_objectives(config, RESULT_KEYS)
+    validate(config)
+    check_available(config.dataset)
+
+
 class OptunaStudyCallback(Callback):
     """Hydra callback for Optuna sweeps (hydra.callbacks.optuna_study in the sweep files).
 
-    on_multirun_start: create the storage directory and the study (with the sweep's directions)
-    before the sweeper opens it. on_multirun_end: write <sweep dir>/trials.csv beside
-    optimization_results.yaml.
+    on_multirun_start: check the fixed part of the config, claim the sweep dir, create the storage
+    directory and the study (with the sweep's directions) before the sweeper opens it.
+    on_multirun_end: write <sweep dir>/trials.csv beside optimization_results.yaml.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -303,8 +342,23 @@ class OptunaStudyCallback(Callback):
         if settings is None:
             return
         storage, name, directions, _ = settings
+        from src.pipeline import USER_ERRORS
+
+        try:
+            preflight(config)
+            claim_sweep_dir(config.hydra.sweep.dir)
+        except (*USER_ERRORS, SweepDirInUse) as e:
+            # Hydra turns a callback's Exception into a warning and carries on; SystemExit stops the sweep.
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         study = ensure_study(storage, name, directions)
         log.info("%s in %s", study_summary(study), masked(storage))
+        running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+        if running:
+            log.warning("trials %s are RUNNING: other processes are working on this study, or an earlier sweep "
+                        "was killed. If no other process is, `python -m src.sweeps close-stale sweep=%s "
+                        "hydra.sweeper.storage=...` closes them (COMPLETE from their results.json, else FAIL).",
+                        running, OmegaConf.select(config, "hydra.runtime.choices.sweep", default="NAME"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _sweeper_settings(config)
@@ -328,33 +382,59 @@ def compose_sweep(overrides: list[str]) -> DictConfig:
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def fail_stale(study, older_than_min: float) -> list[int]:
-    """Mark RUNNING trials started more than older_than_min minutes ago as FAIL (after a killed sweep)."""
+def _trial_values(trial, objectives: list[str]) -> Optional[list[float]]:
+    """The objective values a RUNNING trial's job wrote to its results.json, if it completed."""
+    sweep_dir, job_num = trial.user_attrs.get("sweep_dir"), trial.user_attrs.get("job_num")
+    if sweep_dir is None or job_num is None:
+        return None
+    try:
+        r = json.loads((Path(sweep_dir) / str(job_num) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if r.get("status") != "completed" or r.get("trial") != trial.number:
+        return None
+    values = [r.get(n) for n in (objectives or ["val_nll"])]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return [float(v) for v in values]
+    return None
+
+
+def close_stale(study, older_than_min: float, objectives: Optional[list[str]] = None) -> dict[str, list[int]]:
+    """Close RUNNING trials started more than older_than_min minutes ago (left by a killed sweep).
+
+    A trial whose job finished (results.json completed, the sweeper killed before it could tell the
+    study) becomes COMPLETE with the values from results.json; the others become FAIL.
+    """
     import datetime
 
     from optuna.trial import TrialState
 
     cutoff = datetime.datetime.now() - datetime.timedelta(minutes=older_than_min)
-    failed = []
+    closed: dict[str, list[int]] = {"complete": [], "fail": []}
+    storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.datetime_start is not None and t.datetime_start < cutoff:
-            storage = study._storage
-            if hasattr(storage, "set_trial_state"):  # optuna 2.x
-                storage.set_trial_state(t._trial_id, TrialState.FAIL)
-            else:  # optuna 3.x
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            failed.append(t.number)
-    return failed
+        if t.datetime_start is None or t.datetime_start >= cutoff:
+            continue
+        values = _trial_values(t, objectives or [])
+        state = TrialState.COMPLETE if values is not None else TrialState.FAIL
+        if hasattr(storage, "set_trial_state_values"):  # optuna >= 3
+            storage.set_trial_state_values(t._trial_id, state, values)
+        else:  # optuna 2.x
+            if values is not None:
+                storage.set_trial_values(t._trial_id, values)
+            storage.set_trial_state(t._trial_id, state)
+        closed["complete" if values is not None else "fail"].append(t.number)
+    return closed
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.sweeps", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["create", "show", "export", "fail-stale"])
+    parser.add_argument("command", choices=["create", "show", "export", "close-stale"])
     parser.add_argument("overrides", nargs="*", help="as for src.run, e.g. sweep=csrae_optuna "
                                                      "hydra.sweeper.storage=postgresql://host/db")
     parser.add_argument("--out", help="export: CSV path (default outputs/optuna/<study>_trials.csv)")
     parser.add_argument("--older-than", type=float, default=60.0,
-                        help="fail-stale: minutes a RUNNING trial must have run (default 60)")
+                        help="close-stale: minutes a RUNNING trial must have run (default 60)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -390,9 +470,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.command == "export":
         out = Path(args.out) if args.out else Path("outputs/optuna") / f"{name}_trials.csv"
         print(export_trials(storage, name, out, objectives))
-    elif args.command == "fail-stale":
-        failed = fail_stale(study, args.older_than)
-        print(f"marked {len(failed)} stale RUNNING trial(s) FAIL: {failed}")
+    elif args.command == "close-stale":
+        closed = close_stale(study, args.older_than, objectives)
+        print(f"stale RUNNING trials closed: COMPLETE from results.json {closed['complete']}, "
+              f"FAIL {closed['fail']}")
     return 0
 
 
