@@ -115,6 +115,22 @@ def log_mixture_density(z: Tensor, logits: Tensor | None, mu: Tensor, logvar: Te
     return torch.logsumexp(lw + log_normal(z.unsqueeze(-2), mu, logvar), dim=-1)
 
 
+def log_mixture_density_matmul(z: Tensor, logits: Tensor | None, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log p(z) as log_mixture_density, without the [..., K, D] temporary: for many z at once (IS-NLL).
+
+    Σ_d (z_d - μ_kd)² / σ²_kd = z² · (1/σ²_k) - 2 z · (μ_k/σ²_k) + μ_k² · (1/σ²_k) is three matrix
+    products over D. The expansion cancels when z is far from μ_k relative to σ_k, so it is evaluated
+    in float64 and returned in z's dtype. Memory O(N·K) instead of O(N·K·D).
+    """
+    shape, d = z.shape[:-1], z.shape[-1]
+    z64, mu64, lv64 = z.reshape(-1, d).double(), mu.double(), logvar.double()
+    inv_var = torch.exp(-lv64)
+    quad = (z64 * z64) @ inv_var.T - 2.0 * (z64 @ (mu64 * inv_var).T) + (mu64 * mu64 * inv_var).sum(-1)
+    log_n = -0.5 * (d * LOG_2PI + lv64.sum(-1) + quad.clamp_min(0.0))
+    lw = log_weights(logits, mu.shape[0], mu64)
+    return torch.logsumexp(lw + log_n, dim=-1).to(z.dtype).reshape(shape)
+
+
 def kl_monte_carlo(z: Tensor, mu: Tensor, logvar: Tensor, prior_logits: Tensor | None,
                    prior_mu: Tensor, prior_logvar: Tensor) -> Tensor:
     """One-sample (per z) Monte-Carlo KL: log q(z|x) - log p(z), for priors with no closed form."""
