@@ -1,9 +1,9 @@
 """Loading and aggregating run outputs: the one implementation behind `src.report` and `analysis/`.
 
 Reads only files (docs/CONTRACT.md): each run directory's `results.json`, `.hydra/config.yaml`,
-`metrics.csv` and images; for Optuna sweeps the sweep directory's `optimization_results.yaml`,
-`multirun.yaml` and, when present, a trials CSV. Nothing here imports torch, so notebooks and the
-report start fast.
+`metrics.csv` and images (Optuna trials too: results.json carries `trial` and `params`, and the job's
+`.hydra/hydra.yaml` the sweeper's direction and search space). Nothing here imports torch, so
+notebooks and the report start fast.
 
 Statistics are over completed runs only. Failed, interrupted, still-running (or SIGKILLed) and
 unreadable runs stay in the run table with their status and are excluded from every mean, CI and test.
@@ -13,6 +13,7 @@ Main entry points:
     summarize(runs)               -> grouped over seeds: mean, std, 95% CI (t), n per metric
     paired_comparisons(runs, m)   -> model vs model on the same seeds: paired t-test per context
     verdict(runs, ...)            -> sentences written from the data
+    optuna_studies(runs)          -> the Optuna sweeps among the runs, one trials table each
     plot_* functions              -> seaborn figures (each returns a matplotlib Figure)
 """
 
@@ -43,7 +44,6 @@ RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
                "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
-LIST_KEYS = ["overrides", "images"]  # lists in results.json: joined with spaces in the table
 
 #: Configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {
@@ -52,7 +52,8 @@ CONFIG_COLUMNS = {
     "network": "model.network", "weights": "prior.weights", "lr": "optimizer.lr", "epochs": "trainer.epochs",
     "is_samples": "eval.is_samples", "seed": "trainer.seed",
 }
-#: Config entries that do not change what is learned (or only how fast): never grouping keys.
+#: Config entries that do not change what is learned (or only how fast): never grouping keys (nor are
+#: hydra.* and sweep.*, which name the sweep, not the model).
 NOT_GROUPING = {"trainer.threads", "trainer.progress", "trainer.device", "trainer.checkpoint", "trainer.resume",
                 "eval.images", "eval.n_images", "eval.is_chunk", "eval.is_batch", "dataset.root", "dataset.download"}
 
@@ -66,9 +67,6 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher_is_better else a < b
 
 
 METRICS = {
@@ -95,9 +93,6 @@ def is_run_dir(path: Path) -> bool:
     return (path / "results.json").is_file() or (path / ".hydra" / "config.yaml").is_file()
 
 
-REPORT_MARKER = ".csrae_report"  # written into report directories so that scans skip them
-
-
 def find_run_dirs(root: Path) -> list[Path]:
     """Every run directory at or below root (a run dir holds results.json or .hydra/config.yaml)."""
     root = Path(root)
@@ -106,9 +101,6 @@ def find_run_dirs(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         here = Path(dirpath)
-        if (here / REPORT_MARKER).exists():
-            dirnames[:] = []
-            continue
         if here != root and is_run_dir(here):
             found.append(here)
             dirnames[:] = []  # runs do not nest
@@ -165,21 +157,15 @@ def load_run(run_dir: Path, root: Optional[Path] = None) -> tuple[dict, dict]:
     else:
         results = {"status": "no results.json",
                    "error": "no results.json: the run never started (or was killed before writing it)"}
-    for key in RESULT_KEYS:
-        row[key] = results.get(key)
-    for key in LIST_KEYS:
+    # Every contract key (None when missing), then any other key (sweep, study, trial, params, ...).
+    # Lists (overrides, images) become space-separated text, dicts (params) JSON text.
+    for key in RESULT_KEYS + [k for k in results if k not in RESULT_KEYS]:
         v = results.get(key)
-        row[key] = " ".join(map(str, v)) if isinstance(v, list) else v
-    for key in results:  # keys added after the contract was written (sweep, study, trial, ...): keep them
-        if key not in row and key not in ("run_dir", "job_num"):
-            v = results[key]
-            row[key] = json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
+        row[key] = " ".join(map(str, v)) if isinstance(v, list) else json.dumps(v) if isinstance(v, dict) else v
     for col, path in CONFIG_COLUMNS.items():  # fill what results.json lacks from .hydra/config.yaml
         if row.get(col) is None and path in cfg:
             row[col] = cfg[path]
-    row["job_num"] = results.get("job_num")
     row["run_dir"] = str(run_dir.resolve())
-    row["has_metrics_csv"] = (run_dir / "metrics.csv").is_file()
     if row["status"] is None:
         row["status"] = "unreadable"
     return row, cfg
@@ -230,7 +216,7 @@ def load_runs(path, progress: bool = True) -> pd.DataFrame:
     # sweep (batch size, hidden width, ...) must be visible and must split groups.
     covered = set(CONFIG_COLUMNS.values()) | NOT_GROUPING
     cfg_df = pd.DataFrame(cfgs, index=df.index)
-    extra = [c for c in cfg_df.columns if c not in covered and not c.startswith("hydra.")
+    extra = [c for c in cfg_df.columns if c not in covered and not c.startswith(("hydra.", "sweep."))
              and cfg_df[c].astype(str).nunique(dropna=False) > 1]
     for c in extra:
         df[f"cfg.{c}"] = cfg_df[c]
@@ -820,8 +806,9 @@ def plot_metric_vs_k(runs: pd.DataFrame, metrics: Sequence[str] = ("test_nll",),
     fk, facets = _panels(summary, keys)
     means = len(fk) > 0 or len([k for k in keys if k not in ("model", "K")]) == 0
     colors = _model_colors(ok["model"].dropna().unique())
-    fig, axes = plt.subplots(len(metrics), len(facets), figsize=(5.2 * len(facets) + 1.0, 3.8 * len(metrics)),
-                             squeeze=False)
+    rows, cols = (1, len(metrics)) if len(facets) == 1 else (len(metrics), len(facets))  # one column: side by side
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 1.0, 3.8 * rows), squeeze=False)
+    axes = axes.reshape(len(metrics), len(facets))
     ks = sorted(ok["K"].dropna().unique())
     for i, metric in enumerate(metrics):
         m = METRICS.get(metric, Metric(metric, metric, "", False))

@@ -32,6 +32,7 @@ from src import analysis as A
 
 OUTPUTS = Path("outputs")
 OWNED_SUFFIXES = (".png", ".csv", ".md", ".html")
+REPORT_MARKER = ".csrae_report"  # marks a directory this command wrote (and may clear)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,9 +288,10 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
     doc.h(2, "Figures")
     figs = [
         ("nll_vs_k.png", lambda: A.plot_metric_vs_k(runs, ("test_nll",), summary),
-         "Test NLL vs K per model: mean over seeds, band = 95% t-interval, dots = single runs."),
+         "Test NLL vs K per model: mean over seeds, band = 95% t-interval (error bar at a single K), "
+         "dots = single runs."),
         ("clustering_vs_k.png", lambda: A.plot_clustering_vs_k(runs, summary),
-         "Clustering ACC and NMI vs K (K > 1), error bars = 95% t-interval."),
+         "Clustering ACC and NMI vs K (K > 1): mean over seeds, band = 95% t-interval, dots = single runs."),
         ("val_curves.png", lambda: A.plot_val_curves(runs),
          "Validation reconstruction and loss per epoch by model (band = ±1 sd over seeds)."),
         ("samples_best.png", lambda: A.plot_best_images(runs, "samples.png"),
@@ -307,8 +309,11 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
 
     doc.h(2, f"All runs ({len(runs)})")
     doc.table(runs_display(runs), collapsed=f"Show the table of all {len(runs)} runs (also runs.csv)")
-    doc.p("Files: runs.csv (every results.json key and config column per run), summary.csv, comparisons.csv, "
-          "report.md (this page in Markdown).", cls="meta")
+    files = [("runs.csv", "every results.json key and config column per run"),
+             ("summary.csv", "mean, std, 95% CI and n per configuration and metric"),
+             ("comparisons.csv", "the paired model comparisons"), ("report.md", "this page in Markdown")]
+    doc.raw('<p class="meta">Files: ' + "; ".join(f'<a href="{f}">{f}</a> ({html.escape(what)})' for f, what in files)
+            + "</p>", "Files: " + "; ".join(f"[{f}]({f}) ({what})" for f, what in files) + "\n")
 
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -322,7 +327,7 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
 def _prepare(out: Path) -> None:
     """Create the report dir; clear the files an earlier report wrote there (only in report dirs)."""
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / A.REPORT_MARKER
+    marker = out / REPORT_MARKER
     if marker.exists():
         for f in out.iterdir():
             if f.is_file() and f.suffix in OWNED_SUFFIXES:
