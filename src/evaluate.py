@@ -22,16 +22,73 @@ from src.divergences import log_mixture_density, log_normal
 from src.models import Autoencoder
 
 
+# The importance-sampling noise comes in blocks of NOISE_POINTS points x NOISE_SAMPLES samples, each
+# drawn from its own generator seeded by (seed, point block, sample block).
+NOISE_POINTS, NOISE_SAMPLES = 16, 64
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(*values: int) -> int:
+    """splitmix64 folded over integers: a well-spread 64-bit seed for (seed, point block, sample block)."""
+    h = 0
+    for v in values:
+        h = ((h ^ (v & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h
+
+
+def importance_noise(seed: int, first_index: int, n_points: int, start: int, n: int, dim: int,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """Standard normal noise for samples start..start+n-1 of points first_index..first_index+n_points-1
+    of an evaluation set, as [n, n_points, dim] float32 on device.
+
+    A function of (seed, point index, sample index, device type) only: how the points are batched and
+    the samples chunked (memory knobs) does not change the estimate. Blocks that a batch or chunk
+    covers only in part are drawn whole and sliced, so batch and chunk sizes that are multiples of
+    NOISE_POINTS and NOISE_SAMPLES waste nothing.
+    """
+    device = torch.device(device)
+    p0, p1 = first_index // NOISE_POINTS, -(-(first_index + n_points) // NOISE_POINTS)
+    s0, s1 = start // NOISE_SAMPLES, -(-(start + n) // NOISE_SAMPLES)
+    buf = torch.empty((s1 - s0) * NOISE_SAMPLES, (p1 - p0) * NOISE_POINTS, dim, device=device)
+    g = torch.Generator(device=device)
+    for pb in range(p0, p1):
+        for sb in range(s0, s1):
+            g.manual_seed(_mix64(seed, pb, sb))
+            rows, cols = (sb - s0) * NOISE_SAMPLES, (pb - p0) * NOISE_POINTS
+            buf[rows:rows + NOISE_SAMPLES, cols:cols + NOISE_POINTS] = torch.randn(
+                NOISE_SAMPLES, NOISE_POINTS, dim, generator=g, device=device)
+    i, j = start - s0 * NOISE_SAMPLES, first_index - p0 * NOISE_POINTS
+    return buf[i:i + n, j:j + n_points]
+
+
+def _draw_seed() -> int:
+    """A seed taken from torch's global RNG, so torch.manual_seed controls the evaluation noise."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+CPU_MAX_ROWS = 10_000  # decoder rows per importance-sampling chunk on CPU
+
+
 @torch.no_grad()
-def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk: int) -> Tensor:
-    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for s = 1..S, as [S, B]."""
+def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk: int, seed: Optional[int] = None,
+                           first_index: int = 0) -> Tensor:
+    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for s = 1..S, as [S, B].
+
+    The noise of x[b] is importance_noise(seed, first_index + b, ...): x[b] is point first_index + b
+    of the whole evaluation set. seed None draws one from torch's global RNG.
+    """
+    seed = _draw_seed() if seed is None else seed
     mu, logvar = model.encode(x)
     prior = model.prior_components()  # computed once: depends only on the prior
 
     out = []
     for start in range(0, n_samples, chunk):
         s = min(chunk, n_samples - start)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device, dtype=mu.dtype)
+        eps = importance_noise(seed, first_index, mu.shape[0], start, s, mu.shape[1], mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
         params = model.decode(z.reshape(-1, mu.shape[1]))
         x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = model.log_likelihood(x_rep, params).reshape(s, -1)
@@ -43,15 +100,24 @@ def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk:
 
 @torch.no_grad()
 def importance_sampled_nll(model: Autoencoder, x: Tensor, n_samples: int = 500, chunk: int = 500,
-                           batch: int = 500, device: Optional[torch.device] = None) -> Tensor:
-    """Per-point NLL estimate -log p(x) in nats, [N]; x is evaluated `batch` points at a time."""
+                           batch: int = 500, device: Optional[torch.device] = None,
+                           seed: Optional[int] = None) -> Tensor:
+    """Per-point NLL estimate -log p(x) in nats, [N]; x is evaluated `batch` points at a time.
+
+    For a given seed the result does not depend on `batch` or `chunk` (see importance_noise);
+    seed None draws one from torch's global RNG (so torch.manual_seed makes it reproducible).
+    """
     device = device or next(model.parameters()).device
+    seed = _draw_seed() if seed is None else seed
     model.eval()
     nll = []
     for start in range(0, x.shape[0], batch):
         xb = x[start:start + batch].to(device)
-        chunk_b = max(1, min(chunk, (chunk * 500) // max(1, xb.shape[0])))  # bound S_chunk·B
-        log_w = importance_log_weights(model, xb, n_samples, chunk_b)
+        # Bound S_chunk·B, the rows of each decoder call: on CPU past ~10k rows the [rows, pixels]
+        # temporaries fall out of cache and a pass gets slower, not faster (benchmarks/speed.py).
+        max_rows = chunk * 500 if device.type == "cuda" else min(chunk * 500, CPU_MAX_ROWS)
+        chunk_b = max(1, min(chunk, max_rows // max(1, xb.shape[0])))
+        log_w = importance_log_weights(model, xb, n_samples, chunk_b, seed=seed, first_index=start)
         nll.append(-(torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu())
     return torch.cat(nll)
 
