@@ -1,0 +1,330 @@
+"""Speed ratios, all measured in this one process (CPU here; CUDA when present with --device auto):
+
+  (a) training step csrae / vae, same networks, batch 100, D=40, K in {1, 10, 50, 500}
+      (csrae + gmm prior K, vs vae + standard prior, closed-form KL; and vs vae + the same gmm
+      prior, Monte-Carlo KL). Targets: <= 1.10 at K=50, <= 1.5 at K=500.
+  (b) the same csrae step with D_CS computed by a naive per-sample Python loop over the batch and
+      the components (src.divergences' formulas, one pair at a time) / the vectorised one.
+  (c) one epoch of the harness trainer (src.train.fit, defaults: checkpoints, metrics.csv, per-step
+      finiteness check) / a bare PyTorch loop of the same network, data, batch size and validation
+      pass. Target <= 1.10.
+  (d) importance-sampled NLL vectorised over test points (src.evaluate.importance_sampled_nll) /
+      one test point at a time with the same S (the VampPrior / pythae way: per point, S samples
+      in chunks of 100). Target <= 0.10.
+  (e) the joblib sweep, 2 workers / 1 worker: benchmarks/sweep_parallel.py (separate script).
+
+Every ratio is the median over --reps repetitions, each repetition timing numerator and denominator
+back to back (interleaved, so drifting load on a shared machine hits both); min and max are given
+as the spread. Data are random MNIST-shaped (1×28×28) images; timings do not depend on the weights.
+
+    python benchmarks/speed.py                # ~5 minutes on one CPU thread
+    python benchmarks/speed.py --quick        # fewer repetitions, a smoke test
+Writes benchmarks/results/speed.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src import divergences as dv  # noqa: E402
+from src.config import ModelConfig, PriorConfig  # noqa: E402
+from src.data import DataBundle, Split  # noqa: E402
+from src.evaluate import importance_sampled_nll  # noqa: E402
+from src.models import Autoencoder, build_model  # noqa: E402
+from src.train import TrainSettings, fit, resolve_device  # noqa: E402
+
+SHAPE = (1, 28, 28)
+OUT = ROOT / "benchmarks" / "results"
+
+
+def make_model(model: str, prior: str, k: int, device) -> Autoencoder:
+    mc = ModelConfig(name=model)
+    pc = PriorConfig(name=prior, K=1 if prior == "standard" else k)
+    if prior == "standard":
+        pc.train = False
+    torch.manual_seed(0)
+    return build_model(mc, pc, SHAPE).to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, n: int) -> float:
+    """Seconds per call of fn, averaged over n calls (after the caller's warm-up)."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def step_fn(model: Autoencoder, x: torch.Tensor, reg=None):
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+
+    def step():
+        if reg is None:
+            loss = model.loss_terms(x).total(1.0)
+        else:  # same step, with the regulariser computed by `reg`
+            mu, logvar = model.encode(x)
+            z = model.reparameterise(mu, logvar)
+            recon = -model.log_likelihood(x, model.decode(z))
+            loss = (recon + reg(model, mu, logvar)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def naive_cs(model: Autoencoder, mu, logvar):
+    """D_CS(q_b || p) per sample, one (sample, component) pair at a time: the straightforward loops."""
+    logits, p_mu, p_lv = model.prior_components()
+    k = p_mu.shape[0]
+    lw = dv.log_weights(logits, k, p_mu)
+    prior_self_terms = [lw[i] + lw[j] + dv.log_gaussian_overlap(p_mu[i], p_lv[i], p_mu[j], p_lv[j])
+                        for i in range(k) for j in range(k)]
+    prior_self = torch.logsumexp(torch.stack(prior_self_terms), 0)
+    out = []
+    for b in range(mu.shape[0]):
+        cross = torch.logsumexp(torch.stack([lw[i] + dv.log_gaussian_overlap(mu[b], logvar[b], p_mu[i], p_lv[i])
+                                             for i in range(k)]), 0)
+        q_self = dv.log_gaussian_self_integral(logvar[b])
+        out.append(-cross + 0.5 * prior_self + 0.5 * q_self)
+    return torch.stack(out)
+
+
+def vectorised_cs(model: Autoencoder, mu, logvar):
+    logits, p_mu, p_lv = model.prior_components()
+    return dv.cs_divergence(mu, logvar, p_mu, p_lv, logits)
+
+
+def ratio_stats(num: list[float], den: list[float]) -> dict:
+    r = [a / b for a, b in zip(num, den)]
+    return {"ratio": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r), "reps": len(r),
+            "num_ms": 1e3 * statistics.median(num), "den_ms": 1e3 * statistics.median(den)}
+
+
+def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[dict]:
+    rows = []
+    x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0))).to(device)
+    vae_std = step_fn(make_model("vae", "standard", 1, device), x)
+    for f in (vae_std,) * 3:
+        f()
+    for k in ks:
+        cs = step_fn(make_model("csrae", "gmm", k, device), x)
+        vae_mc = step_fn(make_model("vae", "gmm", k, device), x)
+        for f in (cs, vae_mc):
+            for _ in range(3):
+                f()
+        t_cs, t_std, t_mc = [], [], []
+        n = steps if k <= 50 else max(1, steps // 6)
+        for _ in range(reps):
+            t_cs.append(timed(cs, device, n))
+            t_std.append(timed(vae_std, device, n))
+            t_mc.append(timed(vae_mc, device, n))
+        rows.append({"measure": "(a) step csrae / vae", "setting": f"K={k}; csrae+gmm vs vae+standard (closed-form KL)",
+                     "target": "<= 1.10 (K=50), <= 1.5 (K=500)" if k in (50, 500) else "", **ratio_stats(t_cs, t_std)})
+        rows.append({"measure": "(a') step csrae / vae", "setting": f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior)",
+                     "target": "", **ratio_stats(t_cs, t_mc)})
+        print_row(rows[-2]), print_row(rows[-1])
+    for k in vamp_ks:  # the VampPrior: both objectives pay for encoding the K pseudo-inputs every step
+        cs = step_fn(make_model("csrae", "vamp", k, device), x)
+        vae_mc = step_fn(make_model("vae", "vamp", k, device), x)
+        cs(), vae_mc()
+        n = steps if k <= 50 else max(1, steps // 6)
+        t_cs, t_mc = [], []
+        for _ in range(reps):
+            t_cs.append(timed(cs, device, n))
+            t_mc.append(timed(vae_mc, device, n))
+        rows.append({"measure": "(a'') step csrae / vae", "setting": f"K={k}; csrae+vamp vs vae+vamp (MC KL, VampPrior)",
+                     "target": "", **ratio_stats(t_cs, t_mc)})
+        print_row(rows[-1])
+    return rows
+
+
+def bench_naive(device, reps: int, ks) -> list[dict]:
+    rows = []
+    x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0))).to(device)
+    for k in ks:
+        model = make_model("csrae", "gmm", k, device)
+        naive, vec = step_fn(model, x, naive_cs), step_fn(model, x, vectorised_cs)
+        naive(), vec()
+        steps_naive = max(1, 20 // k)
+        t_n, t_v = [], []
+        for _ in range(reps):
+            t_n.append(timed(naive, device, steps_naive))
+            t_v.append(timed(vec, device, 10))
+        rows.append({"measure": "(b) step naive loop CS / vectorised CS", "setting": f"K={k}, batch 100 (csrae+gmm)",
+                     "target": "", **ratio_stats(t_n, t_v)})
+        print_row(rows[-1])
+    return rows
+
+
+def bare_epoch(model, data: DataBundle, batch: int, device, seed: int = 0):
+    """The practical limit: shuffle, binarise, forward, backward, step; then the validation loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    g = torch.Generator().manual_seed(seed)
+    x_train, n = data.train.x, data.train.x.shape[0]
+    model.train()
+    perm = torch.randperm(n, generator=g)
+    for i in range(0, n, batch):
+        xb = torch.bernoulli(x_train[perm[i:i + batch]], generator=g).to(device)
+        loss = model.loss_terms(xb).total(1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        val = sum(model.loss_terms(data.val.x[i:i + 500].to(device)).total(1.0).item() * len(data.val.x[i:i + 500])
+                  for i in range(0, data.val.x.shape[0], 500))
+    return val
+
+
+def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    n_val = n_train // 5  # MNIST: 50k / 10k
+    data = DataBundle("synthetic", Split(torch.rand(n_train, *SHAPE, generator=g), torch.zeros(n_train, dtype=torch.long)),
+                      Split(torch.bernoulli(torch.rand(n_val, *SHAPE, generator=g)), torch.zeros(n_val, dtype=torch.long)),
+                      Split(torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long)), SHAPE, True, 10)
+    rows = []
+    for label, ckpt in (("defaults (checkpoints + metrics.csv)", True), ("checkpoint=false", False)):
+        t_h, t_b = [], []
+        for rep in range(reps + 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                model = make_model("csrae", "gmm", 10, device)
+                opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+                s = TrainSettings(epochs=1, batch_size=100, reg_weight=1.0, checkpoint=ckpt, resume=False,
+                                  progress=False)
+                sync(device)
+                t0 = time.perf_counter()
+                fit(model, data, opt, s, Path(tmp), device)
+                sync(device)
+                th = time.perf_counter() - t0
+            model = make_model("csrae", "gmm", 10, device)
+            sync(device)
+            t0 = time.perf_counter()
+            bare_epoch(model, data, 100, device)
+            sync(device)
+            tb = time.perf_counter() - t0
+            if rep:  # the first repetition warms up
+                t_h.append(th), t_b.append(tb)
+        rows.append({"measure": "(c) epoch harness fit / bare loop", "setting": f"{label}; {n_train} train + {n_val} val "
+                     "points, batch 100, csrae+gmm K=10", "target": "<= 1.10" if ckpt else "", **ratio_stats(t_h, t_b)})
+        print_row(rows[-1])
+    return rows
+
+
+@torch.no_grad()
+def per_point_nll(model: Autoencoder, x: torch.Tensor, samples: int, chunk: int, device) -> torch.Tensor:
+    """The VampPrior / pythae way: one test point at a time, its S samples in chunks of `chunk`."""
+    logits, p_mu, p_lv = model.prior_components()
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].to(device)
+        mu, logvar = model.encode(xi)
+        log_w = []
+        for start in range(0, samples, chunk):
+            s = min(chunk, samples - start)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(s, mu.shape[1], device=device)
+            log_px_z = model.log_likelihood(xi.expand(s, *xi.shape[1:]), model.decode(z))
+            log_w.append(log_px_z + dv.log_mixture_density_matmul(z, logits, p_mu, p_lv) - dv.log_normal(z, mu, logvar))
+        out.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(samples)))
+    return torch.stack(out)
+
+
+def bench_is(device, reps: int, n_points: int, samples: int) -> list[dict]:
+    model = make_model("csrae", "gmm", 10, device).eval()
+    x = torch.bernoulli(torch.rand(n_points, *SHAPE, generator=torch.Generator().manual_seed(2)))
+    vec = lambda: importance_sampled_nll(model, x, n_samples=samples, device=device)  # noqa: E731
+    pp_100 = lambda: per_point_nll(model, x, samples, 100, device)  # noqa: E731
+    pp_all = lambda: per_point_nll(model, x, samples, samples, device)  # noqa: E731
+    vec(), pp_100()
+    t_v, t_p, t_s = [], [], []
+    for _ in range(reps):
+        t_v.append(timed(vec, device, 1))
+        t_p.append(timed(pp_100, device, 1))
+        t_s.append(timed(pp_all, device, 1))
+    rows = [{"measure": "(d) IS-NLL vectorised / per point", "setting": f"S={samples}, {n_points} points; per point in "
+             "chunks of 100 samples (VampPrior / pythae)", "target": "<= 0.10", **ratio_stats(t_v, t_p)},
+            {"measure": "(d') IS-NLL vectorised / per point", "setting": f"S={samples}, {n_points} points; per point, all "
+             f"{samples} samples in one chunk", "target": "", **ratio_stats(t_v, t_s)}]
+    for r in rows:
+        print_row(r)
+    return rows
+
+
+def print_row(r: dict) -> None:
+    print(f"{r['measure']:42s} {r['setting'][:70]:70s} ratio {r['ratio']:.3f} "
+          f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] ({r['num_ms']:.2f} / {r['den_ms']:.2f} ms, {r['reps']} reps)",
+          flush=True)
+
+
+def write(rows: list[dict], device, threads: int, args) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    cols = ["measure", "setting", "ratio", "ratio_min", "ratio_max", "reps", "num_ms", "den_ms", "target"]
+    with open(OUT / "speed.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu}), {threads} torch thread(s)"
+    lines = ["# Speed ratios (one process; median over repetitions, [min, max] spread)", "",
+             f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}`, "
+             f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
+             f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
+             f"torch {torch.__version__}",
+             "- num_ms / den_ms: median time of the numerator / denominator (a step, an epoch, or a whole IS-NLL pass)",
+             "- (e) joblib sweep 2 workers / 1 worker: see [sweep_parallel.md](sweep_parallel.md) "
+             "(benchmarks/sweep_parallel.py)", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                       for c in cols) + " |")
+    (OUT / "speed.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {OUT / 'speed.md'} and speed.csv")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="speed ratios (see the module docstring)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 repetitions, smaller workloads")
+    ap.add_argument("--only", default="abcd", help="which measurements, e.g. 'ad'")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    reps = 3 if args.quick else args.reps
+    rows = []
+    if "a" in args.only:
+        rows += bench_steps(device, reps, 5 if args.quick else 20, (1, 10, 50, 500))
+    if "b" in args.only:
+        rows += bench_naive(device, reps, (1, 10) if args.quick else (1, 10, 50))
+    if "c" in args.only:
+        rows += bench_trainer(device, min(reps, 5), 2000 if args.quick else 10000)
+    if "d" in args.only:
+        rows += bench_is(device, reps if not args.quick else 2, 20 if args.quick else 100, 1000)
+    write(rows, device, args.threads, args)
+
+
+if __name__ == "__main__":
+    main()
