@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.divergences import log_mixture_density, log_normal
+from src.divergences import log_mixture_density_matmul, log_normal
 from src.models import Autoencoder
 
 
@@ -92,7 +92,7 @@ def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk:
         params = model.decode(z.reshape(-1, mu.shape[1]))
         x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = model.log_likelihood(x_rep, params).reshape(s, -1)
-        log_pz = log_mixture_density(z, *prior)
+        log_pz = log_mixture_density_matmul(z, *prior)  # no [s, B, K, D] temporary
         log_qz = log_normal(z, mu, logvar)
         out.append(log_px_z + log_pz - log_qz)
     return torch.cat(out, 0)
