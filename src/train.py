@@ -171,10 +171,12 @@ def _check_finite(terms, epoch: int, step: int) -> None:
     recon, reg = terms.recon.mean(), terms.reg.mean()
     bad = [name for name, v in (("reconstruction", recon), ("regulariser", reg)) if not torch.isfinite(v)]
     if bad:
+        kept = (f"the last good checkpoint is checkpoints/last.pt (epoch {epoch - 1})" if epoch > 1
+                else "no checkpoint was written (first epoch)")
         raise NonFiniteLossError(
             f"non-finite {' and '.join(bad)} term at epoch {epoch}, step {step} "
-            f"(reconstruction={recon.item():.4g}, regulariser={reg.item():.4g}); "
-            f"training stopped, the last good checkpoint is checkpoints/last.pt (epoch {epoch - 1})")
+            f"(reconstruction={recon.item():.4g}, regulariser={reg.item():.4g}); training stopped, {kept}; "
+            "try a smaller optimizer.lr")
 
 
 def _prepare_batch(x: torch.Tensor, binary: bool, generator: torch.Generator, device) -> torch.Tensor:

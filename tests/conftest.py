@@ -26,6 +26,13 @@ TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.
 torch.set_num_threads(1)
 
 
+def with_tiny(overrides: Iterable[str]) -> list[str]:
+    """TINY, minus the keys the caller sets itself, then the caller's overrides."""
+    overrides = list(overrides)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [o for o in TINY if o.split("=", 1)[0] not in given] + overrides
+
+
 def compose_config(*overrides: str, tiny: bool = True, return_hydra_config: bool = False):
     """Compose conf/config.yaml (with its schemas) exactly as `python -m src.run` would."""
     from hydra import compose, initialize_config_dir
@@ -34,7 +41,7 @@ def compose_config(*overrides: str, tiny: bool = True, return_hydra_config: bool
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*(TINY if tiny else []), *overrides],
+        return compose("config", overrides=with_tiny(overrides) if tiny else list(overrides),
                        return_hydra_config=return_hydra_config)
 
 
@@ -63,7 +70,8 @@ def _env() -> dict:
 
 
 def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> list[str]:
-    return [sys.executable, "-m", "src.run", *(TINY if tiny else []), *overrides, f"hydra.run.dir={run_dir}"]
+    args = with_tiny(overrides) if tiny else list(overrides)
+    return [sys.executable, "-m", "src.run", *args, f"hydra.run.dir={run_dir}"]
 
 
 @pytest.fixture(scope="session")
