@@ -309,8 +309,7 @@ def config_label(values: dict, keys: Sequence[str]) -> str:
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> dict:
     """n, mean, std (ddof=1), sem and the t-based CI half-width of the mean (NaN when n < 2)."""
-    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
-    v = pd.Series(v.to_numpy(dtype="float64", na_value=np.nan))
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").astype(float)
     v = v[np.isfinite(v)]
     n = int(len(v))
     mean = float(v.mean()) if n else float("nan")
@@ -400,7 +399,7 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
     groups = ok.groupby(keys, dropna=False, sort=True) if keys else [((), ok)]
     for ctx, g in groups:
         ctx = ctx if isinstance(ctx, tuple) else (ctx,)
-        values = sorted(g[between].dropna().unique(), key=str)
+        values = sorted(g[between].dropna().unique(), key=_sort_key)
         for a, b in combinations(values, 2):
             r = paired_test(_per_seed(g[g[between] == a], metric), _per_seed(g[g[between] == b], metric))
             if r["n"] == 0:
@@ -409,9 +408,9 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
             if np.isfinite(r["diff"]) and r["diff"] != 0:
                 better = a if (r["diff"] > 0) == higher else b
             rows.append({**dict(zip(keys, ctx)), "a": a, "b": b, **r, "better": better, "metric": metric})
-    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"] if not rows else None)
-    if out.empty:
+    if not rows:
         return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p"])
     out["significant"] = out["p_holm"] < 0.05
     return out[cols]
