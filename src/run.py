@@ -74,5 +74,31 @@ def _print_headline(run_dir: Path) -> None:
     print("  " + " | ".join(parts))
 
 
+def _check_single_run_overrides(argv: list[str]) -> None:
+    """Compose a single run's config before Hydra does, so that a wrong type (`prior.K=abc`) or an
+    unknown option (`dataset=nope`) is reported in one line (Hydra's own report spans several).
+
+    Multiruns, Hydra flags, sweep syntax and named sweeps are left to Hydra untouched.
+    """
+    if any(a.startswith("-") or "," in a or "(" in a or a.lstrip("+~").startswith("sweep") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+            compose("config", overrides=argv)
+    except Exception as e:  # noqa: BLE001 - every composition error is the user's input
+        first = lambda x: next((ln.strip() for ln in str(x).splitlines() if ln.strip()), type(x).__name__)  # noqa
+        msg = first(e).rstrip(".")
+        if e.__cause__ is not None:
+            msg += f": {first(e.__cause__)}"
+        if isinstance(e, MissingConfigException) and e.options:
+            msg += "; choose one of " + ", ".join(o for o in e.options if not o.endswith("_schema"))
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _check_single_run_overrides(sys.argv[1:])
     main()
