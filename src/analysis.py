@@ -184,7 +184,7 @@ def _progress(items: Sequence, desc: str, enabled: bool):
     n, step, t0 = len(items), max(1, len(items) // 10), time.time()
     for i, item in enumerate(items, 1):
         yield item
-        if (n >= 20 and i % step == 0) or i == n:
+        if (n >= 200 and i % step == 0) or i == n:
             print(f"{desc}: {i}/{n} runs ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
 
 
@@ -862,7 +862,8 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
     keys = group_keys(runs)
     fk = [k for k in keys if k != "model"]
     facets = list(curves[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)) if fk else [()]
-    if len(facets) > 2 * MAX_PANELS:  # a search: one panel, every run of a model pooled
+    pooled = len(facets) > 2 * MAX_PANELS  # a search: one panel, every run of a model pooled
+    if pooled:
         fk, facets = [], [()]
     colors = _model_colors(curves["model"].dropna().unique())
     rows = [("val_recon", "validation reconstruction (nats)"), ("val_loss", "validation loss (own objective)")]
@@ -883,7 +884,8 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
             if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
                 pad = 0.15 * (hi - lo)
                 ax.set_ylim(lo - pad, hi + pad)
-    fig.suptitle("Validation curves per epoch (mean over seeds, band = ±1 sd). Loss levels differ by objective "
+    over = "all runs of a model, whose settings differ" if pooled else "seeds"
+    fig.suptitle(f"Validation curves per epoch (mean over {over}, band = ±1 sd). Loss levels differ by objective "
                  "(KL vs CS): compare models on reconstruction", fontsize=10)
     fig.tight_layout()
     return fig
