@@ -18,6 +18,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+if str(REPO) not in sys.path:  # `import src` also when pytest is started from elsewhere
+    sys.path.insert(0, str(REPO))
 
 # The settings every quick run uses (docs/CONTRACT.md, "Quick settings for tests").
 TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false",
