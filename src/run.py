@@ -57,6 +57,11 @@ def main(cfg: DictConfig) -> float | list[float]:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: results.json says "interrupted"; no traceback for a single run
+        if multirun:
+            raise
+        print(f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
+        sys.exit(130)
     print(f"done: {run_dir}  (results.json, metrics.csv, checkpoints/, *.png)")
     _print_headline(run_dir)
     return value

@@ -162,6 +162,31 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, run_cli, cl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, run_cli, cli_env):
+    run_dir = tmp_path / "run"
+    cmd = cli_command(run_dir, ["trainer.epochs=12", "prior.K=3"])
+    p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(run_dir, p, n=2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume"], lines
+    r = read_results(run_dir)
+    assert r["status"] == "interrupted" and f"hydra.run.dir={run_dir}" in r["error"]
+    assert len(metrics_rows(run_dir)) < 12
+
+    proc = subprocess.run(cmd, cwd=run_cli.cwd, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(run_dir)["status"] == "completed"
+    assert [int(row["epoch"]) for row in metrics_rows(run_dir)] == list(range(1, 13))
+
+
 # --- bad input: one clear line, non-zero exit, nothing written outside the run dir -------------------
 
 BAD = {
