@@ -113,10 +113,10 @@ def importance_sampled_nll(model: Autoencoder, x: Tensor, n_samples: int = 500, 
     nll = []
     for start in range(0, x.shape[0], batch):
         xb = x[start:start + batch].to(device)
-        # Bound S_chunk·B, the rows of each decoder call: on CPU past ~10k rows the [rows, pixels]
-        # temporaries fall out of cache and a pass gets slower, not faster (benchmarks/speed.py).
-        max_rows = chunk * 500 if device.type == "cuda" else min(chunk * 500, CPU_MAX_ROWS)
-        chunk_b = max(1, min(chunk, max_rows // max(1, xb.shape[0])))
+        chunk_b = max(1, min(chunk, (chunk * 500) // max(1, xb.shape[0])))  # bound S_chunk·B
+        if device.type == "cpu":  # past ~10k rows per decoder call the [rows, pixels] temporaries only cost
+            # memory and cache misses on CPU (benchmarks/speed.py); keep whole noise blocks
+            chunk_b = min(chunk_b, max(NOISE_SAMPLES, CPU_MAX_ROWS // max(1, xb.shape[0]) // NOISE_SAMPLES * NOISE_SAMPLES))
         log_w = importance_log_weights(model, xb, n_samples, chunk_b, seed=seed, first_index=start)
         nll.append(-(torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu())
     return torch.cat(nll)
