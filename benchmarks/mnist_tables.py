@@ -41,6 +41,12 @@ CLUSTER_ANCHORS = [
 def header_lines() -> list[str]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()[1::2]
+    if dirty:  # what the newest runs imported
+        commit += f"` (+ uncommitted changes in {', '.join(dirty)})"
+    else:
+        commit += "`"
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -50,7 +56,7 @@ def header_lines() -> list[str]:
 
     import torch
     return [
-        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}`",
+        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}",
         f"- machine: {platform.node()} ({cpu or platform.processor()}, {os.cpu_count()} cores shared with other jobs), "
         f"Python {platform.python_version()}, torch {torch.__version__}, CPU, 1 thread per run",
         f"- protocol: dynamically binarised MNIST, 50k train / 10k val / 10k test (val/test binarised once, seed 777); "

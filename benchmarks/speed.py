@@ -66,14 +66,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# On CPU the clock is this process's CPU time (time.process_time): with one torch thread it does not
+# count the time other jobs on a shared machine take the core away. On CUDA, wall-clock time.
+CLOCK = time.perf_counter
+
+
 def timed(fn, device, n: int) -> float:
     """Seconds per call of fn, averaged over n calls (after the caller's warm-up)."""
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(n):
         fn()
     sync(device)
-    return (time.perf_counter() - t0) / n
+    return (CLOCK() - t0) / n
 
 
 def step_fn(model: Autoencoder, x: torch.Tensor, reg=None):
@@ -213,16 +218,16 @@ def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
                 s = TrainSettings(epochs=1, batch_size=100, reg_weight=1.0, checkpoint=ckpt, resume=False,
                                   progress=False)
                 sync(device)
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 fit(model, data, opt, s, Path(tmp), device)
                 sync(device)
-                th = time.perf_counter() - t0
+                th = CLOCK() - t0
             model = make_model("csrae", "gmm", 10, device)
             sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             bare_epoch(model, data, 100, device)
             sync(device)
-            tb = time.perf_counter() - t0
+            tb = CLOCK() - t0
             if rep:  # the first repetition warms up
                 t_h.append(th), t_b.append(tb)
         rows.append({"measure": "(c) epoch harness fit / bare loop", "setting": f"{label}; {n_train} train + {n_val} val "
@@ -285,13 +290,20 @@ def write(rows: list[dict], device, threads: int, args) -> None:
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()[1::2]
+    if dirty:
+        commit += f"` (+ uncommitted changes in {', '.join(dirty)})"
+    else:
+        commit += "`"
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu}), {threads} torch thread(s)"
     lines = ["# Speed ratios (one process; median over repetitions, [min, max] spread)", "",
-             f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}`, "
+             f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}, "
              f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
              f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
              f"torch {torch.__version__}",
+             f"- clock: {'process CPU time (one thread; not counting time other jobs hold the core)' if CLOCK is time.process_time else 'wall clock'}",
              "- num_ms / den_ms: median time of the numerator / denominator (a step, an epoch, or a whole IS-NLL pass)",
              "- (e) joblib sweep 2 workers / 1 worker: see [sweep_parallel.md](sweep_parallel.md) "
              "(benchmarks/sweep_parallel.py)", "",
@@ -311,8 +323,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 repetitions, smaller workloads")
     ap.add_argument("--only", default="abcd", help="which measurements, e.g. 'ad'")
     args = ap.parse_args()
+    global CLOCK
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu" and args.threads == 1:
+        CLOCK = time.process_time
     reps = 3 if args.quick else args.reps
     rows = []
     if "a" in args.only:
