@@ -164,7 +164,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, run_cli, cl
 
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, run_cli, cli_env):
     run_dir = tmp_path / "run"
-    cmd = cli_command(run_dir, ["trainer.epochs=12", "prior.K=3"])
+    cmd = cli_command(run_dir, ["trainer.epochs=8", "prior.K=3"])
     p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_rows(run_dir, p, n=2)
@@ -179,12 +179,12 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, run_cli, cli
     assert lines == [f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume"], lines
     r = read_results(run_dir)
     assert r["status"] == "interrupted" and f"hydra.run.dir={run_dir}" in r["error"]
-    assert len(metrics_rows(run_dir)) < 12
+    assert len(metrics_rows(run_dir)) < 8
 
     proc = subprocess.run(cmd, cwd=run_cli.cwd, env=cli_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert read_results(run_dir)["status"] == "completed"
-    assert [int(row["epoch"]) for row in metrics_rows(run_dir)] == list(range(1, 13))
+    assert [int(row["epoch"]) for row in metrics_rows(run_dir)] == list(range(1, 9))
 
 
 # --- bad input: one clear line, non-zero exit, nothing written outside the run dir -------------------
@@ -267,7 +267,7 @@ def test_corrupt_checkpoint_on_resume(finished_run, tmp_path, run_cli):
     assert_nothing_outside(tmp_path, run_dir, run_cli.cwd)
 
 
-@pytest.mark.parametrize("change", [["model=vae", "prior.K=3"], ["prior.K=4"], ["prior.K=3", "model.latent_dim=8"]])
+@pytest.mark.parametrize("change", [["model=vae", "prior.K=3"], ["prior.K=3", "model.latent_dim=8"]])
 def test_mismatched_checkpoint_on_resume(change, finished_run, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
