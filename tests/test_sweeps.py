@@ -291,7 +291,10 @@ def test_every_sweep_file_composes_and_its_keys_exist(path):
 
     sweeper = cfg.hydra.sweeper
     if "optuna" in sweeper._target_.lower():
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+        try:  # hydra-optuna-sweeper 1.4 moved it
+            from hydra_plugins.hydra_optuna_sweeper._distributions import create_params_from_overrides
+        except ImportError:
+            from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
         space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
         assert set(space) == set(params) and not fixed  # all swept, each a valid Optuna distribution
