@@ -28,6 +28,7 @@ from src.train import (
     build_optimizer,
     fingerprint,
     fit,
+    load_checkpoint,
     load_best_weights,
     resolve_device,
 )
@@ -75,13 +76,20 @@ def _settings(cfg) -> TrainSettings:
     kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
     to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
                                                 resolve=True, enum_to_str=True)
-    # Where the files live and whether they may be downloaded do not change what a checkpoint means.
+    # Where the files live and whether they may be downloaded do not change what a checkpoint means;
+    # the optimizer, batch size and warm-up do (the saved optimizer state would silently override a
+    # new learning rate). trainer.epochs and patience may change on resume: that is how runs are extended.
     data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
+    schedule = {"batch_size": t.batch_size, "warmup_epochs": t.warmup_epochs}
+    if kmeans and p.kmeans_epoch > t.epochs:
+        log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
+                    p.kmeans_epoch, t.epochs)
     return TrainSettings(
         epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
         kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
-        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed),
+        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed,
+                                to_plain(cfg.optimizer), schedule),
     )
 
 
@@ -94,10 +102,9 @@ def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"status": "running", **(extra or {})}
+    _preflight(cfg, run_dir, results)
     try:
-        results.update(key_config(cfg))
         write_results(run_dir, results)
-        validate(cfg)
         check_available(cfg.dataset)
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
@@ -114,6 +121,24 @@ def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
     except Exception as e:
         results.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_results(run_dir, results)
+        raise
+
+
+def _preflight(cfg, run_dir: Path, results: dict) -> None:
+    """Checks that need no data: the config and, on resume, the checkpoint's identity.
+
+    A failure here leaves an earlier run's results.json in this directory untouched (its record
+    stays true); in a fresh directory it writes status failed, like any other failure.
+    """
+    try:
+        results.update(key_config(cfg))
+        validate(cfg)
+        last = run_dir / "checkpoints" / "last.pt"
+        if cfg.trainer.resume and last.exists():
+            load_checkpoint(last, _settings(cfg).fingerprint)
+    except Exception as e:
+        if not (run_dir / "results.json").exists():
+            write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
 

@@ -125,7 +125,7 @@ def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this harness; delete it or set trainer.resume=false")
     if fingerprint is not None and ckpt.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"checkpoint {path} was written for a different model/prior/dataset configuration; "
+        raise CheckpointError(f"checkpoint {path} was written for a different configuration (model, prior, dataset, seed, optimizer, batch size or warm-up); "
                               "use a new run dir, or trainer.resume=false to start over in this one")
     return ckpt
 
