@@ -62,7 +62,8 @@ def main(cfg: DictConfig) -> float | list[float]:
             raise
         print(f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
         sys.exit(130)
-    print(f"done: {run_dir}  (results.json, metrics.csv, checkpoints/, *.png)")
+    written = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if not p.name.startswith("."))
+    print(f"done: {run_dir}  ({', '.join(written)})")
     _print_headline(run_dir)
     return value
 
@@ -75,7 +76,7 @@ def _print_headline(run_dir: Path) -> None:
              f"val NLL {r['val_nll']:.2f}"]
     if r.get("acc") is not None:
         parts.append(f"ACC {r['acc']:.3f} ({r['acc_mapping']}) NMI {r['nmi']:.3f} ARI {r['ari']:.3f}")
-    parts.append(f"{r['epochs_run']} epochs in {r['train_seconds']:.0f}s")
+    parts.append(f"{r['epochs_run']} epochs, training {r['train_seconds']:.1f}s, evaluation {r['eval_seconds']:.1f}s")
     print("  " + " | ".join(parts))
 
 
