@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import re
 import sys
 import time

@@ -7,13 +7,13 @@ Everything is CPU, offline and single-threaded (the test machines are small and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pytest
+from cli import subprocess_env
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,16 +61,6 @@ def digits():
     return load_dataset(compose_config().dataset)
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = "1"
-    env.pop("HYDRA_FULL_ERROR", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> list[str]:
     args = with_tiny(overrides) if tiny else list(overrides)
     return [sys.executable, "-m", "src.run", *args, f"hydra.run.dir={run_dir}"]
@@ -78,7 +68,7 @@ def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> l
 
 @pytest.fixture(scope="session")
 def cli_env() -> dict:
-    return _env()
+    return subprocess_env()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli import subprocess_env
 from scipy import stats
 
 from src import analysis as A
@@ -34,16 +35,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.update(extra)
-    return env
-
-
 def _run(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+    p = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

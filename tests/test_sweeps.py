@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli import subprocess_env
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,15 +29,6 @@ QUICK = ["trainer.device=cpu", "trainer.progress=false", "eval.is_samples=10",
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = "1"
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def _command(*overrides: str, threads: int = 1, epochs: int = 1) -> list[str]:
     return [sys.executable, "-m", "src.run", "-m", *overrides, *QUICK, f"trainer.epochs={epochs}",
             f"trainer.threads={threads}"]
@@ -47,7 +39,7 @@ def sweep(tmp_path: Path, *overrides: str, threads: int = 1, timeout: float = 30
     """Run a multirun in a subprocess from an empty cwd (so nothing lands in the repo)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    p = subprocess.run(_command(*overrides, threads=threads), cwd=cwd, env=_env(), capture_output=True,
+    p = subprocess.run(_command(*overrides, threads=threads), cwd=cwd, env=subprocess_env(), capture_output=True,
                        text=True, timeout=timeout)
     if check:
         assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
@@ -170,7 +162,7 @@ def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = optuna_args(tmp_path, "vae_optuna", "killed", 5)
-    proc = subprocess.Popen(_command(*args, epochs=8), cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(*args, epochs=8), cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed = tmp_path / "killed"
     try:
         deadline = time.time() + 180
