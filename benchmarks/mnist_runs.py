@@ -68,6 +68,8 @@ PLAN = [
     ("vae_vamp500_s0" + FINAL, []),  # VampPrior's own configuration, evaluated as in the paper
     ("csrae_gmm50_s0", ["model=csrae", *_gmm(50), "trainer.seed=0"]),
     ("vae_gmm50_s0", ["model=vae", *_gmm(50), "trainer.seed=0"]),
+    ("csrae_gmm30_s1", ["model=csrae", *_gmm(30), "trainer.seed=1"]),
+    ("csrae_agg_gmm10_s1", ["model=csrae", "model.variant=aggregate", *_gmm(10), "trainer.seed=1"]),
     # Last: a csrae step at K=500 costs ~12x a VampPrior vae step on CPU (the K×K prior self term;
     # results/speed.md), ~2 h for 20 epochs here.
     ("csrae_vamp500_s0", ["model=csrae", "prior=vamp", "prior.K=500", "trainer.seed=0"]),

@@ -117,6 +117,13 @@ def _groups(rows):
     return groups
 
 
+def _sem_over_points(done) -> float:
+    """Standard error over the test points of the seed-averaged per-point NLL (same points for every seed)."""
+    per_point = [sum(v) / len(v) for v in zip(*(m["bench"]["per_point_nll"] for m in done))]
+    mean = sum(per_point) / len(per_point)
+    return math.sqrt(sum((v - mean) ** 2 for v in per_point) / (len(per_point) - 1) / len(per_point))
+
+
 def density(rows) -> None:
     ref = {row["results"]["seed"]: row["bench"] for row in rows
            if row["config"] == "vae_standard" and row["results"] and row["bench"]}
@@ -127,7 +134,6 @@ def density(rows) -> None:
             table.append({"configuration": config, "source": _pending(members)})
             continue
         nll = [m["bench"]["test_nll"] for m in done]
-        sem = [m["bench"]["test_nll_sem"] for m in done]
         mean = sum(nll) / len(nll)
         seed_sd = (math.sqrt(sum((v - mean) ** 2 for v in nll) / (len(nll) - 1)) if len(nll) > 1 else None)
         diffs = []
@@ -141,7 +147,7 @@ def density(rows) -> None:
         finals = [m["final"] for m in done if m["final"]]
         table.append({
             "configuration": _label(r0), "source": "this harness", "seeds": " ".join(str(m["results"]["seed"]) for m in done),
-            "test_nll": round(mean, 2), "sem_is": round(math.sqrt(sum(s * s for s in sem)) / len(sem), 2),
+            "test_nll": round(mean, 2), "sem_is": round(_sem_over_points(done), 2),
             "seed_sd": None if seed_sd is None else round(seed_sd, 2),
             "per_seed": " / ".join(f"{v:.2f}" for v in nll),
             "delta_vs_vae_standard": None if dmean is None else round(dmean, 2),
@@ -163,7 +169,7 @@ def density(rows) -> None:
         f"- test NLL: importance sampling, S = {mnist_runs.IS_SAMPLES} samples, on the first {mnist_runs.N_TEST} "
         "of the 10 000 test points (the same points for every row), from the best-validation checkpoint "
         "(benchmarks/mnist_eval.py); mean over seeds",
-        "- sem_is: standard error of that mean over the test points (per seed, combined over seeds); seed_sd: "
+        "- sem_is: standard error of that mean over the test points (of the seed-averaged per-point NLL); seed_sd: "
         "standard deviation across seeds; delta_vs_vae_standard: paired per-point difference to vae + standard of the "
         "same seed on the same test points, with its standard error (negative = better than the plain VAE)",
         f"- test_nll_S5000_all: where run, the literature protocol on the same checkpoint: S = {mnist_runs.FINAL_SAMPLES} "
