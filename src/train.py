@@ -200,14 +200,16 @@ def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -
 
 @torch.no_grad()
 def _refit_mixture(model: Autoencoder, x: torch.Tensor, n: int, seed: int, optimizer, device) -> None:
-    """VaDE-style initialisation: fit the mixture to the encoder's posterior means."""
+    """VaDE-style initialisation: fit the mixture to the encoder's aggregate posterior (GaussianMixture.fit_to_codes)."""
     model.eval()
     n = min(n, x.shape[0])  # the first n training images, in chunks of 1000
-    codes = torch.cat([model.encode(x[i:min(i + 1000, n)].to(device))[0] for i in range(0, n, 1000)])
-    model.prior.fit_to_codes(codes, seed=seed)
+    posteriors = [model.encode(x[i:min(i + 1000, n)].to(device)) for i in range(0, n, 1000)]
+    codes = torch.cat([mu for mu, _ in posteriors])
+    code_vars = torch.cat([logvar.exp() for _, logvar in posteriors])
+    model.prior.fit_to_codes(codes, code_vars, seed=seed)
     for p in model.prior.parameters():  # stale Adam moments would pull the new values back
         optimizer.state.pop(p, None)
-    log.info("prior refitted to %d posterior means with a diagonal GMM (sklearn)", codes.shape[0])
+    log.info("prior refitted to the aggregate posterior of %d training points (diagonal GMM, sklearn)", codes.shape[0])
 
 
 def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, settings: TrainSettings,

@@ -195,18 +195,44 @@ def test_kmeans_init_refits_the_gmm_at_kmeans_epoch(compose, digits, tmp_path):
 
     # Not yet at kmeans_epoch: training is exactly the plain one.
     assert torch.equal(later.prior.mu, plain.prior.mu)
-    # At kmeans_epoch the means, variances and weights are those of sklearn's diagonal GMM fitted to
-    # the encoder's posterior means of the first kmeans_samples training images.
+    # At kmeans_epoch the means and weights are those of sklearn's diagonal GMM fitted to the
+    # encoder's posterior means of the first kmeans_samples training images; each variance is the
+    # GMM's plus its members' average posterior variance (moment matching the aggregate posterior).
     assert not torch.allclose(refit.prior.mu, plain.prior.mu, atol=1e-3)
     with torch.no_grad():
         refit.eval()
-        codes = refit.encode(digits.train.x[:600])[0].double().numpy()
+        mu_x, logvar_x = refit.encode(digits.train.x[:600])
+        codes, code_vars = mu_x.double().numpy(), logvar_x.exp().double().numpy()
     sk = SkGMM(n_components=5, covariance_type="diag", random_state=cfg.trainer.seed, reg_covar=1e-4).fit(codes)
+    resp = sk.predict_proba(codes)
+    expected_var = sk.covariances_ + (resp.T @ code_vars) / resp.sum(0)[:, None]
     logits, mu, logvar = refit.prior.components()
     np.testing.assert_allclose(mu.detach().numpy(), sk.means_, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(logvar.detach().numpy(), np.clip(np.log(sk.covariances_), -6, 2), atol=1e-4)
+    np.testing.assert_allclose(logvar.detach().numpy(), np.clip(np.log(expected_var), -6, 2), atol=1e-4)
+    assert (logvar.detach().numpy() >= np.clip(np.log(sk.covariances_), -6, 2) - 1e-6).all()  # never narrower
     np.testing.assert_allclose(torch.softmax(logits, 0).detach().numpy(), sk.weights_, atol=1e-5)
     assert state.best_epoch == 1
+
+
+def test_refit_matches_the_aggregate_posterior_of_two_separated_clusters():
+    """Two clusters of posteriors: means spread with variance 0.04 around ±3, each posterior with
+    variance 0.25. The aggregate posterior of a cluster has variance 0.04 + 0.25 per dimension; a fit
+    to the means alone would give 0.04, far narrower than the posteriors the component must cover."""
+    from src.priors import GaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 4000, 3
+    centre = torch.where(torch.arange(n) < n // 2, 3.0, -3.0)[:, None].expand(n, d)
+    codes = centre + 0.2 * torch.randn(n, d, generator=g)
+    prior = GaussianMixture(2, d, learned_weights=True)
+    prior.fit_to_codes(codes, torch.full((n, d), 0.25), seed=0)
+    logits, mu, logvar = prior.components()
+    order = torch.argsort(mu[:, 0])
+    torch.testing.assert_close(mu[order], torch.tensor([[-3.0] * d, [3.0] * d]), atol=0.03, rtol=0)
+    torch.testing.assert_close(logvar.exp(), torch.full((2, d), 0.29), atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.softmax(logits, 0), torch.tensor([0.5, 0.5]), atol=1e-3, rtol=0)
+    prior.fit_to_codes(codes, None, seed=0)  # means only: the within-cluster spread of the means
+    torch.testing.assert_close(prior.components()[2].exp(), torch.full((2, d), 0.04), atol=0.01, rtol=0)
 
 
 def test_kmeans_refit_happens_through_the_config(compose, tmp_path, caplog):
