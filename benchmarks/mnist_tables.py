@@ -212,7 +212,7 @@ def clustering(rows) -> None:
         "- assignment: argmax_k log π_k + log N(μ(x) | μ_k, σ²(x) + σ_k²) on all 10 000 test points (harness results.json)",
         "- ACC: Hungarian one-to-one matching when K ≤ 10 classes; many-to-one majority mapping when K > 10 (K=30, 50); "
         "NMI, ARI from scikit-learn; val_acc on the 10 000 validation points; mean over seeds",
-        "- published anchors: VaDE trains 300 epochs after a pretrained autoencoder; GMVAE reports 96.92 ± 1.29 (best of runs)",
+        "- published anchors: VaDE trains after pretraining an autoencoder (500-500-2000, z=10); GMVAE reports 96.92 ± 1.29",
     ])
 
 
