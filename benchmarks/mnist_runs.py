@@ -70,6 +70,10 @@ PLAN = [
     ("vae_gmm50_s0", ["model=vae", *_gmm(50), "trainer.seed=0"]),
     ("csrae_gmm30_s1", ["model=csrae", *_gmm(30), "trainer.seed=1"]),
     ("csrae_agg_gmm10_s1", ["model=csrae", "model.variant=aggregate", *_gmm(10), "trainer.seed=1"]),
+    # The K=10 clustering pair again with the moment-matched GMM refit (commit 5812daf); rows above ran
+    # with the means-only refit (see the gmm_refit column).
+    ("csrae_gmm10mm_s0", ["model=csrae", *_gmm(10), "trainer.seed=0"]),
+    ("vae_gmm10mm_s0", ["model=vae", *_gmm(10), "trainer.seed=0"]),
     # Last: a csrae step at K=500 costs ~12x a VampPrior vae step on CPU (the K×K prior self term;
     # results/speed.md), ~2 h for 20 epochs here.
     ("csrae_vamp500_s0", ["model=csrae", "prior=vamp", "prior.K=500", "trainer.seed=0"]),
