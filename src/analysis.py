@@ -885,7 +885,7 @@ def plot_val_curves(runs: pd.DataFrame, curves: Optional[pd.DataFrame] = None):
                 pad = 0.15 * (hi - lo)
                 ax.set_ylim(lo - pad, hi + pad)
     over = "all runs of a model, whose settings differ" if pooled else "seeds"
-    fig.suptitle(f"Validation curves per epoch (mean over {over}, band = ±1 sd). Loss levels differ by objective "
+    fig.suptitle(f"Validation curves per epoch (mean over {over}, band = ±1 sd).\nLoss levels differ by objective "
                  "(KL vs CS): compare models on reconstruction", fontsize=10)
     fig.tight_layout()
     return fig
