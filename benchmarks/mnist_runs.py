@@ -41,7 +41,7 @@ N_TEST = 2000        # first N_TEST test points (of 10 000)
 FINAL = "@S5000"     # a PLAN entry "<run>@S5000": the literature protocol, S=5000 on all 10 000 test points
 FINAL_SAMPLES, FINAL_N_TEST, FINAL_OUT = 5000, 10000, "bench_eval_s5000.json"
 
-COMMON = [f"dataset=mnist", f"dataset.root={DATA_ROOT}", f"trainer.epochs={EPOCHS}",
+COMMON = ["dataset=mnist", f"dataset.root={DATA_ROOT}", f"trainer.epochs={EPOCHS}",
           f"trainer.warmup_epochs={WARMUP}", "trainer.threads=1", "trainer.progress=false",
           "eval.is_samples=1", "eval.images=false"]
 
@@ -114,35 +114,35 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S ", time.gmtime()) + msg, flush=True)
 
 
+def _evaluate(run_dir: Path, samples: int, n_test: int, env: dict, out: str | None = None) -> bool:
+    """IS-NLL of a finished run (benchmarks/mnist_eval.py), written beside its results.json."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mnist_eval.py"), str(run_dir), "--samples", str(samples),
+           "--n-test", str(n_test)] + (["--out", out] if out else [])
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode == 0
+
+
 def run_one(name: str, overrides: list[str]) -> bool:
     d = RUNS_DIR / name
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    py = sys.executable
     if FINAL in name:
         base = RUNS_DIR / name.split(FINAL)[0]
         _log(f"evaluate {base.name}: IS-NLL S={FINAL_SAMPLES} on all {FINAL_N_TEST} test points")
-        cmd = [py, str(ROOT / "benchmarks" / "mnist_eval.py"), str(base), "--samples", str(FINAL_SAMPLES),
-               "--n-test", str(FINAL_N_TEST), "--out", FINAL_OUT]
-        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+        if not _evaluate(base, FINAL_SAMPLES, FINAL_N_TEST, env, out=FINAL_OUT):
             _log(f"FAILED evaluating {name}")
             return False
-        subprocess.run([py, str(ROOT / "benchmarks" / "mnist_tables.py")], cwd=ROOT, env=env)
-        _log(f"finished {name}")
-        return True
-    if state(name) not in ("trained", "done"):
-        _log(f"train {name}: {' '.join(overrides)}")
-        cmd = [py, "-m", "src.run", *COMMON, *overrides, f"hydra.run.dir={d}"]
-        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
-            _log(f"FAILED training {name}")
-            return False
-    if state(name) == "trained":
-        _log(f"evaluate {name}: IS-NLL S={IS_SAMPLES} on {N_TEST} test points")
-        cmd = [py, str(ROOT / "benchmarks" / "mnist_eval.py"), str(d), "--samples", str(IS_SAMPLES),
-               "--n-test", str(N_TEST)]
-        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
-            _log(f"FAILED evaluating {name}")
-            return False
-    subprocess.run([py, str(ROOT / "benchmarks" / "mnist_tables.py")], cwd=ROOT, env=env)
+    else:
+        if state(name) not in ("trained", "done"):
+            _log(f"train {name}: {' '.join(overrides)}")
+            cmd = [sys.executable, "-m", "src.run", *COMMON, *overrides, f"hydra.run.dir={d}"]
+            if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+                _log(f"FAILED training {name}")
+                return False
+        if state(name) == "trained":
+            _log(f"evaluate {name}: IS-NLL S={IS_SAMPLES} on {N_TEST} test points")
+            if not _evaluate(d, IS_SAMPLES, N_TEST, env):
+                _log(f"FAILED evaluating {name}")
+                return False
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mnist_tables.py")], cwd=ROOT, env=env)
     _log(f"finished {name}")
     return True
 
