@@ -81,9 +81,6 @@ def _settings(cfg) -> TrainSettings:
     # new learning rate). trainer.epochs and patience may change on resume: that is how runs are extended.
     data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
     schedule = {"batch_size": t.batch_size, "warmup_epochs": t.warmup_epochs}
-    if kmeans and p.kmeans_epoch > t.epochs:
-        log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
-                    p.kmeans_epoch, t.epochs)
     return TrainSettings(
         epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
@@ -133,9 +130,13 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
     try:
         results.update(key_config(cfg))
         validate(cfg)
+        settings = _settings(cfg)
+        if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
+            log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
+                        settings.kmeans_epoch, settings.epochs)
         last = run_dir / "checkpoints" / "last.pt"
         if cfg.trainer.resume and last.exists():
-            load_checkpoint(last, _settings(cfg).fingerprint)
+            load_checkpoint(last, settings.fingerprint)
     except Exception as e:
         if not (run_dir / "results.json").exists():
             write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
