@@ -13,16 +13,44 @@ and every integral of a product of two Gaussians is a Gaussian density:
 log ∫ N(x|a,A) N(x|b,B) dx = log N(a | b, A+B). Kampa et al. (eq. 3) print the self term's
 normaliser as (2π)^{D/2}; the correct one is (4π)^{D/2} (∫N(x|μ,Σ)² dx = N(μ|μ,2Σ)). Using the
 full double sum of log N(μ_k|μ_k', Σ_k+Σ_k') below gets this right by construction.
+
+Two implementations of the sums over component pairs give the same values and gradients (to rounding):
+the fused one in src/pair_sums.py (the default: tiled, analytic gradient, no [B, K, D] or [K, K, D]
+tensor kept for the backward pass) and the broadcast reference written out below, which
+`reference_math()` selects (tests and benchmarks compare the two).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import Tensor
 
+from src import pair_sums
+
 LOG_2PI = math.log(2.0 * math.pi)
+_FUSED = True
+
+
+@contextlib.contextmanager
+def reference_math():
+    """Within the block the mixture terms use the broadcast reference instead of src/pair_sums.py."""
+    global _FUSED
+    saved, _FUSED = _FUSED, False
+    try:
+        yield
+    finally:
+        _FUSED = saved
+
+
+def _fused(*logvars: Tensor) -> bool:
+    return _FUSED and pair_sums.spread_ok(*logvars)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -57,6 +85,8 @@ def log_mixture_self_integral(logits: Tensor | None, mu: Tensor, logvar: Tensor)
     """
     k = mu.shape[0]
     lw = log_weights(logits, k, mu)
+    if _fused(logvar):
+        return pair_sums.PairLSE.apply(lw, mu, logvar, _needs_grad(lw, mu, logvar))
     diag = 2.0 * lw + log_gaussian_self_integral(logvar)
     if k == 1:
         return diag[0]
@@ -72,6 +102,8 @@ def log_mixture_cross_integral(
     """log ∫ p_a(x) p_b(x) dx for two diagonal mixtures (scalar)."""
     lw_a = log_weights(logits_a, mu_a.shape[0], mu_a)
     lw_b = log_weights(logits_b, mu_b.shape[0], mu_b)
+    if _fused(logvar_a, logvar_b):
+        return torch.logsumexp(lw_a + pair_sums.RowLSE.apply(mu_a, logvar_a, lw_b, mu_b, logvar_b), dim=0)
     overlap = log_gaussian_overlap(mu_a[:, None, :], logvar_a[:, None, :], mu_b[None, :, :], logvar_b[None, :, :])
     return torch.logsumexp((lw_a[:, None] + lw_b[None, :] + overlap).reshape(-1), dim=0)
 
@@ -94,10 +126,13 @@ def cs_divergence(
     k = prior_mu.shape[0]
     lw = log_weights(prior_logits, k, prior_mu)
     # Cross term, O(B·K·D): log ∫ q p = LSE_k[log π_k + log N(μ | μ_k, σ² + σ_k²)].
-    cross = torch.logsumexp(
-        lw[None, :] + log_gaussian_overlap(mu[:, None, :], logvar[:, None, :], prior_mu[None], prior_logvar[None]),
-        dim=1,
-    )
+    if _fused(logvar, prior_logvar):
+        cross = pair_sums.RowLSE.apply(mu, logvar, lw, prior_mu, prior_logvar)
+    else:
+        cross = torch.logsumexp(
+            lw[None, :] + log_gaussian_overlap(mu[:, None, :], logvar[:, None, :], prior_mu[None], prior_logvar[None]),
+            dim=1,
+        )
     prior_self = log_mixture_self_integral(prior_logits, prior_mu, prior_logvar)
     q_self = log_gaussian_self_integral(logvar)
     return -cross + 0.5 * prior_self + 0.5 * q_self
@@ -122,6 +157,9 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 def log_mixture_density(z: Tensor, logits: Tensor | None, mu: Tensor, logvar: Tensor) -> Tensor:
     """log p(z) for a diagonal mixture; z: [..., D] -> [...]."""
     lw = log_weights(logits, mu.shape[0], mu)
+    if _FUSED:
+        d = z.shape[-1]
+        return pair_sums.RowLSE.apply(z.reshape(-1, d), None, lw, mu, logvar).reshape(z.shape[:-1])
     return torch.logsumexp(lw + log_normal(z.unsqueeze(-2), mu, logvar), dim=-1)
 
 
