@@ -663,3 +663,118 @@ def test_component_log_responsibilities_shape_and_argmax():
         + 0.5 * log_gaussian_self_integral(logvar)
     )
     torch.testing.assert_close(recon, cs_divergence(mu, logvar, p_mu, p_logvar, p_logits), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the fused pair sums (src/pair_sums.py, the default) against the broadcast reference
+# ----------------------------------------------------------------------------------------------------------------------
+
+from src import pair_sums  # noqa: E402
+from src.divergences import reference_math  # noqa: E402
+
+
+def _case(g, b, k, d, kind):
+    """Random posteriors [b, d] and a K-component mixture; kind picks the hard regime."""
+    spread, lv_lo, lv_hi = {"plain": (2.0, -1.5, 1.0), "far": (60.0, -6.0, 2.0),
+                            "tiny": (0.5, -30.0, -20.0), "huge": (50.0, 15.0, 25.0),
+                            "mixed": (5.0, -12.0, 12.0)}[kind]
+    logits = 2.0 * torch.randn(k, generator=g, dtype=F64)
+    p_mu = spread * torch.randn(k, d, generator=g, dtype=F64)
+    p_lv = torch.empty(k, d, dtype=F64).uniform_(lv_lo, lv_hi, generator=g)
+    mu = spread * torch.randn(b, d, generator=g, dtype=F64)
+    lv = torch.empty(b, d, dtype=F64).uniform_(lv_lo, lv_hi, generator=g)
+    return [t.requires_grad_(True) for t in (mu, lv, logits, p_mu, p_lv)]
+
+
+def _value_and_grads(fn, inputs, g):
+    out = fn(*inputs)
+    weights = torch.randn(out.shape, generator=g, dtype=F64)  # an arbitrary upstream gradient
+    grads = torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True)
+    return out.detach(), grads
+
+
+def _assert_rel(got, ref, what):
+    scale = ref.abs().max().clamp_min(1e-300)
+    err = ((got - ref).abs().max() / scale).item()
+    assert err <= 1e-6, f"{what}: relative error {err:.2e}"
+
+
+MIXTURE_TERMS = {
+    "cs_divergence": lambda mu, lv, logits, p_mu, p_lv: cs_divergence(mu, lv, p_mu, p_lv, logits),
+    "cs_uniform": lambda mu, lv, logits, p_mu, p_lv: cs_divergence(mu, lv, p_mu, p_lv, None),
+    "self_integral": lambda mu, lv, logits, p_mu, p_lv: log_mixture_self_integral(logits, p_mu, p_lv),
+    "cross_integral": lambda mu, lv, logits, p_mu, p_lv: log_mixture_cross_integral(None, mu, lv, logits, p_mu, p_lv),
+    "mixtures": lambda mu, lv, logits, p_mu, p_lv: cs_divergence_mixtures(None, mu, lv, logits, p_mu, p_lv),
+    "density": lambda mu, lv, logits, p_mu, p_lv: log_mixture_density(mu + torch.exp(0.5 * lv), logits, p_mu, p_lv),
+}
+
+
+@pytest.mark.parametrize("b,k,d,kind", [(5, 1, 1, "plain"), (7, 13, 3, "plain"), (3, 40, 64, "plain"),
+                                        (6, 30, 8, "far"), (4, 25, 16, "tiny"), (4, 25, 16, "huge"),
+                                        (5, 50, 10, "mixed"), (2, 1000, 2, "plain"), (2, 700, 3, "far")])
+@pytest.mark.parametrize("term", sorted(MIXTURE_TERMS))
+def test_fused_matches_reference_values_and_gradients(term, b, k, d, kind):
+    g = gen(1000 + 7 * k + d)
+    inputs = _case(g, b, k, d, kind)
+    fn = MIXTURE_TERMS[term]
+    got, got_grads = _value_and_grads(fn, inputs, gen(1))
+    with reference_math():
+        ref, ref_grads = _value_and_grads(fn, inputs, gen(1))
+    _assert_rel(got, ref, "value")
+    for name, a, r in zip(("mu", "logvar", "logits", "prior_mu", "prior_logvar"), got_grads, ref_grads):
+        if r is None:  # the reference's graph does not reach it (K=1 self term): the gradient is zero
+            assert a is None or a.abs().max() == 0, name
+        else:
+            _assert_rel(a, r, f"gradient w.r.t. {name}")
+
+
+def test_fused_gradcheck():
+    g = gen(1100)
+    mu, lv, logits, p_mu, p_lv = _case(g, 3, 4, 3, "plain")
+    lw = torch.log_softmax(logits.detach(), 0).requires_grad_(True)
+    z = mu.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *t: pair_sums.RowLSE.apply(*t), (mu, lv, lw, p_mu, p_lv))
+    assert torch.autograd.gradcheck(lambda a, b, c, e: pair_sums.RowLSE.apply(a, None, b, c, e), (z, lw, p_mu, p_lv))
+    assert torch.autograd.gradcheck(lambda a, b, c: pair_sums.PairLSE.apply(a, b, c, True), (lw, p_mu, p_lv))
+
+
+def test_fused_terms_keep_no_pair_by_dimension_tensor_for_backward():
+    # What autograd saves for the backward pass of one CS step: nothing of size pairs x D, fused;
+    # the reference keeps several (the reason the fused path exists).
+    g = gen(1200)
+    b, k, d = 6, 40, 16
+    mu, lv, logits, p_mu, p_lv = _case(g, b, k, d, "plain")
+
+    def largest_saved() -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            loss = cs_divergence(mu, lv, p_mu, p_lv, logits).sum() + log_mixture_density(mu, logits, p_mu, p_lv).sum()
+        loss.backward()
+        return max(sizes)
+
+    assert largest_saved() <= k * k
+    with reference_math():
+        assert largest_saved() >= b * k * d
+
+
+def test_fused_is_the_default_and_falls_back_beyond_its_range():
+    g = gen(1300)
+    mu, lv, logits, p_mu, p_lv = (t.detach() for t in _case(g, 3, 5, 2, "plain"))
+    assert pair_sums.spread_ok(lv, p_lv)
+    calls = []
+    original = pair_sums.RowLSE.apply
+    try:
+        pair_sums.RowLSE.apply = lambda *a: calls.append(1) or original(*a)
+        cs_divergence(mu, lv, p_mu, p_lv, logits)
+        assert calls, "the fused kernel is not the default"
+        calls.clear()
+        # log-variances 200 nats apart in float32: exp(logvar - max) would underflow, so the reference runs
+        wide = p_lv.float().clone()
+        wide[0, 0] = -100.0
+        wide[1, 0] = 100.0
+        assert not pair_sums.spread_ok(wide)
+        out = cs_divergence(mu.float(), lv.float(), p_mu.float(), wide, logits.float())
+        assert not calls
+        assert torch.isfinite(out).all()
+    finally:
+        pair_sums.RowLSE.apply = original
