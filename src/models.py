@@ -26,7 +26,7 @@ from src.divergences import (
     log_normal,
 )
 from src.networks import Decoder, Encoder, build_networks
-from src.priors import Prior, StandardNormal, build_prior
+from src.priors import Prior, StandardNormal, VampPrior, build_prior
 
 # Gaussian likelihood: clamp the decoder's per-pixel log-variance (avoids collapse onto a pixel).
 GAUSS_LOGVAR_MIN, GAUSS_LOGVAR_MAX = -9.0, 2.0
@@ -82,9 +82,19 @@ class Autoencoder(nn.Module):
     def reparameterise(mu: Tensor, logvar: Tensor) -> Tensor:
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def regulariser(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-        """R per data point, [B]."""
-        logits, p_mu, p_logvar = self.prior_components()
+    def encode_with_prior(self, x: Tensor):
+        """q(z|x) as (mu, logvar) and the prior's components. A VampPrior's pseudo-inputs go through the
+        encoder in the same call as x (one pass instead of two; the encoder treats rows independently)."""
+        if isinstance(self.prior, VampPrior):
+            mu, logvar = self.encoder(torch.cat([x, self.prior.inputs().to(x.dtype)]))
+            b = x.shape[0]
+            return mu[:b], logvar[:b], (self.prior.logits, mu[b:], logvar[b:])
+        mu, logvar = self.encode(x)
+        return mu, logvar, self.prior_components()
+
+    def regulariser(self, mu: Tensor, logvar: Tensor, z: Tensor, components=None) -> Tensor:
+        """R per data point, [B]; components: the prior's, when the caller has them already."""
+        logits, p_mu, p_logvar = components if components is not None else self.prior_components()
         if self.objective == "kl":
             if isinstance(self.prior, StandardNormal):
                 return kl_standard_normal(mu, logvar)
@@ -95,10 +105,10 @@ class Autoencoder(nn.Module):
         return cs_divergence(mu, logvar, p_mu, p_logvar, logits)
 
     def loss_terms(self, x: Tensor) -> LossTerms:
-        mu, logvar = self.encode(x)
+        mu, logvar, components = self.encode_with_prior(x)
         z = self.reparameterise(mu, logvar)
         recon = -self.log_likelihood(x, self.decode(z))
-        return LossTerms(recon=recon, reg=self.regulariser(mu, logvar, z))
+        return LossTerms(recon=recon, reg=self.regulariser(mu, logvar, z, components))
 
     @torch.no_grad()
     def assign_components(self, x: Tensor) -> Tensor:

@@ -117,10 +117,14 @@ class VampPrior(Prior):
         self.pseudo_inputs = nn.Parameter(torch.randn(K, *image_shape) * init_std + init_mean)
         self.logits = _weight_logits(K, learned_weights)
 
+    def inputs(self) -> Tensor:
+        """The pseudo-inputs u_k, [K, C, H, W]."""
+        return self.pseudo_inputs.clamp(0.0, 1.0)
+
     def components(self, encoder=None) -> Components:
         if encoder is None:
             raise ValueError("VampPrior needs the encoder to compute its components")
-        mu, logvar = encoder(self.pseudo_inputs.clamp(0.0, 1.0))
+        mu, logvar = encoder(self.inputs())
         return self.logits, mu, logvar
 
 

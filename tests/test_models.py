@@ -352,3 +352,22 @@ def test_assign_components_gives_valid_ids_on_the_test_set(prior, compose, digit
     assert got.shape == (len(digits.test.x),)
     assert got.dtype.kind == "i" and got.min() >= 0 and got.max() < 12
     np.testing.assert_array_equal(got, evaluate.assign_components(model, digits.test.x, batch=1000))
+
+
+@pytest.mark.parametrize("model_name", ["vae", "csrae"])
+def test_vamp_encodes_batch_and_pseudo_inputs_in_one_call(model_name, compose, digits):
+    cfg = compose(f"model={model_name}", "prior=vamp", "prior.K=7")
+    model = build_model(cfg.model, cfg.prior, digits.image_shape).double()
+    x = digits.train.x[:16].double()
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    torch.manual_seed(0)
+    terms = model.loss_terms(x)
+    hook.remove()
+    assert calls == [16 + 7]
+    # the same numbers as encoding x and the pseudo-inputs separately
+    torch.manual_seed(0)
+    mu, logvar = model.encode(x)
+    z = model.reparameterise(mu, logvar)
+    torch.testing.assert_close(terms.recon, -model.log_likelihood(x, model.decode(z)), rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(terms.reg, model.regulariser(mu, logvar, z), rtol=1e-10, atol=1e-9)
