@@ -141,6 +141,7 @@ class TrainerConfig:
     checkpoint: bool = True
     resume: bool = True  # continue from checkpoints/last.pt when the run dir has one
     progress: bool = True  # tqdm bar per epoch on a terminal
+    compile: bool = False  # torch.compile the training step (compile time reported apart, not in epoch times)
 
 
 @dataclass

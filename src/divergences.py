@@ -46,7 +46,9 @@ def reference_math():
 
 
 def _fused(*logvars: Tensor) -> bool:
-    return _FUSED and pair_sums.spread_ok(*logvars)
+    # Under torch.compile (trainer.compile=true) the broadcast formulas go to the compiler, which fuses
+    # them itself; the tiled kernels' Python loops and range check would only break its graph.
+    return _FUSED and not torch.compiler.is_compiling() and pair_sums.spread_ok(*logvars)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -157,7 +159,7 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 def log_mixture_density(z: Tensor, logits: Tensor | None, mu: Tensor, logvar: Tensor) -> Tensor:
     """log p(z) for a diagonal mixture; z: [..., D] -> [...]."""
     lw = log_weights(logits, mu.shape[0], mu)
-    if _FUSED:
+    if _FUSED and not torch.compiler.is_compiling():
         d = z.shape[-1]
         return pair_sums.RowLSE.apply(z.reshape(-1, d), None, lw, mu, logvar).reshape(z.shape[:-1])
     return torch.logsumexp(lw + log_normal(z.unsqueeze(-2), mu, logvar), dim=-1)

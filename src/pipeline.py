@@ -23,6 +23,7 @@ from src.data import DataError, check_available, load_dataset
 from src.models import build_model, count_parameters
 from src.train import (
     CheckpointError,
+    CompileError,
     NonFiniteLossError,
     TrainSettings,
     build_optimizer,
@@ -36,12 +37,12 @@ from src.train import (
 log = logging.getLogger(__name__)
 
 # Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError)
 
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error"]
 
 
 def _value(v: Any) -> Any:
@@ -84,6 +85,7 @@ def _settings(cfg) -> TrainSettings:
     return TrainSettings(
         epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
+        compile=t.compile,
         kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
         fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed,
                                 to_plain(cfg.optimizer), schedule),
@@ -166,6 +168,7 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
         "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
         "test_nll": test_nll.mean().item(), "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
         "test_recon": test_recon, "test_reg": test_reg, "val_nll": val_nll, "train_seconds": state.train_seconds,
+        "compile_seconds": state.compile_seconds if cfg.trainer.compile else None,
         "n_params": count_parameters(model), "device": str(device),
         "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None, "val_acc": None,
     }

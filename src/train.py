@@ -40,6 +40,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or belongs to another configuration."""
 
 
+class CompileError(RuntimeError):
+    """trainer.compile=true but torch.compile does not work on this machine."""
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
@@ -48,6 +52,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0  # trainer.compile: time spent compiling, not counted in train_seconds
 
 
 @dataclass
@@ -65,6 +70,7 @@ class TrainSettings:
     kmeans_epoch: Optional[int] = None  # refit a GaussianMixture prior after this epoch
     kmeans_samples: int = 2000
     fingerprint: str = ""  # identifies the configuration a checkpoint belongs to
+    compile: bool = False  # torch.compile the training step's forward and backward
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -212,6 +218,19 @@ def _refit_mixture(model: Autoencoder, x: torch.Tensor, n: int, seed: int, optim
     log.info("prior refitted to the aggregate posterior of %d training points (diagonal GMM, sklearn)", codes.shape[0])
 
 
+def _compiled_graphs() -> int:
+    """How many graphs torch.compile has built in this process (a step that adds some spent time compiling)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _compile_failed(e: Exception) -> CompileError:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return CompileError(f"trainer.compile=true but torch.compile does not work here ({type(e).__name__}: {first}); "
+                        "use trainer.compile=false")
+
+
 def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, settings: TrainSettings,
         run_dir: Path, device: torch.device) -> TrainState:
     """Train with warm-up and early stopping; resumable from run_dir/checkpoints/last.pt."""
@@ -228,10 +247,13 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
     x_train, n = data.train.x, data.train.x.shape[0]
     steps = math.ceil(n / settings.batch_size)
     show_bar = settings.progress and sys.stderr.isatty()
+    loss_terms = torch.compile(model.loss_terms) if settings.compile else model.loss_terms
+    compiled_once = False
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)
         t0 = time.perf_counter()
+        compiling = 0.0  # seconds of this epoch's steps that compiled (trainer.compile), not counted in it
         model.train()
         perm = torch.randperm(n, generator=generator)
         sums = torch.zeros(3, dtype=torch.float64)
@@ -242,11 +264,23 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
         for step in range(steps):
             idx = perm[step * settings.batch_size:(step + 1) * settings.batch_size]
             x = _prepare_batch(x_train[idx], data.binary, generator, device)
-            terms = model.loss_terms(x)
-            _check_finite(terms, epoch, step)
-            loss = terms.total(weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if settings.compile:
+                t_step, graphs = time.perf_counter(), _compiled_graphs()
+            try:
+                terms = loss_terms(x)
+                _check_finite(terms, epoch, step)
+                loss = terms.total(weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except NonFiniteLossError:
+                raise
+            except Exception as e:
+                if settings.compile and not compiled_once:
+                    raise _compile_failed(e) from None
+                raise
+            if settings.compile and _compiled_graphs() != graphs:
+                compiling += time.perf_counter() - t_step
+            compiled_once = True
             optimizer.step()
             sums += torch.tensor([loss.item(), terms.recon.mean().item(), terms.reg.mean().item()],
                                  dtype=torch.float64) * len(idx)
@@ -265,8 +299,11 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch} "
                                      f"(reconstruction={val_recon:.4g}, regulariser={val_reg:.4g})")
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - compiling
         state.epoch, state.train_seconds = epoch, state.train_seconds + seconds
+        if compiling:
+            state.compile_seconds += compiling
+            log.info("torch.compile: %.1fs compiling in epoch %d (not counted in the epoch time)", compiling, epoch)
         if val_loss < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
             if settings.checkpoint:

@@ -330,3 +330,45 @@ def test_non_finite_loss_later_keeps_the_last_good_checkpoint(compose, tmp_path,
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["state"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+# --- trainer.compile --------------------------------------------------------------------------------
+
+def test_compile_is_not_part_of_the_checkpoint_fingerprint(compose):
+    """A run started without trainer.compile resumes with it (and back): it changes speed, not the model."""
+    from src.pipeline import _settings
+
+    plain, compiled = _settings(compose("trainer.compile=false")), _settings(compose("trainer.compile=true"))
+    assert compiled.compile and not plain.compile
+    assert compiled.fingerprint == plain.fingerprint and "compile" not in plain.fingerprint
+
+
+def test_compile_reports_its_time_apart_from_the_epochs(compose, tmp_path, monkeypatch, caplog):
+    """The real torch.compile graph capture, with the aot_eager backend so that no C++ build slows the suite."""
+    import functools
+
+    import src.train
+
+    monkeypatch.setattr(src.train.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    from src.pipeline import run_experiment
+
+    with caplog.at_level("INFO", logger="src.train"):
+        run_experiment(compose("trainer.compile=true", "model=csrae", "prior=gmm", "prior.K=3"), tmp_path)
+    r = read_results(tmp_path)
+    assert r["status"] == "completed" and r["compile_seconds"] > 0
+    epoch_seconds = sum(float(row["seconds"]) for row in metrics_rows(tmp_path))
+    assert r["train_seconds"] == pytest.approx(epoch_seconds)
+    assert sum("torch.compile:" in m and "not counted" in m for m in caplog.messages) == 1
+
+
+def test_compile_without_a_working_compiler_is_one_clear_line(tmp_path, cli_env):
+    run_dir, cwd = tmp_path / "run", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**cli_env, "CXX": str(tmp_path / "no-such-compiler")}  # what inductor builds its C++ with
+    proc = subprocess.run(cli_command(run_dir, ["model=vae", "prior=standard", "trainer.compile=true"]), cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "trainer.compile=false" in lines[0], proc.stderr
+    assert read_results(run_dir)["status"] == "failed"
