@@ -2,7 +2,12 @@
 
   (a) training step csrae / vae, same networks, batch 100, D=40, K in {1, 10, 50, 500}
       (csrae + gmm prior K, vs vae + standard prior, closed-form KL; and vs vae + the same gmm
-      prior, Monte-Carlo KL). Targets: <= 1.10 at K=50, <= 1.5 at K=500.
+      prior, Monte-Carlo KL), and the VampPrior rows (a'') csrae+vamp / vae+vamp, (v) vae+vamp /
+      vae+standard. Each ratio twice from the same repetitions: the fused path (the default) and the
+      reference path (src.divergences.reference_math, VampPrior encoded in two calls: the code before
+      it); (a*) fused / reference. Targets (issue 9): <= 1.10 at K=50, <= 3.0 at K=500, vamp <= 1.5.
+  (m) peak RSS of a fresh process after one csrae+gmm K=1000 step, fused and reference (CPU).
+  (f) the same step on 2 torch threads / 1 thread, wall clock (CPU).
   (b) the same csrae step with D_CS computed by a naive per-sample Python loop over the batch and
       the components (src.divergences' formulas, one pair at a time) / the vectorised one.
   (c) one epoch of the harness trainer (src.train.fit, defaults: checkpoints, metrics.csv, per-step
@@ -19,7 +24,7 @@ as the spread. Data are random MNIST-shaped (1×28×28) images; timings do not d
 
     python benchmarks/speed.py                # ~5 minutes on one CPU thread
     python benchmarks/speed.py --quick        # fewer repetitions, a smoke test
-Writes benchmarks/results/speed.{csv,md}.
+Writes benchmarks/results/speed.{csv,md} (speed_cuda.{csv,md} on CUDA).
 """
 
 from __future__ import annotations
@@ -81,19 +86,27 @@ def timed(fn, device, n: int) -> float:
     return (CLOCK() - t0) / n
 
 
-def step_fn(model: Autoencoder, x: torch.Tensor, reg=None):
+def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = False):
+    """One optimiser step. reference=True: the code before the fused path, i.e. the broadcast reference
+    math (dv.reference_math) and a VampPrior's pseudo-inputs encoded in a second encoder call."""
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
 
-    def step():
-        if reg is None:
-            loss = model.loss_terms(x).total(1.0)
-        else:  # same step, with the regulariser computed by `reg`
+    def loss():
+        if reg is not None:  # same step, with the regulariser computed by `reg`
             mu, logvar = model.encode(x)
             z = model.reparameterise(mu, logvar)
-            recon = -model.log_likelihood(x, model.decode(z))
-            loss = (recon + reg(model, mu, logvar)).mean()
+            return (-model.log_likelihood(x, model.decode(z)) + reg(model, mu, logvar)).mean()
+        if not reference:
+            return model.loss_terms(x).total(1.0)
+        with dv.reference_math():
+            mu, logvar = model.encode(x)
+            z = model.reparameterise(mu, logvar)
+            return (-model.log_likelihood(x, model.decode(z)) + model.regulariser(mu, logvar, z)).mean()
+
+    def step():
+        value = loss()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
     return step
 
@@ -127,39 +140,100 @@ def ratio_stats(num: list[float], den: list[float]) -> dict:
 
 
 def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[dict]:
+    """Every step ratio twice, side by side in the same repetitions: the fused path (the default) and the
+    reference path (broadcast math, VampPrior encoded in two calls: the code before the fused path)."""
     rows = []
     x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0))).to(device)
     vae_std = step_fn(make_model("vae", "standard", 1, device), x)
     for f in (vae_std,) * 3:
         f()
+
+    def measure(k, steps_by_name):
+        for f in steps_by_name.values():
+            f()
+        n = steps if k <= 50 else max(1, steps // 6)
+        t = {name: [] for name in steps_by_name}
+        for _ in range(reps):  # interleaved: every variant once per repetition
+            for name, f in steps_by_name.items():
+                t[name].append(timed(f, device, n))
+        return t
+
+    def row(measure_name, setting, num, den, target=""):
+        rows.append({"measure": measure_name, "setting": setting, "target": target, **ratio_stats(num, den)})
+        print_row(rows[-1])
+
     for k in ks:
-        cs = step_fn(make_model("csrae", "gmm", k, device), x)
-        vae_mc = step_fn(make_model("vae", "gmm", k, device), x)
-        for f in (cs, vae_mc):
-            for _ in range(3):
-                f()
-        t_cs, t_std, t_mc = [], [], []
-        n = steps if k <= 50 else max(1, steps // 6)
-        for _ in range(reps):
-            t_cs.append(timed(cs, device, n))
-            t_std.append(timed(vae_std, device, n))
-            t_mc.append(timed(vae_mc, device, n))
-        rows.append({"measure": "(a) step csrae / vae", "setting": f"K={k}; csrae+gmm vs vae+standard (closed-form KL)",
-                     "target": "<= 1.10 (K=50), <= 1.5 (K=500)" if k in (50, 500) else "", **ratio_stats(t_cs, t_std)})
-        rows.append({"measure": "(a') step csrae / vae", "setting": f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior)",
-                     "target": "", **ratio_stats(t_cs, t_mc)})
-        print_row(rows[-2]), print_row(rows[-1])
+        cs_model, mc_model = make_model("csrae", "gmm", k, device), make_model("vae", "gmm", k, device)
+        t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
+                        "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
+        target = {50: "<= 1.10", 500: "<= 3.0 (stretch 2.0)"}.get(k, "")
+        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); fused", t["cs"], t["std"], target)
+        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); reference (before)",
+            t["cs_ref"], t["std"])
+        row("(a') step csrae / vae", f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); fused", t["cs"], t["mc"])
+        row("(a') step csrae / vae", f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); reference (before)",
+            t["cs_ref"], t["mc_ref"])
+        if k >= 50:
+            row("(a*) step fused / reference", f"K={k}; csrae+gmm, the same model", t["cs"], t["cs_ref"])
     for k in vamp_ks:  # the VampPrior: both objectives pay for encoding the K pseudo-inputs every step
-        cs = step_fn(make_model("csrae", "vamp", k, device), x)
-        vae_mc = step_fn(make_model("vae", "vamp", k, device), x)
-        cs(), vae_mc()
-        n = steps if k <= 50 else max(1, steps // 6)
-        t_cs, t_mc = [], []
+        cs_model, mc_model = make_model("csrae", "vamp", k, device), make_model("vae", "vamp", k, device)
+        t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
+                        "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
+        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); fused, one encoder call",
+            t["cs"], t["mc"], "<= 1.5" if k == 500 else "")
+        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); reference (before)",
+            t["cs_ref"], t["mc_ref"])
+        row("(v) step vae+vamp / vae+standard", f"K={k}; fused, one encoder call", t["mc"], t["std"],
+            "report" if k == 500 else "")
+        row("(v) step vae+vamp / vae+standard", f"K={k}; reference (before: two encoder calls)", t["mc_ref"], t["std"])
+    return rows
+
+
+def rss_probe(variant: str, k: int) -> None:
+    """In a fresh process: peak resident memory of one csrae+gmm K=k training step (printed in MiB)."""
+    import resource
+
+    x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0)))
+    step = step_fn(make_model("csrae", "gmm", k, torch.device("cpu")), x, reference=variant == "reference")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{after / 1024:.1f} {(after - before) / 1024:.1f}")
+
+
+def bench_memory(k: int = 1000) -> list[dict]:
+    """Peak RSS (MiB, in the ratio column) of a fresh process after one K=k step, fused and reference."""
+    rows = []
+    for variant in ("fused", "reference"):
+        out = subprocess.run([sys.executable, __file__, "--rss-probe", variant, "--rss-k", str(k)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        peak, growth = float(out[0]), float(out[1])
+        rows.append({"measure": "(m) peak RSS of one step, MiB", "setting": f"K={k}; csrae+gmm, batch 100, D=40; "
+                     f"{variant}; the step itself added {growth:.0f} MiB", "target": "report", "ratio": peak,
+                     "ratio_min": peak, "ratio_max": peak, "reps": 1, "num_ms": float("nan"), "den_ms": float("nan")})
+        print(f"(m) peak RSS, K={k}, {variant}: {peak:.0f} MiB (the step added {growth:.0f} MiB)", flush=True)
+    return rows
+
+
+def bench_threads(reps: int, k: int = 500, steps: int = 3) -> list[dict]:
+    """Wall-clock time of the same steps on 2 torch threads vs 1, interleaved (CPU only)."""
+    x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0)))
+    rows = []
+    for label, model in ((f"csrae+gmm K={k}", make_model("csrae", "gmm", k, torch.device("cpu"))),
+                         ("vae+standard", make_model("vae", "standard", 1, torch.device("cpu")))):
+        f = step_fn(model, x)
+        f()
+        t1, t2 = [], []
         for _ in range(reps):
-            t_cs.append(timed(cs, device, n))
-            t_mc.append(timed(vae_mc, device, n))
-        rows.append({"measure": "(a'') step csrae / vae", "setting": f"K={k}; csrae+vamp vs vae+vamp (MC KL, VampPrior)",
-                     "target": "", **ratio_stats(t_cs, t_mc)})
+            for threads, out in ((1, t1), (2, t2)):
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    f()
+                out.append((time.perf_counter() - t0) / steps)
+        torch.set_num_threads(1)
+        rows.append({"measure": "(f) step 2 threads / 1 thread", "setting": f"{label}, wall clock, "
+                     f"{os.cpu_count()} cores shared with other jobs", "target": "", **ratio_stats(t2, t1)})
         print_row(rows[-1])
     return rows
 
@@ -284,7 +358,8 @@ def print_row(r: dict) -> None:
 def write(rows: list[dict], device, threads: int, args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cols = ["measure", "setting", "ratio", "ratio_min", "ratio_max", "reps", "num_ms", "den_ms", "target"]
-    with open(OUT / "speed.csv", "w", newline="") as f:
+    name = "speed_cuda" if device.type == "cuda" else "speed"
+    with open(OUT / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -311,8 +386,8 @@ def write(rows: list[dict], device, threads: int, args) -> None:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
                                        for c in cols) + " |")
-    (OUT / "speed.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT / 'speed.md'} and speed.csv")
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {OUT / name}.md and .csv")
 
 
 def main() -> None:
@@ -321,8 +396,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="3 repetitions, smaller workloads")
-    ap.add_argument("--only", default="abcd", help="which measurements, e.g. 'ad'")
+    ap.add_argument("--only", default="abcdmf", help="which measurements, e.g. 'ad' (m: memory, f: threads)")
+    ap.add_argument("--rss-probe", choices=("fused", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--rss-k", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_probe:
+        torch.set_num_threads(1)
+        return rss_probe(args.rss_probe, args.rss_k)
     global CLOCK
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -338,6 +418,10 @@ def main() -> None:
         rows += bench_trainer(device, min(reps, 5), 2000 if args.quick else 10000)
     if "d" in args.only:
         rows += bench_is(device, reps if not args.quick else 2, 20 if args.quick else 100, 1000)
+    if "m" in args.only and device.type == "cpu":
+        rows += bench_memory()
+    if "f" in args.only and device.type == "cpu":
+        rows += bench_threads(reps)
     write(rows, device, args.threads, args)
 
 
