@@ -54,8 +54,9 @@ CONFIG_COLUMNS = {
 }
 #: Config entries that do not change what is learned (or only how fast): never grouping keys (nor are
 #: hydra.* and sweep.*, which name the sweep, not the model).
-NOT_GROUPING = {"trainer.threads", "trainer.progress", "trainer.device", "trainer.checkpoint", "trainer.resume",
-                "eval.images", "eval.n_images", "eval.is_chunk", "eval.is_batch", "dataset.root", "dataset.download"}
+NOT_GROUPING = {"trainer.threads", "trainer.compile", "trainer.progress", "trainer.device", "trainer.checkpoint",
+                "trainer.resume", "eval.images", "eval.n_images", "eval.is_chunk", "eval.is_batch", "dataset.root",
+                "dataset.download"}
 
 COMPLETED = "completed"
 STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.json", "unreadable"]
