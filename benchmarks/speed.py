@@ -190,15 +190,18 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
 
 
 def rss_probe(variant: str, k: int) -> None:
-    """In a fresh process: peak resident memory of one csrae+gmm K=k training step (printed in MiB)."""
-    import resource
+    """In a fresh process: peak resident memory (VmHWM) of one csrae+gmm K=k training step, in MiB, and
+    how much the step added to the peak."""
+    def peak_mib() -> float:
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
 
     x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0)))
     step = step_fn(make_model("csrae", "gmm", k, torch.device("cpu")), x, reference=variant == "reference")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_mib()
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{after / 1024:.1f} {(after - before) / 1024:.1f}")
+    after = peak_mib()
+    print(f"{after:.1f} {after - before:.1f}")
 
 
 def bench_memory(k: int = 1000) -> list[dict]:
@@ -355,6 +358,17 @@ def print_row(r: dict) -> None:
           flush=True)
 
 
+def kept_rows(only: str, device) -> list[dict]:
+    """The rows of the existing table whose measurement (the letter in "(a')") is not in `only`."""
+    path = OUT / ("speed_cuda.csv" if device.type == "cuda" else "speed.csv")
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        old = [r for r in csv.DictReader(f) if r["measure"][1] not in only]
+    numeric = ("ratio", "ratio_min", "ratio_max", "num_ms", "den_ms")
+    return [{**r, **{c: float(r[c]) for c in numeric}, "reps": int(r["reps"])} for r in old]
+
+
 def write(rows: list[dict], device, threads: int, args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cols = ["measure", "setting", "ratio", "ratio_min", "ratio_max", "reps", "num_ms", "den_ms", "target"]
@@ -397,6 +411,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="3 repetitions, smaller workloads")
     ap.add_argument("--only", default="abcdmf", help="which measurements, e.g. 'ad' (m: memory, f: threads)")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="keep the rows of the measurements not rerun from the existing table")
     ap.add_argument("--rss-probe", choices=("fused", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--rss-k", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -422,6 +438,8 @@ def main() -> None:
         rows += bench_memory()
     if "f" in args.only and device.type == "cpu":
         rows += bench_threads(reps)
+    if args.keep_others:
+        rows = kept_rows(args.only, device) + rows
     write(rows, device, args.threads, args)
 
 
