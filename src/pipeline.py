@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from src import evaluate
 from src.config import ConfigError, validate
 from src.data import DataError, check_available, load_dataset
+from src.geco import GecoSettings
 from src.models import build_model, count_parameters
 from src.train import (
     CheckpointError,
@@ -71,21 +72,45 @@ def write_results(run_dir: Path, results: dict) -> None:
     os.replace(tmp, run_dir / "results.json")
 
 
+GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
+
+
+def _model_identity(model: dict) -> dict:
+    """The model settings a checkpoint depends on. Settings added after checkpoints were written
+    (hidden_dims, the constraint) enter only away from their neutral default, so those checkpoints
+    still resume."""
+    drop = set()
+    if model.get("hidden_dims") is None:
+        drop.add("hidden_dims")
+    if model.get("constraint", "none") == "none":
+        drop.update(GECO_KEYS)
+    return {k: v for k, v in model.items() if k not in drop}
+
+
 def _settings(cfg) -> TrainSettings:
-    t, p = cfg.trainer, cfg.prior
+    t, p, m = cfg.trainer, cfg.prior, cfg.model
     kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
     to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
                                                 resolve=True, enum_to_str=True)
     # Where the files live and whether they may be downloaded do not change what a checkpoint means;
-    # the optimizer, batch size and warm-up do (the saved optimizer state would silently override a
-    # new learning rate). trainer.epochs and patience may change on resume: that is how runs are extended.
+    # the optimizer, batch size, warm-up and pretraining do (the saved optimizer state would silently
+    # override a new learning rate). trainer.epochs and patience may change on resume: that is how
+    # runs are extended.
     data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
     schedule = {"batch_size": t.batch_size, "warmup_epochs": t.warmup_epochs}
+    if t.pretrain_epochs:
+        schedule["pretrain_epochs"] = t.pretrain_epochs
+    geco = None
+    if _value(m.constraint) == "reconstruction":
+        geco = GecoSettings(target=float(m.target_recon), alpha=float(m.geco_alpha), rate=float(m.geco_rate),
+                            start_weight=float(m.reg_weight))
     return TrainSettings(
-        epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
+        epochs=t.epochs, batch_size=t.batch_size, reg_weight=m.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
-        kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
-        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed,
+        # With pretraining, a kmeans-initialised GMM is refitted once, at its end (VaDE), not at kmeans_epoch.
+        kmeans_epoch=p.kmeans_epoch if kmeans and not t.pretrain_epochs else None, kmeans_samples=p.kmeans_samples,
+        pretrain_epochs=t.pretrain_epochs, refit_after_pretraining=kmeans, geco=geco,
+        fingerprint=fingerprint(_model_identity(to_plain(m)), to_plain(p), data_identity, t.seed,
                                 to_plain(cfg.optimizer), schedule),
     )
 
