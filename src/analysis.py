@@ -43,7 +43,9 @@ from scipy import stats
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error",
+               "constraint", "target_recon", "pretrain_epochs", "n_test",
+               *[f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in (1, 10, 100)]]
 
 #: Configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {

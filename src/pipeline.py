@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 # Errors whose message is the whole story for the user: no traceback needed.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
 
+FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in evaluate.FEWLABEL_N]
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error",
+               "constraint", "target_recon", "pretrain_epochs", "n_test", *FEWLABEL_KEYS]
 
 
 def _value(v: Any) -> Any:
@@ -57,6 +59,8 @@ def key_config(cfg) -> dict:
         "latent_dim": int(cfg.model.latent_dim), "variant": _value(cfg.model.variant),
         "network": _value(cfg.model.network), "weights": _value(cfg.prior.weights), "lr": float(cfg.optimizer.lr),
         "epochs": int(cfg.trainer.epochs), "is_samples": int(cfg.eval.is_samples),
+        "constraint": _value(cfg.model.constraint), "pretrain_epochs": int(cfg.trainer.pretrain_epochs),
+        "target_recon": None if cfg.model.target_recon is None else float(cfg.model.target_recon),
     }
 
 
@@ -193,19 +197,36 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
         "test_recon": test_recon, "test_reg": test_reg, "val_nll": val_nll, "train_seconds": state.train_seconds,
         "n_params": count_parameters(model), "device": str(device),
         "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None, "val_acc": None,
+        "n_test": len(test_nll), **{k: None for k in FEWLABEL_KEYS},
     }
     if not math.isfinite(val_nll):
         raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
 
     clusters = None
-    if ev.clustering and model.prior.K > 1:
+    if (ev.clustering or ev.fewlabel) and model.prior.K > 1:
         clusters = evaluate.assign_components(model, data.test.x, device=device)
+    if ev.clustering and model.prior.K > 1:
         out.update(evaluate.clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
         # Validation ACC: what a sweep may select on (test ACC stays untouched by model selection).
         val_clusters = evaluate.assign_components(model, data.val.x, device=device)
         out["val_acc"] = evaluate.cluster_accuracy(data.val.y.numpy(), val_clusters, model.prior.K)[0]
+    if ev.fewlabel:
+        out.update(_fewlabel(model, data, clusters, ev.fewlabel_seed, device))
     if ev.images:
         out["images"] = evaluate.write_images(model, data.test.x, data.test.y, run_dir, ev.n_images,
                                               seed=cfg.trainer.seed, clusters=clusters)
     out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def _fewlabel(model, data, test_clusters, seed: int, device) -> dict:
+    """Few-label accuracies (evaluate.fewlabel_metrics) from posterior means of the training set,
+    binarised once with a fixed seed like the test set (the same inputs for every run)."""
+    x_train = data.train.x
+    if data.binary:
+        x_train = torch.bernoulli(x_train, generator=torch.Generator().manual_seed(seed))
+    train_comps = evaluate.assign_components(model, x_train, device=device) if test_clusters is not None else None
+    return evaluate.fewlabel_metrics(
+        evaluate.posterior_means(model, x_train, device=device), data.train.y.numpy(),
+        evaluate.posterior_means(model, data.test.x, device=device), data.test.y.numpy(),
+        train_comps=train_comps, test_comps=test_clusters, seed=seed)
