@@ -100,7 +100,7 @@ class ModelConfig:
     constraint: Constraint = Constraint.none
     target_recon: Optional[float] = None  # κ
     geco_alpha: float = 0.99  # moving average of the constraint
-    geco_rate: float = 1.0e-3  # ν: log λ moves by ν · C_ma per step
+    geco_rate: float = 1.0e-4  # ν: log λ moves by ν · C_ma per step (C in nats per data point)
 
 
 @dataclass

@@ -27,7 +27,7 @@ W_MIN, W_MAX = 1e-3, 1e3
 class GecoSettings:
     target: float  # κ, nats per data point
     alpha: float = 0.99
-    rate: float = 1e-3  # ν
+    rate: float = 1e-4  # ν
     start_weight: float = 1.0  # w before the first update (model.reg_weight)
 
 

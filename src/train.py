@@ -338,14 +338,14 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
             # The objective changed under the model: earlier validation losses no longer compare.
             state.best_val, state.bad_epochs = math.inf, 0
 
-        # Validation at the final weight (comparable across epochs); under the constraint, at the
-        # current effective weight (the Lagrangian at the current multiplier).
+        # Validation at the final (nominal) weight, comparable across epochs, also under the constraint,
+        # whose effective weight moves every step; metrics.csv's reg_weight is the weight trained with.
         if geco is None:
-            weight, val_weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs), settings.reg_weight
+            weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)
         else:
-            weight = val_weight = effective_weight(state.geco_log_lambda)
+            weight = effective_weight(state.geco_log_lambda)
         val_recon, val_reg = _validation_terms(model, data.val.x, 500, device)
-        val_loss = val_recon + val_weight * val_reg
+        val_loss = val_recon + settings.reg_weight * val_reg
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch} "
                                      f"(reconstruction={val_recon:.4g}, regulariser={val_reg:.4g})")
