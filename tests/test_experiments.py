@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,52 @@ def test_results_carry_fewlabel_accuracies(compose, tmp_path):
     for n in (1, 10, 100):
         assert 0.1 < r[f"fewlabel_lr_{n}"] <= 1.0 and r[f"fewlabel_comp_{n}"] is None  # one component: no comp
     assert r["fewlabel_lr_100"] > r["fewlabel_lr_1"]
+
+
+# --- the MNIST queue (benchmarks/mnist_converged.py) -------------------------------------------------
+
+def _queue_module():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mnist_converged", REPO / "benchmarks" / "mnist_converged.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_queue_adopts_the_run_already_in_progress(compose):
+    q = _queue_module()
+    name, experiment, overrides = q.PLAN[0]
+    assert name == "vae_standard_s0"
+    args = [a for a in q.command(name, experiment, overrides, Path("/runs"))[3:] if not a.startswith("hydra.")]
+    cfg = compose(*[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args],
+                  tiny=False)
+    assert _settings(cfg).fingerprint == LIVE_RUN_FINGERPRINT
+
+
+def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
+    q = _queue_module()
+    monkeypatch.setattr(q, "PLAN", [("smoke_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+                                    ("later_s0", "digits_smoke", ["model=vae"])])
+    monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "runs")
+    monkeypatch.setattr(q, "TABLE", tmp_path / "results.csv")
+    monkeypatch.setattr(q, "PLAN_TABLE", tmp_path / "plan.csv")
+    monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    q.run_queue(runs, parallel=1, only=["smoke_s0"])
+    assert q.state("smoke_s0", runs)[0] == "done" and q.state("later_s0", runs) == ("todo", "not started")
+    copied = tmp_path / "results" / "runs" / "smoke_s0"
+    assert json.loads((copied / "results.json").read_text())["status"] == "completed"
+    assert (copied / "metrics.csv").exists() and (copied / ".hydra" / "config.yaml").exists()
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == q.COLUMNS and [r["configuration"] for r in rows] == ["digits_smoke:smoke",
+                                                                                 "digits_smoke:later"]
+    assert rows[0]["test_nll"] and rows[0]["is_samples"] == "5" and rows[0]["epochs_run"] == "1"
+    assert rows[1]["model"] == "vae" and rows[1]["test_nll"] == "" and rows[1]["constraint"] == "none"
+    with open(tmp_path / "plan.csv") as f:
+        assert [r["state"] for r in csv.DictReader(f)] == ["done", "todo"]
