@@ -68,6 +68,14 @@ def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
               "trainer.threads=1", "trainer.progress=false") == explicit
 
 
+@pytest.mark.parametrize("experiment", ["mnist_density", "mnist_clustering", "digits_smoke"])
+@pytest.mark.parametrize("model", ["vae", "csrae"])
+def test_every_experiment_composes_and_validates(experiment, model, compose):
+    cfg = compose(f"experiment={experiment}", f"model={model}", tiny=False)
+    validate(cfg)
+    assert cfg.model.name.value == model
+
+
 def test_mnist_density_is_the_vampprior_protocol(compose):
     cfg = compose("experiment=mnist_density", "model=csrae", "prior=vamp", "prior.K=500", tiny=False)
     assert cfg.dataset.name.value == "mnist" and cfg.dataset.binarize
