@@ -43,14 +43,17 @@ from scipy import stats
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error",
+               "constraint", "target_recon", "pretrain_epochs", "n_test",
+               *[f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in (1, 10, 100)]]
 
 #: Configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {
     "model": "model.name", "prior": "prior.name", "K": "prior.K", "dataset": "dataset.name",
     "reg_weight": "model.reg_weight", "latent_dim": "model.latent_dim", "variant": "model.variant",
     "network": "model.network", "weights": "prior.weights", "lr": "optimizer.lr", "epochs": "trainer.epochs",
-    "is_samples": "eval.is_samples", "seed": "trainer.seed",
+    "is_samples": "eval.is_samples", "seed": "trainer.seed", "constraint": "model.constraint",
+    "target_recon": "model.target_recon", "pretrain_epochs": "trainer.pretrain_epochs",
 }
 #: Config entries that do not change what is learned (or only how fast): never grouping keys (nor are
 #: hydra.* and sweep.*, which name the sweep, not the model).
@@ -77,9 +80,13 @@ METRICS = {
     "acc": Metric("acc", "clustering ACC", "", True),
     "nmi": Metric("nmi", "NMI", "", True),
     "ari": Metric("ari", "ARI", "", True),
+    "test_reg": Metric("test_reg", "test regulariser", "nats", False),
+    **{f"fewlabel_{kind}_{n}": Metric(f"fewlabel_{kind}_{n}", f"few-label {what} ({n}/class)", "", True)
+       for kind, what in (("lr", "LR"), ("comp", "components")) for n in (1, 10, 100)},
 }
 SUMMARY_METRICS = ["test_nll", "val_nll", "test_recon", "test_reg", "acc", "nmi", "ari", "n_clusters_used",
-                   "epochs_run", "best_epoch", "train_seconds"]
+                   "fewlabel_lr_1", "fewlabel_lr_10", "fewlabel_lr_100", "fewlabel_comp_1", "fewlabel_comp_10",
+                   "fewlabel_comp_100", "epochs_run", "best_epoch", "train_seconds"]
 VERDICT_METRICS = ["test_nll", "acc", "nmi"]
 
 # --------------------------------------------------------------------------------------------------
@@ -455,7 +462,7 @@ def _p(p: float) -> str:
 
 
 def _digits(metric: str) -> int:
-    if metric in ("acc", "nmi", "ari"):
+    if metric in ("acc", "nmi", "ari") or metric.startswith("fewlabel_"):
         return 3
     return 2 if METRICS.get(metric, Metric(metric, metric, "", False)).unit == "nats" else 1
 
@@ -844,6 +851,36 @@ def plot_metric_vs_k(runs: pd.DataFrame, metrics: Sequence[str] = ("test_nll",),
             else "single runs (other settings vary between them)")
     fig.suptitle(" and ".join(METRICS.get(mt, Metric(mt, mt, "", False)).label for mt in metrics)
                  + f" vs K: {what}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rate_distortion(runs: pd.DataFrame):
+    """Test reconstruction against test regulariser, one point per completed run, one panel per model
+    (the regulariser is KL for vae and D_CS for csrae: different units of strength). Runs under the
+    reconstruction constraint are labelled with their κ; the dotted line marks each κ."""
+    ok = completed(runs)
+    ok = ok[ok["test_recon"].notna() & ok["test_reg"].notna()] if not ok.empty else ok
+    if ok.empty:
+        return None
+    plt, _ = _plt()
+    models = sorted(ok["model"].dropna().unique(), key=str)
+    colors = _model_colors(models)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models) + 0.6, 4.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = ok[ok["model"] == model]
+        ax.scatter(g["test_reg"].astype(float), g["test_recon"].astype(float), color=colors[model], s=24,
+                   edgecolor="white", linewidth=0.5, zorder=3)
+        if "target_recon" in g:
+            for _, r in g[g["target_recon"].notna()].iterrows():
+                ax.annotate(f"κ={_fmt_value(r['target_recon'])}", (float(r["test_reg"]), float(r["test_recon"])),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for kappa in g["target_recon"].dropna().unique():
+                ax.axhline(float(kappa), color=colors[model], lw=0.6, ls=":", alpha=0.6)
+        ax.set_xlabel(("KL" if model == "vae" else "D_CS" if model == "csrae" else "regulariser") + " (nats, test)")
+        ax.set_ylabel("reconstruction −log p(x|z) (nats, test)")
+        ax.set_title(str(model))
+    fig.suptitle("Rate-distortion: reconstruction vs regulariser, one point per run", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -31,7 +31,13 @@ class CSVariant(str, Enum):
 
 class Network(str, Enum):
     mlp = "mlp"  # VampPrior gated MLP, 300-300
+    relu_mlp = "relu_mlp"  # plain ReLU MLP (VaDE: 500-500-2000), widths from model.hidden_dims
     conv = "conv"
+
+
+class Constraint(str, Enum):
+    none = "none"  # minimise recon + w · R with the scheduled weight w
+    reconstruction = "reconstruction"  # GECO: minimise R subject to E[recon] <= model.target_recon
 
 
 class Likelihood(str, Enum):
@@ -87,6 +93,14 @@ class ModelConfig:
     # Encoder log-variance clamp (VampPrior's Hardtanh(-6, 2)).
     logvar_min: float = -6.0
     logvar_max: float = 2.0
+    # Hidden widths of the mlp / relu_mlp encoder (the decoder mirrors them); null = [hidden_dim, hidden_dim].
+    hidden_dims: Optional[List[int]] = None
+    # GECO (docs/PROTOCOLS.md): the regulariser's weight becomes 1/λ, λ a Lagrange multiplier of
+    # E[recon] <= target_recon (nats per data point), updated every step; reg_weight is its start.
+    constraint: Constraint = Constraint.none
+    target_recon: Optional[float] = None  # κ
+    geco_alpha: float = 0.99  # moving average of the constraint
+    geco_rate: float = 1.0e-4  # ν: log λ moves by ν · C_ma per step (C in nats per data point)
 
 
 @dataclass
@@ -134,6 +148,7 @@ class TrainerConfig:
     epochs: int = 100
     batch_size: int = 100
     warmup_epochs: int = 20  # linear warm-up of the regulariser weight, 0 = none
+    pretrain_epochs: int = 0  # autoencoder pretraining (reconstruction only) before training, VaDE-style
     patience: int = 20  # early stopping on the validation loss, 0 = never stop early
     seed: int = 0
     device: Device = Device.auto
@@ -152,6 +167,8 @@ class EvalConfig:
     clustering: bool = True
     n_images: int = 64
     images: bool = True
+    fewlabel: bool = True  # few-label accuracies (fewlabel_* in results.json)
+    fewlabel_seed: int = 0  # the labelled subsets; the same for every run, so runs compare paired
 
 
 @dataclass
@@ -175,6 +192,7 @@ def register_configs() -> None:
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
+    # Experiment files (conf/experiment/) override any group; their values are checked by the schemas above.
 
 
 def _require(ok: bool, message: str) -> None:
@@ -205,6 +223,17 @@ def validate(cfg: Any) -> None:
              "dataset.val_fraction and dataset.test_fraction must be in [0, 1) and sum to < 1")
     _require(d.max_train is None or d.max_train >= 1, "dataset.max_train must be >= 1 or null")
     _require(d.max_eval is None or d.max_eval >= 1, "dataset.max_eval must be >= 1 or null")
+    _require(t.pretrain_epochs >= 0, f"trainer.pretrain_epochs must be >= 0, got {t.pretrain_epochs}")
+    _require(m.hidden_dims is None or (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1),
+             f"model.hidden_dims must be null or a non-empty list of widths >= 1, got {m.hidden_dims}")
+    if m.network == Network.relu_mlp:
+        _require(m.hidden_dims is not None, "model.network=relu_mlp needs model.hidden_dims (e.g. [500,500,2000])")
+    if m.constraint == Constraint.reconstruction:
+        _require(m.target_recon is not None and m.target_recon > 0,
+                 "model.constraint=reconstruction needs model.target_recon > 0 (nats per data point)")
+        _require(m.reg_weight > 0, "model.constraint=reconstruction needs model.reg_weight > 0 (the starting weight)")
+        _require(0 <= m.geco_alpha < 1, f"model.geco_alpha must be in [0, 1), got {m.geco_alpha}")
+        _require(m.geco_rate > 0, f"model.geco_rate must be > 0, got {m.geco_rate}")
     if m.variant == CSVariant.aggregate:
         _require(m.name == ModelName.csrae, "model.variant=aggregate applies to model=csrae only")
     if p.name == PriorName.standard:

@@ -104,6 +104,11 @@ class Autoencoder(nn.Module):
             return d.expand(mu.shape[0])
         return cs_divergence(mu, logvar, p_mu, p_logvar, logits)
 
+    def reconstruction(self, x: Tensor) -> Tensor:
+        """-log p(x|z), z ~ q(z|x), [B]: the whole loss of autoencoder pretraining."""
+        mu, logvar = self.encode(x)
+        return -self.log_likelihood(x, self.decode(self.reparameterise(mu, logvar)))
+
     def loss_terms(self, x: Tensor) -> LossTerms:
         mu, logvar, components = self.encode_with_prior(x)
         z = self.reparameterise(mu, logvar)
@@ -130,8 +135,9 @@ def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Auto
     value = lambda v: getattr(v, "value", v)  # noqa: E731  (str Enums and plain strings alike)
     likelihood = value(model_cfg.likelihood)
     n_params = 1 if likelihood == "bernoulli" else 2
+    hidden = list(getattr(model_cfg, "hidden_dims", None) or [model_cfg.hidden_dim, model_cfg.hidden_dim])
     encoder, decoder = build_networks(value(model_cfg.network), image_shape, model_cfg.latent_dim,
-                                      model_cfg.hidden_dim, n_params, model_cfg.logvar_min, model_cfg.logvar_max)
+                                      hidden, n_params, model_cfg.logvar_min, model_cfg.logvar_max)
     prior = build_prior(prior_cfg, model_cfg.latent_dim, image_shape)
     objective = "kl" if value(model_cfg.name) == "vae" else "cs"
     return Autoencoder(encoder, decoder, prior, objective, value(model_cfg.variant), likelihood)

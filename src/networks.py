@@ -1,7 +1,8 @@
 """Encoders and decoders. Every model and prior uses the same networks so runs compare.
 
 `mlp` is the VampPrior one-layer architecture: GatedDense(in→h) → GatedDense(h→h) → mean and
-log-variance (clamped by Hardtanh); the decoder mirrors it. `conv` is a small strided-conv
+log-variance (clamped by Hardtanh); the decoder mirrors it. `relu_mlp` is a plain ReLU MLP with the
+widths of model.hidden_dims (VaDE: 500-500-2000), the decoder mirrored. `conv` is a small strided-conv
 network for images whose height and width are multiples of 4.
 """
 
@@ -63,12 +64,27 @@ class Decoder(nn.Module):
         return self.body(z).reshape(z.shape[0], self.n_params * c, h, w)
 
 
-def _mlp_encoder_body(n_in: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), GatedDense(n_in, hidden), GatedDense(hidden, hidden))
+def _mlp_encoder_body(n_in: int, widths: list[int]) -> nn.Module:
+    dims = [n_in, *widths]
+    return nn.Sequential(nn.Flatten(), *[GatedDense(a, b) for a, b in zip(dims, dims[1:])])
 
 
-def _mlp_decoder_body(latent_dim: int, hidden: int, n_out: int) -> nn.Module:
-    return nn.Sequential(GatedDense(latent_dim, hidden), GatedDense(hidden, hidden), nn.Linear(hidden, n_out))
+def _mlp_decoder_body(latent_dim: int, widths: list[int], n_out: int) -> nn.Module:
+    dims = [latent_dim, *reversed(widths)]
+    return nn.Sequential(*[GatedDense(a, b) for a, b in zip(dims, dims[1:])], nn.Linear(dims[-1], n_out))
+
+
+def _relu_layers(dims: list[int]) -> list[nn.Module]:
+    return [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+
+
+def _relu_encoder_body(n_in: int, widths: list[int]) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), *_relu_layers([n_in, *widths]))
+
+
+def _relu_decoder_body(latent_dim: int, widths: list[int], n_out: int) -> nn.Module:
+    dims = [latent_dim, *reversed(widths)]
+    return nn.Sequential(*_relu_layers(dims), nn.Linear(dims[-1], n_out))
 
 
 def _conv_encoder_body(image_shape: tuple[int, int, int], hidden: int) -> tuple[nn.Module, int]:
@@ -93,19 +109,27 @@ def _conv_decoder_body(image_shape: tuple[int, int, int], latent_dim: int, hidde
     )
 
 
-def build_networks(network: str, image_shape: tuple[int, int, int], latent_dim: int, hidden_dim: int,
+def build_networks(network: str, image_shape: tuple[int, int, int], latent_dim: int, hidden: int | list[int],
                    n_params: int, logvar_min: float, logvar_max: float) -> tuple[Encoder, Decoder]:
-    """Encoder and decoder for `network` in {"mlp", "conv"}; n_params outputs per pixel."""
+    """Encoder and decoder for `network` in {"mlp", "relu_mlp", "conv"}; n_params outputs per pixel.
+
+    `hidden`: the encoder's hidden widths for the MLPs (the decoder mirrors them; an int h means [h, h]);
+    the conv network's fully connected width is its last entry.
+    """
+    widths = [hidden, hidden] if isinstance(hidden, int) else list(hidden)
     c, h, w = image_shape
     n_pixels = c * h * w
     if network == "mlp":
-        enc_body, feat = _mlp_encoder_body(n_pixels, hidden_dim), hidden_dim
-        dec_body = _mlp_decoder_body(latent_dim, hidden_dim, n_params * n_pixels)
+        enc_body, feat = _mlp_encoder_body(n_pixels, widths), widths[-1]
+        dec_body = _mlp_decoder_body(latent_dim, widths, n_params * n_pixels)
+    elif network == "relu_mlp":
+        enc_body, feat = _relu_encoder_body(n_pixels, widths), widths[-1]
+        dec_body = _relu_decoder_body(latent_dim, widths, n_params * n_pixels)
     elif network == "conv":
         if h % 4 or w % 4:
             raise ValueError(f"model.network=conv needs image height and width divisible by 4, got {h}x{w}")
-        enc_body, feat = _conv_encoder_body(image_shape, hidden_dim)
-        dec_body = _conv_decoder_body(image_shape, latent_dim, hidden_dim, n_params)
+        enc_body, feat = _conv_encoder_body(image_shape, widths[-1])
+        dec_body = _conv_decoder_body(image_shape, latent_dim, widths[-1], n_params)
     else:
         raise ValueError(f"unknown network {network!r}")
     encoder = Encoder(enc_body, feat, latent_dim, logvar_min, logvar_max)

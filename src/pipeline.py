@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from src import evaluate
 from src.config import ConfigError, validate
 from src.data import DataError, check_available, load_dataset
+from src.geco import GecoSettings
 from src.models import build_model, count_parameters
 from src.train import (
     CheckpointError,
@@ -39,10 +40,12 @@ log = logging.getLogger(__name__)
 # Errors whose message is the whole story for the user: no traceback needed.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError)
 
+FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in evaluate.FEWLABEL_N]
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
                "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
                "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error"]
+               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error",
+               "constraint", "target_recon", "pretrain_epochs", "n_test", *FEWLABEL_KEYS]
 
 
 def _value(v: Any) -> Any:
@@ -57,6 +60,8 @@ def key_config(cfg) -> dict:
         "latent_dim": int(cfg.model.latent_dim), "variant": _value(cfg.model.variant),
         "network": _value(cfg.model.network), "weights": _value(cfg.prior.weights), "lr": float(cfg.optimizer.lr),
         "epochs": int(cfg.trainer.epochs), "is_samples": int(cfg.eval.is_samples),
+        "constraint": _value(cfg.model.constraint), "pretrain_epochs": int(cfg.trainer.pretrain_epochs),
+        "target_recon": None if cfg.model.target_recon is None else float(cfg.model.target_recon),
     }
 
 
@@ -72,22 +77,45 @@ def write_results(run_dir: Path, results: dict) -> None:
     os.replace(tmp, run_dir / "results.json")
 
 
+GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
+
+
+def _model_identity(model: dict) -> dict:
+    """The model settings a checkpoint depends on. Settings added after checkpoints were written
+    (hidden_dims, the constraint) enter only away from their neutral default, so those checkpoints
+    still resume."""
+    drop = set()
+    if model.get("hidden_dims") is None:
+        drop.add("hidden_dims")
+    if model.get("constraint", "none") == "none":
+        drop.update(GECO_KEYS)
+    return {k: v for k, v in model.items() if k not in drop}
+
+
 def _settings(cfg) -> TrainSettings:
-    t, p = cfg.trainer, cfg.prior
+    t, p, m = cfg.trainer, cfg.prior, cfg.model
     kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
     to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
                                                 resolve=True, enum_to_str=True)
     # Where the files live and whether they may be downloaded do not change what a checkpoint means;
-    # the optimizer, batch size and warm-up do (the saved optimizer state would silently override a
-    # new learning rate). trainer.epochs and patience may change on resume: that is how runs are extended.
+    # the optimizer, batch size, warm-up and pretraining do (the saved optimizer state would silently
+    # override a new learning rate). trainer.epochs and patience may change on resume: that is how
+    # runs are extended.
     data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
     schedule = {"batch_size": t.batch_size, "warmup_epochs": t.warmup_epochs}
+    if t.pretrain_epochs:
+        schedule["pretrain_epochs"] = t.pretrain_epochs
+    geco = None
+    if _value(m.constraint) == "reconstruction":
+        geco = GecoSettings(target=float(m.target_recon), alpha=float(m.geco_alpha), rate=float(m.geco_rate),
+                            start_weight=float(m.reg_weight))
     return TrainSettings(
-        epochs=t.epochs, batch_size=t.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=t.warmup_epochs,
+        epochs=t.epochs, batch_size=t.batch_size, reg_weight=m.reg_weight, warmup_epochs=t.warmup_epochs,
         patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
-        compile=t.compile,
-        kmeans_epoch=p.kmeans_epoch if kmeans else None, kmeans_samples=p.kmeans_samples,
-        fingerprint=fingerprint(to_plain(cfg.model), to_plain(cfg.prior), data_identity, t.seed,
+        # With pretraining, a kmeans-initialised GMM is refitted once, at its end (VaDE), not at kmeans_epoch.
+        kmeans_epoch=p.kmeans_epoch if kmeans and not t.pretrain_epochs else None, kmeans_samples=p.kmeans_samples,
+        pretrain_epochs=t.pretrain_epochs, compile=t.compile, refit_after_pretraining=kmeans, geco=geco,
+        fingerprint=fingerprint(_model_identity(to_plain(m)), to_plain(p), data_identity, t.seed,
                                 to_plain(cfg.optimizer), schedule),
     )
 
@@ -171,19 +199,36 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
         "compile_seconds": state.compile_seconds if cfg.trainer.compile else None,
         "n_params": count_parameters(model), "device": str(device),
         "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None, "val_acc": None,
+        "n_test": len(test_nll), **{k: None for k in FEWLABEL_KEYS},
     }
     if not math.isfinite(val_nll):
         raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
 
     clusters = None
-    if ev.clustering and model.prior.K > 1:
+    if (ev.clustering or ev.fewlabel) and model.prior.K > 1:
         clusters = evaluate.assign_components(model, data.test.x, device=device)
+    if ev.clustering and model.prior.K > 1:
         out.update(evaluate.clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
         # Validation ACC: what a sweep may select on (test ACC stays untouched by model selection).
         val_clusters = evaluate.assign_components(model, data.val.x, device=device)
         out["val_acc"] = evaluate.cluster_accuracy(data.val.y.numpy(), val_clusters, model.prior.K)[0]
+    if ev.fewlabel:
+        out.update(_fewlabel(model, data, clusters, ev.fewlabel_seed, device))
     if ev.images:
         out["images"] = evaluate.write_images(model, data.test.x, data.test.y, run_dir, ev.n_images,
                                               seed=cfg.trainer.seed, clusters=clusters)
     out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def _fewlabel(model, data, test_clusters, seed: int, device) -> dict:
+    """Few-label accuracies (evaluate.fewlabel_metrics) from posterior means of the training set,
+    binarised once with a fixed seed like the test set (the same inputs for every run)."""
+    x_train = data.train.x
+    if data.binary:
+        x_train = torch.bernoulli(x_train, generator=torch.Generator().manual_seed(seed))
+    train_comps = evaluate.assign_components(model, x_train, device=device) if test_clusters is not None else None
+    return evaluate.fewlabel_metrics(
+        evaluate.posterior_means(model, x_train, device=device), data.train.y.numpy(),
+        evaluate.posterior_means(model, data.test.x, device=device), data.test.y.numpy(),
+        train_comps=train_comps, test_comps=test_clusters, seed=seed)

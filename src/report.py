@@ -77,6 +77,7 @@ def _mean_ci(row: pd.Series, metric: str) -> str:
 
 DISPLAY_METRICS = [("test_nll", "test NLL"), ("val_nll", "val NLL"), ("test_recon", "test recon"),
                    ("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"), ("n_clusters_used", "clusters used"),
+                   ("fewlabel_lr_10", "few-label LR (10/class)"), ("fewlabel_comp_10", "few-label comp (10/class)"),
                    ("best_epoch", "best epoch")]
 
 
@@ -291,6 +292,9 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
          "dots = single runs."),
         ("clustering_vs_k.png", lambda: A.plot_clustering_vs_k(runs, summary),
          "Clustering ACC and NMI vs K (K > 1): mean over seeds, band = 95% t-interval, dots = single runs."),
+        ("rate_distortion.png", lambda: A.plot_rate_distortion(runs),
+         "Test reconstruction vs test regulariser, one point per run, one panel per model (κ: the "
+         "reconstruction target of runs under model.constraint=reconstruction)."),
         ("val_curves.png", lambda: A.plot_val_curves(runs),
          "Validation reconstruction and loss per epoch by model (band = ±1 sd over seeds)."),
         ("samples_best.png", lambda: A.plot_best_images(runs, "samples.png"),

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from src.data import DataBundle
+from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
 from src.priors import GaussianMixture
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_recon", "train_reg", "val_loss", "val_recon", "val_reg",
                   "reg_weight", "lr", "seconds"]
+# pretrain_metrics.csv: the autoencoder pretraining epochs (reconstruction only), numbered 1..pretrain_epochs.
+PRETRAIN_COLUMNS = ["epoch", "train_recon", "val_recon", "lr", "seconds"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +56,9 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # trainer.compile: time spent compiling, not counted in train_seconds
+    pretrain_epoch: int = 0  # pretraining epochs completed
+    geco_log_lambda: Optional[float] = None  # GECO multiplier state (src/geco.py), None until training starts
+    geco_c_ma: Optional[float] = None
 
 
 @dataclass
@@ -69,6 +75,9 @@ class TrainSettings:
     progress: bool = True
     kmeans_epoch: Optional[int] = None  # refit a GaussianMixture prior after this epoch
     kmeans_samples: int = 2000
+    pretrain_epochs: int = 0  # reconstruction-only epochs before training
+    refit_after_pretraining: bool = False  # refit a GaussianMixture prior to the pretrained encoder's codes
+    geco: Optional[GecoSettings] = None  # the reconstruction constraint; None = the scheduled weight
     fingerprint: str = ""  # identifies the configuration a checkpoint belongs to
     compile: bool = False  # torch.compile the training step's forward and backward
 
@@ -152,21 +161,21 @@ def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer, generator: tor
 
 # --- metrics.csv --------------------------------------------------------------------------------
 
-def _prepare_metrics(path: Path, keep_through_epoch: int) -> None:
+def _prepare_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
     """Keep only rows of completed (checkpointed) epochs, so each epoch appears exactly once."""
     rows = []
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
 
 
-def _append_metrics(path: Path, row: dict) -> None:
+def _append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:
     with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(row)
+        csv.DictWriter(f, fieldnames=columns).writerow(row)
         f.flush()
         os.fsync(f.fileno())
 
@@ -231,9 +240,101 @@ def _compile_failed(e: Exception) -> CompileError:
                         "use trainer.compile=false")
 
 
+def _train_epoch(model: Autoencoder, data: DataBundle, optimizer, generator: torch.Generator, settings: TrainSettings,
+                 device, desc: str, step_loss, compiled: bool = False) -> tuple[list[float], float]:
+    """One pass over the shuffled training set. step_loss(x, step) -> (loss, recon [B], reg [B] or None).
+    Returns the epoch's means of loss, recon and reg, and the seconds its steps spent compiling
+    (compiled=True: step_loss calls a torch.compile'd function; a failure before any graph is built
+    is torch.compile's, reported in one line)."""
+    x_train, n = data.train.x, data.train.x.shape[0]
+    steps = math.ceil(n / settings.batch_size)
+    model.train()
+    perm = torch.randperm(n, generator=generator)
+    sums = torch.zeros(3, dtype=torch.float64)
+    compiling = 0.0
+    bar = None
+    if settings.progress and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
+    for step in range(steps):
+        idx = perm[step * settings.batch_size:(step + 1) * settings.batch_size]
+        x = _prepare_batch(x_train[idx], data.binary, generator, device)
+        if compiled:
+            t_step, graphs = time.perf_counter(), _compiled_graphs()
+        try:
+            loss, recon, reg = step_loss(x, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except NonFiniteLossError:
+            raise
+        except Exception as e:
+            if compiled and graphs == 0:
+                raise _compile_failed(e) from None
+            raise
+        if compiled and _compiled_graphs() != graphs:
+            compiling += time.perf_counter() - t_step
+        optimizer.step()
+        sums += torch.tensor([loss.item(), recon.mean().item(), 0.0 if reg is None else reg.mean().item()],
+                             dtype=torch.float64) * len(idx)
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if bar is not None:
+        bar.close()
+    return (sums / n).tolist(), compiling
+
+
+@torch.no_grad()
+def _validation_recon(model: Autoencoder, x: torch.Tensor, batch: int, device) -> float:
+    model.eval()
+    return sum(model.reconstruction(x[i:i + batch].to(device)).sum().item() for i in range(0, x.shape[0], batch)) / x.shape[0]
+
+
+def _pretrain(model: Autoencoder, data: DataBundle, optimizer, settings: TrainSettings, state: TrainState,
+              generator: torch.Generator, run_dir: Path, device) -> None:
+    """Autoencoder pretraining (reconstruction only), then the prior refit to the pretrained codes (VaDE).
+
+    Each epoch is checkpointed like a training epoch (state.pretrain_epoch counts them) and logged to
+    pretrain_metrics.csv. The refit and a fresh optimizer state (the reconstruction-only Adam moments
+    do not belong to the new objective) come with the last pretraining epoch, before its checkpoint.
+    """
+    if not settings.pretrain_epochs:
+        return
+    metrics = run_dir / "pretrain_metrics.csv"
+    _prepare_metrics(metrics, state.pretrain_epoch, PRETRAIN_COLUMNS)
+    last = run_dir / "checkpoints" / "last.pt"
+
+    def step_loss(x, step):
+        recon = model.reconstruction(x)
+        if not torch.isfinite(recon.mean()):
+            raise NonFiniteLossError(f"non-finite reconstruction term in pretraining epoch {epoch}, step {step}; "
+                                     "try a smaller optimizer.lr")
+        return recon.mean(), recon, None
+
+    while state.pretrain_epoch < settings.pretrain_epochs:
+        epoch = state.pretrain_epoch + 1
+        t0 = time.perf_counter()
+        tr, _ = _train_epoch(model, data, optimizer, generator, settings, device,
+                             f"pretrain {epoch}/{settings.pretrain_epochs}", step_loss)
+        val_recon = _validation_recon(model, data.val.x, 500, device)
+        if epoch == settings.pretrain_epochs:
+            if settings.refit_after_pretraining and isinstance(model.prior, GaussianMixture):
+                _refit_mixture(model, data.train.x, settings.kmeans_samples, settings.seed, optimizer, device)
+            optimizer.state.clear()
+        seconds = time.perf_counter() - t0
+        state.pretrain_epoch, state.train_seconds = epoch, state.train_seconds + seconds
+        _append_metrics(metrics, {"epoch": epoch, "train_recon": tr[1], "val_recon": val_recon,
+                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}, PRETRAIN_COLUMNS)
+        if settings.checkpoint:
+            save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
+        log.info("pretrain epoch %d/%d  train recon %.3f  val recon %.3f  %.1fs", epoch, settings.pretrain_epochs,
+                 tr[1], val_recon, seconds)
+
+
 def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, settings: TrainSettings,
         run_dir: Path, device: torch.device) -> TrainState:
-    """Train with warm-up and early stopping; resumable from run_dir/checkpoints/last.pt."""
+    """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
+    resumable from run_dir/checkpoints/last.pt."""
     ckpt_dir = run_dir / "checkpoints"
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     metrics = run_dir / "metrics.csv"
@@ -242,60 +343,43 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
     if settings.resume and last.exists():
         state = _restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator)
         log.info("resumed from %s after epoch %d", last, state.epoch)
+    _pretrain(model, data, optimizer, settings, state, generator, run_dir, device)
     _prepare_metrics(metrics, state.epoch)
+    geco = settings.geco
+    if geco is not None and state.geco_log_lambda is None:
+        state.geco_log_lambda = start_log_lambda(geco)
 
-    x_train, n = data.train.x, data.train.x.shape[0]
-    steps = math.ceil(n / settings.batch_size)
-    show_bar = settings.progress and sys.stderr.isatty()
     loss_terms = torch.compile(model.loss_terms) if settings.compile else model.loss_terms
-    compiled_once = False
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
-        weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)
         t0 = time.perf_counter()
-        compiling = 0.0  # seconds of this epoch's steps that compiled (trainer.compile), not counted in it
-        model.train()
-        perm = torch.randperm(n, generator=generator)
-        sums = torch.zeros(3, dtype=torch.float64)
-        bar = None
-        if show_bar:
-            from tqdm import tqdm
-            bar = tqdm(total=steps, desc=f"epoch {epoch}/{settings.epochs}", leave=False, dynamic_ncols=True)
-        for step in range(steps):
-            idx = perm[step * settings.batch_size:(step + 1) * settings.batch_size]
-            x = _prepare_batch(x_train[idx], data.binary, generator, device)
-            if settings.compile:
-                t_step, graphs = time.perf_counter(), _compiled_graphs()
-            try:
-                terms = loss_terms(x)
-                _check_finite(terms, epoch, step)
-                loss = terms.total(weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            except NonFiniteLossError:
-                raise
-            except Exception as e:
-                if settings.compile and not compiled_once:
-                    raise _compile_failed(e) from None
-                raise
-            if settings.compile and _compiled_graphs() != graphs:
-                compiling += time.perf_counter() - t_step
-            compiled_once = True
-            optimizer.step()
-            sums += torch.tensor([loss.item(), terms.recon.mean().item(), terms.reg.mean().item()],
-                                 dtype=torch.float64) * len(idx)
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        if bar is not None:
-            bar.close()
+
+        def step_loss(x, step):
+            terms = loss_terms(x)
+            _check_finite(terms, epoch, step)
+            if geco is None:
+                return terms.total(regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)), \
+                    terms.recon, terms.reg
+            loss = terms.total(effective_weight(state.geco_log_lambda))
+            state.geco_log_lambda, state.geco_c_ma = geco_update(state.geco_log_lambda, state.geco_c_ma,
+                                                                 terms.recon.mean().item(), geco)
+            return loss, terms.recon, terms.reg
+
+        tr, compiling = _train_epoch(model, data, optimizer, generator, settings, device,
+                                     f"epoch {epoch}/{settings.epochs}", step_loss, compiled=settings.compile)
         if settings.kmeans_epoch is not None and epoch == settings.kmeans_epoch and isinstance(model.prior, GaussianMixture):
-            _refit_mixture(model, x_train, settings.kmeans_samples, settings.seed, optimizer, device)
+            _refit_mixture(model, data.train.x, settings.kmeans_samples, settings.seed, optimizer, device)
             # The objective changed under the model: earlier validation losses no longer compare.
             state.best_val, state.bad_epochs = math.inf, 0
 
+        # Validation at the final (nominal) weight, comparable across epochs, also under the constraint,
+        # whose effective weight moves every step; metrics.csv's reg_weight is the weight trained with.
+        if geco is None:
+            weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)
+        else:
+            weight = effective_weight(state.geco_log_lambda)
         val_recon, val_reg = _validation_terms(model, data.val.x, 500, device)
-        val_loss = val_recon + settings.reg_weight * val_reg  # at the final weight, comparable across epochs
+        val_loss = val_recon + settings.reg_weight * val_reg
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch} "
                                      f"(reconstruction={val_recon:.4g}, regulariser={val_reg:.4g})")
@@ -312,7 +396,6 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
             state.bad_epochs += 1
         if settings.patience and state.bad_epochs >= settings.patience:
             state.stopped_early = True
-        tr = (sums / n).tolist()
         row = dict(zip(METRIC_COLUMNS, [epoch, tr[0], tr[1], tr[2], val_loss, val_recon, val_reg, weight,
                                         optimizer.param_groups[0]["lr"], seconds]))
         _append_metrics(metrics, row)

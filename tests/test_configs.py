@@ -15,7 +15,8 @@ from conftest import CONF, compose_config
 from src.config import ConfigError, validate
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep"))
-OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+# Experiment files are `# @package _global_` (whole protocols): tests/test_experiments.py covers them.
+OPTIONS = [(g, f.stem) for g in GROUPS if g != "experiment" for f in sorted((CONF / g).glob("*.yaml"))]
 LAUNCHERS = sorted(f.stem for f in (CONF / "hydra" / "launcher").glob("*.yaml"))
 
 # What an option needs from the other groups to be a valid experiment.
@@ -23,7 +24,9 @@ NEEDS = {("dataset", "cifar10"): ["model.likelihood=gaussian", "model.network=co
 
 
 def test_the_groups_and_options_are_the_documented_ones():
-    assert GROUPS == ["dataset", "eval", "model", "optimizer", "prior", "trainer"]
+    assert GROUPS == ["dataset", "eval", "experiment", "model", "optimizer", "prior", "trainer"]
+    assert {f.stem for f in (CONF / "experiment").glob("*.yaml")} == {"mnist_density", "mnist_clustering",
+                                                                      "digits_smoke"}
     assert {o for g, o in OPTIONS if g == "model"} == {"vae", "csrae"}
     assert {o for g, o in OPTIONS if g == "prior"} == {"standard", "gmm", "vamp", "net"}
     assert {o for g, o in OPTIONS if g == "dataset"} == {"digits", "mnist", "fashion_mnist", "cifar10"}

@@ -1,0 +1,343 @@
+"""Protocol files (conf/experiment/), checkpoint compatibility, autoencoder pretraining, the GECO
+reconstruction constraint and the few-label evaluation: real configs, real digits, seconds each."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_results
+from src import train as train_mod
+from src.config import ConfigError, validate
+from src.data import load_dataset
+from src.evaluate import (
+    fewlabel_component_accuracy,
+    fewlabel_logistic_accuracy,
+    fewlabel_metrics,
+    fewlabel_subset,
+)
+from src.geco import W_MAX, W_MIN, GecoSettings, effective_weight, geco_update, start_log_lambda
+from src.models import build_model
+from src.pipeline import RESULT_KEYS, _settings, run_experiment
+from src.priors import GaussianMixture
+from src.train import build_optimizer, fit
+
+# The run the MNIST study started before these files existed (/work/runs/mnist_converged/vae_standard_s0),
+# with its exact command-line overrides, and the fingerprint its checkpoints carry (read from its
+# checkpoints/last.pt). experiment=mnist_density must resume it.
+LIVE_RUN = ["model=vae", "prior=standard", "dataset=mnist", "dataset.root=/work/shared/data", "trainer.epochs=2000",
+            "trainer.warmup_epochs=100", "trainer.patience=50", "trainer.threads=1", "trainer.progress=false",
+            "eval.is_samples=5000"]
+LIVE_RUN_FINGERPRINT = (
+    '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
+    '"name": "vae", "network": "mlp", "reg_weight": 1.0, "variant": "per_sample"}, {"K": 1, "code_dim": 16, '
+    '"hidden_dim": 64, "init": "random", "init_logvar": 0.0, "init_scale": 1.0, "kmeans_epoch": 10, '
+    '"kmeans_samples": 2000, "logvar_max": 2.0, "logvar_min": -6.0, "name": "standard", "train": false, '
+    '"weights": "uniform"}, {"binarize": true, "eval_binarize_seed": 777, "max_eval": null, "max_train": null, '
+    '"name": "mnist", "split_seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}, 0, {"lr": 0.0005, '
+    '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
+    '"warmup_epochs": 100}]')
+# The default config's fingerprint before model.hidden_dims / constraint / trainer.pretrain_epochs existed.
+DEFAULT_FINGERPRINT = (
+    '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
+    '"name": "csrae", "network": "mlp", "reg_weight": 1.0, "variant": "per_sample"}, {"K": 10, "code_dim": 16, '
+    '"hidden_dim": 64, "init": "kmeans", "init_logvar": 0.0, "init_scale": 1.0, "kmeans_epoch": 10, '
+    '"kmeans_samples": 2000, "logvar_max": 2.0, "logvar_min": -6.0, "name": "gmm", "train": true, '
+    '"weights": "uniform"}, {"binarize": true, "eval_binarize_seed": 777, "max_eval": null, "max_train": null, '
+    '"name": "digits", "split_seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}, 0, {"lr": 0.0005, '
+    '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
+    '"warmup_epochs": 10}]')
+
+
+def fp(compose, *overrides: str) -> str:
+    return _settings(compose(*overrides, tiny=False)).fingerprint
+
+
+# --- experiment files and checkpoint compatibility -------------------------------------------------
+
+def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
+    explicit = fp(compose, *LIVE_RUN)
+    assert explicit == LIVE_RUN_FINGERPRINT
+    assert fp(compose, "experiment=mnist_density", "model=vae", "prior=standard", "dataset.root=/work/shared/data",
+              "trainer.threads=1", "trainer.progress=false") == explicit
+
+
+@pytest.mark.parametrize("experiment", ["mnist_density", "mnist_clustering", "digits_smoke"])
+@pytest.mark.parametrize("model", ["vae", "csrae"])
+def test_every_experiment_composes_and_validates(experiment, model, compose):
+    cfg = compose(f"experiment={experiment}", f"model={model}", tiny=False)
+    validate(cfg)
+    assert cfg.model.name.value == model
+
+
+def test_mnist_density_is_the_vampprior_protocol(compose):
+    cfg = compose("experiment=mnist_density", "model=csrae", "prior=vamp", "prior.K=500", tiny=False)
+    assert cfg.dataset.name.value == "mnist" and cfg.dataset.binarize
+    assert (cfg.model.network.value, cfg.model.hidden_dim, cfg.model.latent_dim) == ("mlp", 300, 40)
+    assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.trainer.batch_size) == ("adam", 5e-4, 100)
+    assert (cfg.trainer.epochs, cfg.trainer.warmup_epochs, cfg.trainer.patience) == (2000, 100, 50)
+    assert cfg.eval.is_samples == 5000 and cfg.dataset.max_eval is None
+    assert (cfg.model.name.value, cfg.prior.name.value, cfg.prior.K) == ("csrae", "vamp", 500)  # the user's choice
+    assert compose("experiment=mnist_density", "trainer.epochs=3", tiny=False).trainer.epochs == 3
+
+
+def test_new_settings_at_their_neutral_default_keep_old_fingerprints(compose):
+    assert fp(compose) == DEFAULT_FINGERPRINT
+    assert fp(compose, "eval.fewlabel=false", "eval.fewlabel_seed=3") == DEFAULT_FINGERPRINT  # eval is not identity
+    assert fp(compose, "model.geco_rate=0.5", "model.target_recon=12") == DEFAULT_FINGERPRINT  # inert without constraint
+    changed = [fp(compose, "trainer.pretrain_epochs=2"), fp(compose, "model.hidden_dims=[300,300]"),
+               fp(compose, "model.constraint=reconstruction", "model.target_recon=12"),
+               fp(compose, "model.constraint=reconstruction", "model.target_recon=13")]
+    assert DEFAULT_FINGERPRINT not in changed and len(set(changed)) == len(changed)
+
+
+def test_mnist_clustering_is_the_vade_protocol(compose):
+    cfg = compose("experiment=mnist_clustering", "model=csrae", tiny=False)
+    assert cfg.dataset.name.value == "mnist" and cfg.prior.name.value == "gmm" and cfg.prior.K == 10
+    assert cfg.trainer.pretrain_epochs > 0 and cfg.prior.init.value == "kmeans" and cfg.model.latent_dim == 10
+    model = build_model(cfg.model, cfg.prior, (1, 28, 28))
+    enc = [m.out_features for m in model.encoder.body if isinstance(m, torch.nn.Linear)]
+    dec = [m.out_features for m in model.decoder.body if isinstance(m, torch.nn.Linear)]
+    assert enc == [500, 500, 2000] and dec == [2000, 500, 500, 784]
+    assert any(isinstance(m, torch.nn.ReLU) for m in model.encoder.body)
+    settings = _settings(cfg)
+    assert settings.refit_after_pretraining and settings.kmeans_epoch is None  # refit once, after pretraining
+
+
+def test_the_default_mlp_is_unchanged_by_the_width_list(compose):
+    """hidden_dims=null builds the same gated 300-300 network, parameter for parameter, as before."""
+    a = build_model(compose().model, compose().prior, (1, 8, 8))
+    b = build_model(compose("model.hidden_dims=[300,300]").model, compose().prior, (1, 8, 8))
+    assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.constraint=reconstruction"], "model.target_recon"),
+    (["model.constraint=reconstruction", "model.target_recon=10", "model.geco_alpha=1.0"], "model.geco_alpha"),
+    (["model.network=relu_mlp"], "model.hidden_dims"),
+    (["model.hidden_dims=[]"], "model.hidden_dims"),
+    (["trainer.pretrain_epochs=-1"], "trainer.pretrain_epochs"),
+])
+def test_new_settings_are_validated(overrides, words, compose):
+    with pytest.raises(ConfigError, match=words):
+        validate(compose(*overrides))
+
+
+def test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    proc = run_cli(run_dir, "experiment=digits_smoke", "trainer.pretrain_epochs=2", "trainer.epochs=3",
+                   "model.constraint=reconstruction", "model.target_recon=5", tiny=False)
+    assert proc.returncode == 0, proc.stderr
+    r = read_results(run_dir)
+    assert r["status"] == "completed" and r["constraint"] == "reconstruction" and r["target_recon"] == 5.0
+    assert r["pretrain_epochs"] == 2 and r["n_test"] == 359 and set(RESULT_KEYS) <= set(r)
+    assert all(0.0 < r[f"fewlabel_{kind}_{n}"] <= 1.0 for kind in ("lr", "comp") for n in (1, 10, 100))
+    with open(run_dir / "pretrain_metrics.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == train_mod.METRIC_COLUMNS and [int(x["epoch"]) for x in rows] == [1, 2, 3]
+    weights = [float(x["reg_weight"]) for x in rows]
+    assert weights[0] < 1.0 and weights == sorted(weights, reverse=True)  # κ=5 is out of reach: the weight falls
+
+
+# --- pretraining, GECO and exact resume (in process) -----------------------------------------------
+
+def _setup(compose, digits, *overrides):
+    cfg = compose("trainer.device=cpu", *overrides)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, cfg.prior, digits.image_shape)
+    return cfg, model, build_optimizer(model.parameters(), cfg.optimizer), _settings(cfg)
+
+
+def _rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_pretraining_trains_the_autoencoder_then_refits_the_gmm(compose, digits, tmp_path, caplog):
+    cfg, model, opt, settings = _setup(compose, digits, "trainer.pretrain_epochs=3", "trainer.epochs=1",
+                                       "prior.kmeans_samples=500")
+    before = model.prior.mu.detach().clone()
+    calls = []
+    real = GaussianMixture.fit_to_codes
+
+    def spy(self, codes, code_vars=None, seed=0):
+        calls.append(codes.shape)
+        return real(self, codes, code_vars, seed)
+
+    GaussianMixture.fit_to_codes = spy
+    try:
+        fit(model, digits, opt, settings, tmp_path, torch.device("cpu"))
+    finally:
+        GaussianMixture.fit_to_codes = real
+    rows = _rows(tmp_path / "pretrain_metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    recon = [float(r["train_recon"]) for r in rows]
+    assert recon[-1] < recon[0]
+    assert calls == [(500, cfg.model.latent_dim)]  # once, after pretraining; not again at kmeans_epoch
+    assert not torch.equal(before, model.prior.mu.detach())
+
+
+@pytest.mark.parametrize("overrides, stop_in", [
+    (["trainer.pretrain_epochs=3", "trainer.epochs=2", "prior.kmeans_samples=500"], "pretrain_metrics.csv"),
+    (["model.constraint=reconstruction", "model.target_recon=12", "model.geco_rate=0.01", "trainer.epochs=4"],
+     "metrics.csv"),
+])
+def test_a_run_stopped_mid_way_resumes_exactly(overrides, stop_in, compose, digits, tmp_path, monkeypatch):
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    for d in (whole, stopped):
+        d.mkdir()
+    *_, model, opt, settings = _setup(compose, digits, *overrides)
+    fit(model, digits, opt, settings, whole, torch.device("cpu"))
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+
+    real_append, seen = train_mod._append_metrics, []
+
+    def append_then_die(path, row, *args):  # killed after the 2nd row of `stop_in`, before its checkpoint
+        real_append(path, row, *args)
+        seen.append(path.name)
+        if seen.count(stop_in) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_append_metrics", append_then_die)
+    *_, model, opt, settings = _setup(compose, digits, *overrides)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, digits, opt, settings, stopped, torch.device("cpu"))
+    monkeypatch.setattr(train_mod, "_append_metrics", real_append)
+
+    torch.manual_seed(12345)  # a new process: nothing of the old RNG state survives but the checkpoint
+    *_, model, opt, settings = _setup(compose, digits, *overrides)
+    fit(model, digits, opt, settings, stopped, torch.device("cpu"))
+    for name in ("metrics.csv", "pretrain_metrics.csv"):
+        if (whole / name).exists():
+            assert _rows(stopped / name) == _rows(whole / name), name
+    got = model.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_geco_update_moves_the_weight_against_the_constraint():
+    s = GecoSettings(target=50.0, alpha=0.9, rate=0.01, start_weight=2.0)
+    log_lam = start_log_lambda(s)
+    assert effective_weight(log_lam) == pytest.approx(2.0)
+    up, c_ma = geco_update(log_lam, None, recon=60.0, settings=s)  # C = +10: reconstruction too poor
+    assert c_ma == 10.0 and effective_weight(up) == pytest.approx(2.0 * math.exp(-0.1))
+    down, c_ma2 = geco_update(up, c_ma, recon=40.0, settings=s)  # C = -10, moving average 0.9·10 − 0.1·10 = 8
+    assert c_ma2 == pytest.approx(8.0) and effective_weight(down) == pytest.approx(effective_weight(up) * math.exp(-0.08))
+    lo, hi = log_lam, log_lam
+    for _ in range(10_000):
+        lo, _ = geco_update(lo, None, recon=1e4, settings=s)
+        hi, _ = geco_update(hi, None, recon=0.0, settings=s)
+    assert effective_weight(lo) == pytest.approx(W_MIN) and effective_weight(hi) == pytest.approx(W_MAX)
+
+
+def test_geco_weight_follows_the_constraint_every_step(compose, digits, tmp_path):
+    """With α = 0 the multiplier integrates each step's C = recon − κ, so over an epoch
+    log(w_e / w_{e-1}) = −ν Σ_steps (recon_step − κ): the weight falls while the reconstruction is worse
+    than κ and rises once it is better (κ = 12 is crossed on digits within 25 epochs)."""
+    *_, model, opt, settings = _setup(compose, digits, "model.constraint=reconstruction", "model.target_recon=12",
+                                      "model.geco_rate=0.002", "model.geco_alpha=0", "trainer.epochs=25",
+                                      "trainer.patience=0", "prior.init=random")
+    fit(model, digits, opt, settings, tmp_path, torch.device("cpu"))
+    rows = _rows(tmp_path / "metrics.csv")
+    w = np.log([1.0] + [float(r["reg_weight"]) for r in rows])  # model.reg_weight = 1 is the start
+    c = np.array([float(r["train_recon"]) for r in rows]) - 12
+    steps = math.ceil(len(digits.train.x) / 100)
+    assert (c > 1).any() and (c < -1).any()
+    clear = np.abs(c) > 1  # the epoch mean is batch-size weighted; a near-zero C may differ in sign per step
+    assert np.all(np.sign(np.diff(w))[clear] == -np.sign(c[clear]))
+    assert np.allclose(np.diff(w), -0.002 * steps * c, rtol=0.1, atol=0.01)
+
+
+# --- few labels ------------------------------------------------------------------------------------
+
+def test_fewlabel_subsets_are_fixed_nested_and_per_class():
+    labels = np.repeat(np.arange(3), [5, 7, 2])
+    one, two = fewlabel_subset(labels, 1, seed=4), fewlabel_subset(labels, 2, seed=4)
+    assert np.array_equal(one, fewlabel_subset(labels, 1, seed=4))
+    assert np.bincount(labels[two]).tolist() == [2, 2, 2] and set(one) <= set(two)
+    assert fewlabel_subset(labels, 3, seed=4) is None  # class 2 has only two points
+    assert any(not np.array_equal(fewlabel_subset(labels, 2, seed=s), two) for s in range(5, 10))
+
+
+def test_fewlabel_accuracies_on_known_answers():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 50)
+    feats = np.eye(3)[y] * 5 + rng.normal(size=(150, 3)) * 0.1
+    assert fewlabel_logistic_accuracy(feats[::10], y[::10], feats, y) == 1.0
+    comps = np.array([2, 0, 1])[y]  # components are the classes, renamed
+    assert fewlabel_component_accuracy(comps[::10], y[::10], comps, y) == 1.0
+    # Component 3 gets no labelled point: it predicts the labelled points' majority (class 1 here).
+    train_c, train_y = np.array([0, 1, 1, 1]), np.array([0, 1, 1, 2])
+    test_c, test_y = np.array([0, 1, 3, 3]), np.array([0, 1, 1, 2])
+    assert fewlabel_component_accuracy(train_c, train_y, test_c, test_y) == 0.75
+    m = fewlabel_metrics(feats, y, feats, y, comps, comps, ns=(1, 10, 60))
+    assert m["fewlabel_lr_10"] == 1.0 and m["fewlabel_comp_1"] == 1.0
+    assert m["fewlabel_lr_60"] is None and m["fewlabel_comp_60"] is None  # only 50 per class
+    assert fewlabel_metrics(feats, y, feats, y, ns=(1,))["fewlabel_comp_1"] is None  # no components
+
+
+def test_results_carry_fewlabel_accuracies(compose, tmp_path):
+    """(The gmm case runs through the CLI in test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end.)"""
+    cfg = compose("experiment=digits_smoke", "trainer.epochs=2", "prior=standard", "trainer.device=cpu",
+                  "trainer.threads=1", "trainer.progress=false")
+    run_experiment(cfg, tmp_path)
+    r = json.loads((tmp_path / "results.json").read_text())
+    for n in (1, 10, 100):
+        assert 0.1 < r[f"fewlabel_lr_{n}"] <= 1.0 and r[f"fewlabel_comp_{n}"] is None  # one component: no comp
+    assert r["fewlabel_lr_100"] > r["fewlabel_lr_1"]
+
+
+# --- the MNIST queue (benchmarks/mnist_converged.py) -------------------------------------------------
+
+def _queue_module():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mnist_converged", REPO / "benchmarks" / "mnist_converged.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_queue_adopts_the_run_already_in_progress(compose):
+    q = _queue_module()
+    name, experiment, overrides = q.PLAN[0]
+    assert name == "vae_standard_s0"
+    args = [a for a in q.command(name, experiment, overrides, Path("/runs"))[3:] if not a.startswith("hydra.")]
+    cfg = compose(*[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args],
+                  tiny=False)
+    assert _settings(cfg).fingerprint == LIVE_RUN_FINGERPRINT
+
+
+def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
+    q = _queue_module()
+    monkeypatch.setattr(q, "PLAN", [("smoke_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+                                    ("later_s0", "digits_smoke", ["model=vae"])])
+    monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "runs")
+    monkeypatch.setattr(q, "TABLE", tmp_path / "results.csv")
+    monkeypatch.setattr(q, "PLAN_TABLE", tmp_path / "plan.csv")
+    monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    q.run_queue(runs, parallel=1, only=["smoke_s0"])
+    assert q.state("smoke_s0", runs)[0] == "done" and q.state("later_s0", runs) == ("todo", "not started")
+    copied = tmp_path / "results" / "runs" / "smoke_s0"
+    assert json.loads((copied / "results.json").read_text())["status"] == "completed"
+    assert (copied / "metrics.csv").exists() and (copied / ".hydra" / "config.yaml").exists()
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == q.COLUMNS and [r["configuration"] for r in rows] == ["digits_smoke:smoke",
+                                                                                 "digits_smoke:later"]
+    assert rows[0]["test_nll"] and rows[0]["is_samples"] == "5" and rows[0]["epochs_run"] == "1"
+    assert rows[1]["model"] == "vae" and rows[1]["test_nll"] == "" and rows[1]["constraint"] == "none"
+    with open(tmp_path / "plan.csv") as f:
+        assert [r["state"] for r in csv.DictReader(f)] == ["done", "todo"]
