@@ -30,7 +30,7 @@ def slurm_problem() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "no sinfo/sbatch on PATH"
     try:
-        p = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+        p = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
         return "sinfo timed out"
     if p.returncode != 0:
