@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on this machine, for tests/test_slurm.py (CI runs as root).
 #
-#   bash .ci/slurm.sh start    # install Debian's packages if missing, start the daemons, wait for the node
+#   eval "$(bash .ci/slurm.sh start)"   # install Debian's packages if missing, start the daemons, wait for the node
 #   bash .ci/slurm.sh stop     # stop what `start` started (by pid file) and delete the state directory
 #
 # Clients find the cluster with SLURM_CONF=$CSRAE_SLURM_DIR/slurm.conf (default /tmp/csrae-slurm);
@@ -15,7 +15,7 @@ set -euo pipefail
 DIR=${CSRAE_SLURM_DIR:-/tmp/csrae-slurm}
 MYSQL_SOCK=/run/mysqld/mysqld.sock   # the client library's default socket: slurmdbd finds it unconfigured
 
-log() { echo "slurm.sh: $*"; }
+log() { echo "slurm.sh: $*" >&2; }
 
 stop_pidfile() {  # stop_pidfile NAME FILE: SIGTERM the daemon whose pid is in FILE, wait for it to exit
     local name=$1 file=$2 pid
@@ -51,7 +51,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds
         sleep 0.2
     done
     log "error: $what did not come up within ${seconds}s; logs in $DIR"
-    tail -n 20 "$DIR"/*.log "$DIR"/*/*.log 2>/dev/null || true
+    tail -n 20 "$DIR"/*.log "$DIR"/*/*.log >&2 2>/dev/null || true
     return 1
 }
 
