@@ -23,7 +23,8 @@ NEEDS = {("dataset", "cifar10"): ["model.likelihood=gaussian", "model.network=co
 
 
 def test_the_groups_and_options_are_the_documented_ones():
-    assert GROUPS == ["dataset", "eval", "model", "optimizer", "prior", "trainer"]
+    assert GROUPS == ["dataset", "eval", "logger", "model", "optimizer", "prior", "trainer"]
+    assert {o for g, o in OPTIONS if g == "logger"} == {"none", "tensorboard", "mlflow"}
     assert {o for g, o in OPTIONS if g == "model"} == {"vae", "csrae"}
     assert {o for g, o in OPTIONS if g == "prior"} == {"standard", "gmm", "vamp", "net"}
     assert {o for g, o in OPTIONS if g == "dataset"} == {"digits", "mnist", "fashion_mnist", "cifar10"}
