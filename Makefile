@@ -3,17 +3,33 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK_VENV := .venv-lock
 
-.PHONY: install run test bench clean-outputs
+.PHONY: install run test lock bench clean-outputs
 
 install: $(STAMP)
 
 # pip (not uv/poetry): on these machines pip takes torch/torchvision from local disk.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the tests pass with (see `make lock`).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+# Refresh constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh venv
+# (not the one in use). Then run `make test` (it reinstalls from the new lock) and commit both.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev]"
+	{ echo "# The exact versions the test suite passes with (pip freeze of a venv with \`pip install -e .[dev]\`, minus"; \
+	  echo "# this project). \`make install\` installs with \`-c constraints.txt\`; \`make lock\` rewrites this file."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt refreshed: run make test, then commit it"
 
 # The default experiment: CSRAE with a learnable 10-component GMM prior on sklearn's digits.
 run: install

@@ -14,6 +14,7 @@ Main entry points:
     paired_comparisons(runs, m)   -> model vs model on the same seeds: paired t-test per context
     verdict(runs, ...)            -> sentences written from the data
     optuna_studies(runs)          -> the Optuna sweeps among the runs, one trials table each
+    param_importances(study)      -> each searched parameter's importance for the objective
     plot_* functions              -> seaborn figures (each returns a matplotlib Figure)
 """
 
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -708,6 +709,7 @@ class OptunaStudy:
     objective: str                # the results.json key the trials returned (first objective)
     direction: str                # minimize | maximize
     log_params: set               # parameters searched on a log scale
+    space: dict = field(default_factory=dict)  # hydra.sweeper.params: parameter -> search-space text
 
     @property
     def best(self) -> Optional[pd.Series]:
@@ -748,7 +750,53 @@ def load_optuna(runs: pd.DataFrame) -> OptunaStudy:
     trials = pd.DataFrame(rows).sort_values("number", kind="stable").reset_index(drop=True)
     params = [c for c in trials.columns if c not in ("number", "value", "state", "status", "run")]
     return OptunaStudy(Path(first["run_dir"]).parent, first.get("study"), trials, params, objective, direction,
-                       {k for k, v in space.items() if "log" in str(v)})
+                       {k for k, v in space.items() if "log" in str(v)}, dict(space))
+
+
+IMPORTANCE_EVALUATOR = "optuna.importance.MeanDecreaseImpurityImportanceEvaluator"
+
+
+def param_importances(study: OptunaStudy, seed: int = 0) -> pd.DataFrame:
+    """Each searched parameter's importance for the study's (first) objective over its completed trials.
+
+    Optuna's mean-decrease-impurity evaluator (IMPORTANCE_EVALUATOR: a random forest on the trials'
+    parameters; seeded, so the numbers repeat) on an in-memory copy of the trials, with the search
+    space parsed by the sweeper plugin itself. optuna 2.10's default, fANOVA, fails with today's
+    scikit-learn. Columns: parameter, importance (summing to 1), sorted. Empty when fewer than two
+    completed trials have every searched parameter.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntUniformDistribution, IntLogUniformDistribution
+    from optuna.importance import MeanDecreaseImpurityImportanceEvaluator, get_param_importances
+
+    try:  # hydra-optuna-sweeper 1.4 moved the parser
+        from hydra_plugins.hydra_optuna_sweeper._distributions import create_params_from_overrides
+    except ImportError:
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    searched, _ = create_params_from_overrides([f"{k}={v}" for k, v in study.space.items()])
+    dists = {k: d for k, d in searched.items() if k in study.params}
+    empty = pd.DataFrame(columns=["parameter", "importance"])
+    done = study.trials[study.trials["value"].notna()].dropna(subset=list(dists))
+    if not dists or len(done) < 2:
+        return empty
+
+    def cast(d, v):
+        if isinstance(d, (IntUniformDistribution, IntLogUniformDistribution)):
+            return int(v)
+        return str(v) if isinstance(d, CategoricalDistribution) else float(v)
+
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # create_trial, add_trial and the evaluator are "experimental" in 2.10
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        copy = optuna.create_study(direction=study.direction)
+        for _, t in done.iterrows():
+            copy.add_trial(optuna.trial.create_trial(params={k: cast(d, t[k]) for k, d in dists.items()},
+                                                     distributions=dists, value=float(t["value"])))
+        imp = get_param_importances(copy, evaluator=MeanDecreaseImpurityImportanceEvaluator(seed=seed))
+    return pd.DataFrame({"parameter": list(imp), "importance": [float(v) for v in imp.values()]})
 
 
 # --------------------------------------------------------------------------------------------------

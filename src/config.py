@@ -74,6 +74,12 @@ class OptimizerName(str, Enum):
     sgd = "sgd"
 
 
+class LoggerName(str, Enum):
+    none = "none"
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -172,6 +178,16 @@ class EvalConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Optional experiment tracker (src/trackers.py); never part of a checkpoint's identity."""
+    name: LoggerName = LoggerName.none
+    dir: Optional[str] = None  # tensorboard: event-file dir, null = <run dir>/tensorboard
+    tracking_uri: str = "sqlite:///outputs/mlflow/mlflow.db"  # mlflow: a store or a server URL
+    experiment: str = "csrae-sweeps"  # mlflow experiment name
+    run_name: Optional[str] = None  # mlflow run name, null = the run dir's name
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     prior: PriorConfig = MISSING
@@ -179,6 +195,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: Optional[Any] = None  # named sweep files put their notes here
     tags: list = field(default_factory=list)
 
@@ -192,6 +209,7 @@ def register_configs() -> None:
     cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     # Experiment files (conf/experiment/) override any group; their values are checked by the schemas above.
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from src import evaluate
+from src import evaluate, trackers
 from src.config import ConfigError, validate
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
@@ -130,13 +130,15 @@ def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"status": "running", **(extra or {})}
     _preflight(cfg, run_dir, results)
+    tracker = trackers.Tracker()
     try:
         write_results(run_dir, results)
+        tracker = trackers.open_tracker(cfg, run_dir)
         check_available(cfg.dataset)
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device))
+        results.update(_train_and_evaluate(cfg, run_dir, device, tracker.log_epoch))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
@@ -149,6 +151,16 @@ def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
         results.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_results(run_dir, results)
         raise
+    finally:
+        _finish_tracker(tracker, results)
+
+
+def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:
+    """Hand the final results to the tracker; a tracker's failure is logged, never the run's outcome."""
+    try:
+        tracker.finish(results)
+    except Exception as e:  # noqa: BLE001 - results.json is already written and is the record
+        log.warning("logger: could not record the results (%s: %s)", type(e).__name__, e)
 
 
 def _preflight(cfg, run_dir: Path, results: dict) -> None:
@@ -173,7 +185,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
+def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
@@ -182,7 +194,7 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device) -> dict:
              _value(cfg.model.name), _value(cfg.prior.name), cfg.prior.K, data.name, len(data.train.x),
              len(data.val.x), len(data.test.x), count_parameters(model), device)
 
-    state = fit(model, data, optimizer, _settings(cfg), run_dir, device)
+    state = fit(model, data, optimizer, _settings(cfg), run_dir, device, on_epoch)
     load_best_weights(model, run_dir)
 
     t0 = time.perf_counter()

@@ -365,9 +365,26 @@ def _optuna_section(doc: Doc, out: Path, study: A.OptunaStudy, tag: str = "") ->
         (f"optuna_params{tag}.png", lambda: A.plot_optuna_params(study),
          "Objective vs each searched parameter (colour = trial number, star = best trial)."),
     ])
+    _importances_section(doc, study)
     top = t.sort_values("value", ascending=study.direction == "minimize", na_position="last").head(10)
     doc.table(top.astype(object).map(A._fmt_value),
               collapsed=f"Best {len(top)} trials")
+
+
+def _importances_section(doc: Doc, study: A.OptunaStudy) -> None:
+    try:
+        imp = A.param_importances(study)
+    except Exception as e:  # a table must never take the report down
+        doc.p(f"Parameter importances could not be computed ({type(e).__name__}: {e}).")
+        return
+    n_done = int(study.trials["value"].notna().sum())
+    if imp.empty:
+        doc.p(f"Parameter importances need at least 2 completed trials with every searched parameter ({n_done} here).")
+        return
+    doc.p(f"Parameter importances for {study.objective} over the {n_done} completed trials: evaluator "
+          f"{A.IMPORTANCE_EVALUATOR.rsplit('.', 1)[-1]} (optuna.importance, a random forest, seed 0; "
+          "fANOVA, optuna 2.10's default, fails with the current scikit-learn). Few trials make them rough.")
+    doc.table(imp.assign(importance=imp["importance"].map(lambda v: f"{v:.3f}")))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,16 @@ def _sigterm_as_interrupt(signum, frame):  # schedulers stop jobs with SIGTERM: 
     raise KeyboardInterrupt
 
 
+class JobInterrupted(RuntimeError):
+    """One job of a scheduler-run sweep was stopped (scancel, time limit); the sweep records it and goes on."""
+
+
+def _job_has_own_process(hc) -> bool:
+    """submitit runs each job in a process of its own (a SLURM job or a local subprocess): stopping one
+    job there is not a request to stop the sweep."""
+    return "submitit" in str(hc.launcher.get("_target_", ""))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
@@ -58,6 +68,10 @@ def main(cfg: DictConfig) -> float | list[float]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: results.json says "interrupted"; no traceback for a single run
+        if multirun and _job_has_own_process(hc):
+            # An Exception, not KeyboardInterrupt: Hydra records the job failed and submitit hands that
+            # back to the sweeper, which goes on (a KeyboardInterrupt leaves no result and ends the sweep).
+            raise JobInterrupted(f"job interrupted (SIGTERM); {run_dir}/results.json says interrupted") from None
         if multirun:
             raise
         print(f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume", file=sys.stderr)

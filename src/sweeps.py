@@ -11,6 +11,7 @@ Used from three places:
       python -m src.sweeps show   sweep=csrae_optuna
       python -m src.sweeps export sweep=csrae_optuna [--out trials.csv]
       python -m src.sweeps close-stale sweep=csrae_optuna --older-than 120
+      python -m src.sweeps dashboard sweep=csrae_optuna [--port 8080]   (pip install -e .[dashboard])
 
 Optuna is imported lazily: jobs import this module, and most of them never touch the study.
 """
@@ -429,12 +430,14 @@ def close_stale(study, older_than_min: float, objectives: Optional[list[str]] = 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.sweeps", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["create", "show", "export", "close-stale"])
+    parser.add_argument("command", choices=["create", "show", "export", "close-stale", "dashboard"])
     parser.add_argument("overrides", nargs="*", help="as for src.run, e.g. sweep=csrae_optuna "
                                                      "hydra.sweeper.storage=postgresql://host/db")
     parser.add_argument("--out", help="export: CSV path (default outputs/optuna/<study>_trials.csv)")
     parser.add_argument("--older-than", type=float, default=60.0,
                         help="close-stale: minutes a RUNNING trial must have run (default 60)")
+    parser.add_argument("--host", default="127.0.0.1", help="dashboard: address to serve on (default loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="dashboard: port (default 8080)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -474,7 +477,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         closed = close_stale(study, args.older_than, objectives)
         print(f"stale RUNNING trials closed: COMPLETE from results.json {closed['complete']}, "
               f"FAIL {closed['fail']}")
+    elif args.command == "dashboard":
+        serve_dashboard(storage, study, args.host, args.port)
     return 0
+
+
+def serve_dashboard(storage: str, study, host: str, port: int) -> None:
+    """Serve optuna-dashboard (0.14.x, the line that supports optuna 2.10) for the storage until Ctrl-C."""
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        print("error: optuna-dashboard is not installed: pip install -e '.[dashboard]'", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{study_summary(study)}: http://{host}:{port}/dashboard/studies/{study._study_id}  (Ctrl-C stops)",
+          flush=True)
+    run_server(storage, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -332,9 +332,11 @@ def _pretrain(model: Autoencoder, data: DataBundle, optimizer, settings: TrainSe
 
 
 def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, settings: TrainSettings,
-        run_dir: Path, device: torch.device) -> TrainState:
+        run_dir: Path, device: torch.device, on_epoch: Optional[Callable[[dict], None]] = None) -> TrainState:
     """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
-    resumable from run_dir/checkpoints/last.pt."""
+    resumable from run_dir/checkpoints/last.pt.
+
+    on_epoch(row) is called with each epoch's metrics.csv row once it is written (trackers)."""
     ckpt_dir = run_dir / "checkpoints"
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     metrics = run_dir / "metrics.csv"
@@ -399,6 +401,8 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
         row = dict(zip(METRIC_COLUMNS, [epoch, tr[0], tr[1], tr[2], val_loss, val_recon, val_reg, weight,
                                         optimizer.param_groups[0]["lr"], seconds]))
         _append_metrics(metrics, row)
+        if on_epoch is not None:
+            on_epoch(row)
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
         log.info("epoch %d/%d  train %.3f (recon %.3f, reg %.4f, w %.3g)  val %.3f  best %d  %.1fs%s",

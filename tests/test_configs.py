@@ -24,9 +24,10 @@ NEEDS = {("dataset", "cifar10"): ["model.likelihood=gaussian", "model.network=co
 
 
 def test_the_groups_and_options_are_the_documented_ones():
-    assert GROUPS == ["dataset", "eval", "experiment", "model", "optimizer", "prior", "trainer"]
+    assert GROUPS == ["dataset", "eval", "experiment", "logger", "model", "optimizer", "prior", "trainer"]
     assert {f.stem for f in (CONF / "experiment").glob("*.yaml")} == {"mnist_density", "mnist_clustering",
                                                                       "digits_smoke"}
+    assert {o for g, o in OPTIONS if g == "logger"} == {"none", "tensorboard", "mlflow"}
     assert {o for g, o in OPTIONS if g == "model"} == {"vae", "csrae"}
     assert {o for g, o in OPTIONS if g == "prior"} == {"standard", "gmm", "vamp", "net"}
     assert {o for g, o in OPTIONS if g == "dataset"} == {"digits", "mnist", "fashion_mnist", "cifar10"}

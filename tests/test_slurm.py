@@ -1,0 +1,131 @@
+"""Sweeps on a real SLURM cluster through `hydra/launcher=slurm` (hydra-submitit-launcher).
+
+Needs a reachable cluster: CI starts a single-node one with `.ci/slurm.sh start` (root). Elsewhere
+these tests skip unless `sinfo` answers. Jobs ask for 1 CPU and 1 GB each; everything else as in
+tests/test_sweeps.py (digits, 1 epoch, S = 10, storage and sweep dirs under tmp_path).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli import subprocess_env
+from servers import slurm_problem, unavailable
+from test_sweeps import _command, load_study, optuna_args, results, states, sweep
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+         "hydra.launcher.timeout_min=15"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    problem = slurm_problem()
+    if problem:
+        unavailable("SLURM", problem, "`bash .ci/slurm.sh start` (as root) and SLURM_CONF=/tmp/csrae-slurm/slurm.conf")
+
+
+def slurm_states(sweep_dir: Path, settle_s: float = 60) -> dict[str, str]:
+    """SLURM's own record (sacct) of every job submitit submitted for this sweep: id -> final state.
+
+    A job's result file appears a moment before SLURM sees the job end: wait for it to settle."""
+    ids = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+    assert ids, f"no SLURM job under {sweep_dir / '.submitit'}"
+    deadline = time.time() + settle_s
+    while True:
+        p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                           capture_output=True, text=True, timeout=30, check=True)
+        found = dict(line.split("|", 1) for line in p.stdout.splitlines() if line)
+        states = {i: found.get(i, "MISSING").split()[0] for i in ids}
+        if not set(states.values()) & {"PENDING", "RUNNING", "COMPLETING"} or time.time() > deadline:
+            return states
+        time.sleep(1)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def test_grid_runs_as_slurm_jobs(tmp_path):
+    d = tmp_path / "grid"
+    p = sweep(tmp_path, "model=vae,csrae", "prior=gmm", "prior.K=1,3", *SLURM, f"hydra.sweep.dir={d}")
+    jobs = job_dirs(d)
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        r = results(job)
+        assert r["status"] == "completed", r.get("error")
+        assert math.isfinite(r["val_nll"]) and math.isfinite(r["test_nll"])
+        seen.add((r["model"], r["K"]))
+    assert seen == {("vae", 1), ("vae", 3), ("csrae", 1), ("csrae", 3)}
+    assert sorted(slurm_states(d).values()) == ["COMPLETED"] * 4
+    assert "Bypassing sacct error" not in p.stdout + p.stderr  # accounting works: no warning per poll
+
+
+def test_optuna_sweep_on_slurm_two_trials_per_batch(tmp_path):
+    d = tmp_path / "optuna"
+    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "optuna", 4), *SLURM, "hydra.sweeper.n_jobs=2")
+    study = load_study(tmp_path, "csrae_optuna")
+    assert states(study) == {"COMPLETE": 4}
+    for t in study.trials:
+        r = results(d / str(t.user_attrs["job_num"]))
+        assert r["status"] == "completed" and r["trial"] == t.number and r["val_nll"] == pytest.approx(t.value)
+    slurm = slurm_states(d)
+    assert sorted(slurm.values()) == ["COMPLETED"] * 4
+    arrays = sorted({i.split("_")[0] for i in slurm}, key=int)
+    assert len(arrays) == 2 and sorted(slurm) == sorted(f"{a}_{t}" for a in arrays for t in (0, 1))  # 2 batches of 2
+    assert (d / "trials.csv").exists() and (d / "optimization_results.yaml").exists()
+
+
+def slow_first_trial(cfg, trial) -> None:
+    """custom_search_space hook: record the trial as usual; trial 0 trains for 400 epochs (long enough
+    to be cancelled while it runs), the others for 1."""
+    from src.sweeps import record_trial
+
+    record_trial(cfg, trial)
+    epochs = 400 if trial.number == 0 else 1
+    trial.suggest_int("trainer.epochs", epochs, epochs)
+
+
+def test_scancelled_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    d = tmp_path / "cancel"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [*optuna_args(tmp_path, "vae_optuna", "cancel", 4), *SLURM, "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.custom_search_space=tests.test_slurm.slow_first_trial"]
+    command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
+    proc = subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        # Job 0 (trial 0) is task 0 of the first job array; cancel it once it trains.
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
+            metrics = d / "0" / "metrics.csv"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2 epochs
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("job 0 never started training")
+        first = [p.name for p in (d / ".submitit").iterdir() if p.name.endswith("_0")]
+        assert len(first) == 1, first
+        subprocess.run(["scancel", first[0]], check=True, timeout=30)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+
+    r = results(d / "0")
+    assert r["status"] == "interrupted" and r["trial"] == 0 and r["epochs"] == 400
+    study = load_study(tmp_path, "vae_optuna")
+    assert states(study) == {"COMPLETE": 3, "FAIL": 1}  # the sweep went on to the second batch
+    assert study.trials[0].state.name == "FAIL"
+    for job in ("1", "2", "3"):
+        assert results(d / job)["status"] == "completed"
+    slurm = slurm_states(d)
+    assert slurm[first[0]] == "CANCELLED" and sorted(slurm.values()).count("COMPLETED") == 3
+    assert study.trials[0].user_attrs["job_num"] == 0
