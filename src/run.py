@@ -120,5 +120,8 @@ def _check_single_run_overrides(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if (bad := sweeps.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
+        print(f"error: {bad}", file=sys.stderr)
+        sys.exit(2)
     _check_single_run_overrides(sys.argv[1:])
     main()
