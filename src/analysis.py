@@ -63,7 +63,14 @@ NOT_GROUPING = {"trainer.threads", "trainer.compile", "trainer.progress", "train
                 "dataset.download"}
 
 COMPLETED = "completed"
-STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.json", "unreadable"]
+INVALID = "invalid"  # a completed run whose results.json has a value of the wrong kind (e.g. test_nll "abc")
+STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.json", "unreadable", INVALID]
+
+#: results.json keys that must be numbers (or null) for a run to count; the integer ones must fit int64.
+INT_KEYS = ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
+            "n_params", "job_num", "trial"]
+FLOAT_KEYS = ["reg_weight", "lr", "test_nll", "test_nll_sem", "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari",
+              "val_acc", "train_seconds", "eval_seconds"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,8 @@ def load_run(run_dir: Path, root: Optional[Path] = None) -> tuple[dict, dict]:
     run_dir = Path(run_dir)
     rel = os.path.relpath(run_dir, root) if root is not None else run_dir.name
     row: dict = {"run": "." if rel == "." else rel}
-    cfg = flatten(_read_yaml(run_dir / ".hydra" / "config.yaml") or {})
+    raw_cfg = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    cfg = {k: _hashable(v) for k, v in flatten(raw_cfg if isinstance(raw_cfg, dict) else {}).items()}
     res_path = run_dir / "results.json"
     if res_path.is_file():
         try:
@@ -174,10 +182,43 @@ def load_run(run_dir: Path, root: Optional[Path] = None) -> tuple[dict, dict]:
     for col, path in CONFIG_COLUMNS.items():  # fill what results.json lacks from .hydra/config.yaml
         if row.get(col) is None and path in cfg:
             row[col] = cfg[path]
+    problems = _bad_values(row)
+    for key in problems:
+        row[key] = None  # kept out of every number and column type; the reason goes to the error column
+    if problems:
+        note = "bad value: " + "; ".join(problems.values())
+        if row.get("status") == COMPLETED:
+            row["status"], row["error"] = INVALID, note
+        else:
+            row["error"] = f"{row['error']}; {note}" if row.get("error") else note
+    if row.get("error") is not None and not isinstance(row["error"], str):
+        row["error"] = str(row["error"])
+    if row.get("status") is not None and not isinstance(row["status"], str):
+        row["status"] = "unreadable"
     row["run_dir"] = str(run_dir.resolve())
     if row["status"] is None:
         row["status"] = "unreadable"
     return row, cfg
+
+
+def _bad_values(row: dict) -> dict:
+    """key -> why, for each numeric value of a run of the wrong kind (text, list, bool, an integer key
+    with a fraction, an integer too large for int64)."""
+    out = {}
+    for key in INT_KEYS + FLOAT_KEYS:
+        v = row.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            out[key] = f"{key}={v!r} is not a number"
+        elif key in INT_KEYS and (isinstance(v, float) and not v.is_integer() or not -2**63 <= v < 2**63):
+            out[key] = f"{key}={v!r} is not a 64-bit integer"
+    return out
+
+
+def _hashable(v):
+    """Config values as table cells: lists and dicts (e.g. tags=[baseline]) as JSON text."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
 def _progress(items: Sequence, desc: str, enabled: bool):
@@ -230,15 +271,16 @@ def load_runs(path, progress: bool = True) -> pd.DataFrame:
     for c in extra:
         df[f"cfg.{c}"] = cfg_df[c]
     df["last_update"] = pd.to_datetime(df["last_update"], unit="s", utc=True) if "last_update" in df else pd.NaT
-    for col in ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
-                "n_params", "job_num"]:
-        df[col] = _as_int(df[col])
+    for col in INT_KEYS:
+        if col in df:  # job_num, trial: only multirun jobs have them
+            df[col] = _as_int(df[col])
     return df
 
 
 def _as_int(s: pd.Series) -> pd.Series:
     v = pd.to_numeric(s, errors="coerce")
-    if v.notna().any() and (v.dropna() % 1 == 0).all():
+    ok = v.dropna()
+    if len(ok) and (ok % 1 == 0).all() and ok.abs().max() < 2**63:
         return v.astype("Int64")
     return v
 

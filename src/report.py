@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
+import os
 import re
 import sys
 import time
@@ -30,8 +32,14 @@ import pandas as pd
 from src import analysis as A
 
 OUTPUTS = Path("outputs")
-OWNED_SUFFIXES = (".png", ".csv", ".md", ".html")
-REPORT_MARKER = ".csrae_report"  # marks a directory this command wrote (and may clear)
+MANIFEST = ".csrae_report"  # in every report dir: the files this command wrote there (the only ones it deletes)
+#: What a run or sweep directory holds: the report never writes into (or inside) such a directory.
+RUN_OR_SWEEP_MARKERS = ("results.json", ".hydra", "multirun.yaml", "optimization_results.yaml", "trials.csv",
+                        ".optuna", ".submitit", "checkpoints", "metrics.csv", "run.log")
+
+
+class ReportDirError(Exception):
+    """The report directory cannot be used without touching files the report did not write."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,10 +162,15 @@ def runs_display(runs: pd.DataFrame) -> pd.DataFrame:
 # Rendering
 
 
+def md_text(text) -> str:
+    """Text from runs (errors, names, paths) made inert in Markdown: HTML escaped as in index.html."""
+    return html.escape(str(text), quote=False)
+
+
 def md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(none)_\n"
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    esc = lambda v: md_text(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
     return "\n".join(lines) + "\n"
@@ -201,15 +214,15 @@ class Doc:
 
     def h(self, level: int, text: str):
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-        self.md.append("#" * level + " " + text + "\n")
+        self.md.append("#" * level + " " + md_text(text) + "\n")
 
     def p(self, text: str, cls: str = ""):
         self.html.append(f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>")
-        self.md.append(text + "\n")
+        self.md.append(md_text(text) + "\n")
 
-    def raw(self, html_text: str, md_text: str):
+    def raw(self, html_text: str, markdown: str):
         self.html.append(html_text)
-        self.md.append(md_text)
+        self.md.append(markdown)
 
     def table(self, df: pd.DataFrame, collapsed: Optional[str] = None):
         t = html_table(df)
@@ -219,7 +232,7 @@ class Doc:
     def figure(self, file: str, caption: str):
         self.html.append(f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        self.md.append(f"![{caption}]({file})\n\n_{caption}_\n")
+        self.md.append(f"![{md_text(caption)}]({file})\n\n_{md_text(caption)}_\n")
 
     def verdict(self, sections):
         parts = []
@@ -227,7 +240,7 @@ class Doc:
             items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
             parts.append(f"<h3>{html.escape(title)}</h3><ul>{items}</ul>")
         self.html.append('<div class="verdict">' + "".join(parts) + "</div>")
-        self.md.append(A.verdict_markdown(sections))
+        self.md.append(A.verdict_markdown([(md_text(t), [md_text(ln) for ln in lines]) for t, lines in sections]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,20 +252,21 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
     """Write the report of the runs under target; returns the report directory. Raises
     analysis.NoRunsError when there is no run."""
     target = Path(target)
+    rd = ReportDir(Path(out_root) / (name or report_name(target)), target)
     runs = A.load_runs(target, progress=progress)
-    out = Path(out_root) / (name or report_name(target))
-    _prepare(out)
+    out = rd.path
+    rd.clear()
     ok = A.completed(runs)
     keys = A.group_keys(runs)
     summary = A.summarize(runs)
     comps = {m: A.paired_comparisons(runs, m) for m in A.VERDICT_METRICS}
     sections = A.verdict(runs, summary, comps)
 
-    runs.drop(columns=["last_update"]).to_csv(out / "runs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    runs.drop(columns=["last_update"]).to_csv(rd.file("runs.csv"), index=False)
+    summary.to_csv(rd.file("summary.csv"), index=False)
     all_comps = [t for t in comps.values() if not t.empty]
     (pd.concat(all_comps, ignore_index=True) if all_comps else pd.DataFrame(
-        columns=["metric", "a", "b", "n", "diff", "p", "p_holm"])).to_csv(out / "comparisons.csv", index=False)
+        columns=["metric", "a", "b", "n", "diff", "p", "p_holm"])).to_csv(rd.file("comparisons.csv"), index=False)
 
     doc = Doc()
     title = f"Report: {target.resolve()}"
@@ -262,7 +276,7 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
     counts = A.status_counts(runs)
     doc.raw('<p class="status">' + "".join(f'<span class="{html.escape(s.split()[0])}">{html.escape(s)}: {n}</span>'
                                           for s, n in counts.items()) + "</p>",
-            "Status: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "\n")
+            "Status: " + ", ".join(f"{md_text(s)} {n}" for s, n in counts.items()) + "\n")
     doc.h(2, "Verdict")
     doc.verdict(sections)
 
@@ -304,11 +318,11 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
         ("reconstructions_best.png", lambda: A.plot_best_images(runs, "reconstructions.png"),
          "Test reconstructions (original, reconstruction pairs) of the best run of each model."),
     ]
-    _draw(doc, out, figs)
+    _draw(doc, rd, figs)
 
     studies = A.optuna_studies(runs)
     for i, study in enumerate(studies):
-        _optuna_section(doc, out, study, tag=f"_{i + 1}" if len(studies) > 1 else "")
+        _optuna_section(doc, rd, study, tag=f"_{i + 1}" if len(studies) > 1 else "")
 
     doc.h(2, f"All runs ({len(runs)})")
     doc.table(runs_display(runs), collapsed=f"Show the table of all {len(runs)} runs (also runs.csv)")
@@ -322,26 +336,77 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: Optional[st
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
             + "\n".join(doc.html) + "</main></body></html>\n")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    (out / "report.md").write_text("\n".join(doc.md), encoding="utf-8")
+    rd.file("index.html").write_text(page, encoding="utf-8")
+    rd.file("report.md").write_text("\n".join(doc.md), encoding="utf-8")
     return out
 
 
-def _prepare(out: Path) -> None:
-    """Create the report dir; clear the files an earlier report wrote there (only in report dirs)."""
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / REPORT_MARKER
-    if marker.exists():
-        for f in out.iterdir():
-            if f.is_file() and f.suffix in OWNED_SUFFIXES:
-                f.unlink()
-    marker.write_text("written by python -m src.report; files here are replaced on the next run\n")
+class ReportDir:
+    """The report directory and its manifest (MANIFEST, JSON): every file the report writes is
+    recorded there before it is written, and a rerun deletes only the files of that list.
+
+    Refused (ReportDirError): a directory that holds a run or a sweep, one inside a run, and an existing
+    non-empty directory without a manifest (its files are someone else's).
+    """
+
+    def __init__(self, path: Path, source: Path):
+        self.path = Path(path)
+        self.source = str(Path(source).resolve())
+        self.files: list[str] = []
+        self._check()
+
+    def _check(self) -> None:
+        p = self.path
+        held = [m for m in RUN_OR_SWEEP_MARKERS if (p / m).exists()] if p.is_dir() else []
+        if p.is_dir() and not held:
+            held = [c.name + "/" for c in p.iterdir() if c.is_dir() and A.is_run_dir(c)][:1]
+        if held:
+            raise ReportDirError(f"{p} holds a run or a sweep ({held[0]}); the report will not write there: "
+                                 "choose another --out/--name (default outputs/reports/<name>)")
+        run = next((a for a in p.resolve().parents if A.is_run_dir(a)), None)
+        if run is not None:
+            raise ReportDirError(f"{p} is inside the run directory {run}; choose another --out/--name")
+        if p.exists() and not p.is_dir():
+            raise ReportDirError(f"{p} exists and is not a directory; choose another --out/--name")
+        if p.is_dir() and not (p / MANIFEST).is_file() and any(p.iterdir()):
+            raise ReportDirError(f"{p} is not empty and was not written by python -m src.report (no {MANIFEST}); "
+                                 "choose another --out/--name")
+
+    def _old_files(self) -> list[str]:
+        try:
+            old = json.loads((self.path / MANIFEST).read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):  # a marker of an older version: no list, delete nothing
+            return []
+        return [f for f in old if isinstance(f, str) and f == Path(f).name and f != MANIFEST]
+
+    def clear(self) -> None:
+        """Create the directory; delete the files the previous report listed in its manifest."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for f in self._old_files():
+            target = self.path / f
+            if target.is_file() and not target.is_symlink():
+                target.unlink()
+        self._save()
+
+    def file(self, name: str) -> Path:
+        """The path to write name to, recorded in the manifest first."""
+        if name not in self.files:
+            self.files.append(name)
+            self._save()
+        return self.path / name
+
+    def _save(self) -> None:
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps({"written_by": "python -m src.report", "source": self.source,
+                                   "files": self.files}, indent=1))
+        os.replace(tmp, self.path / MANIFEST)
 
 
-def _draw(doc: Doc, out: Path, figs) -> None:
+def _draw(doc: Doc, rd: ReportDir, figs) -> None:
     for file, make, caption in figs:
         try:
-            path = A.save(make(), out / file)
+            fig = make()
+            path = A.save(fig, rd.file(file)) if fig is not None else None
         except Exception as e:  # a figure must never take the report down
             doc.p(f"{file}: could not be drawn ({type(e).__name__}: {e}).")
             continue
@@ -349,7 +414,7 @@ def _draw(doc: Doc, out: Path, figs) -> None:
             doc.figure(file, caption)
 
 
-def _optuna_section(doc: Doc, out: Path, study: A.OptunaStudy, tag: str = "") -> None:
+def _optuna_section(doc: Doc, rd: ReportDir, study: A.OptunaStudy, tag: str = "") -> None:
     t = study.trials
     n_done = int(t["value"].notna().sum())
     doc.h(2, "Optuna study" + (f" {study.name}" if study.name else "") + f" ({study.sweep_dir})")
@@ -359,7 +424,7 @@ def _optuna_section(doc: Doc, out: Path, study: A.OptunaStudy, tag: str = "") ->
     if best is not None:
         doc.p(f"Best trial {int(best['number'])} (run {best['run']}): {study.objective} = {_fmt(best['value'], 4)}.")
         doc.table(pd.DataFrame([{"parameter": p, "best value": A._fmt_value(best[p])} for p in study.params]))
-    _draw(doc, out, [
+    _draw(doc, rd, [
         (f"optuna_history{tag}.png", lambda: A.plot_optuna_history(study),
          "Optimisation history: objective per trial and best so far (failed trials marked ×)."),
         (f"optuna_params{tag}.png", lambda: A.plot_optuna_params(study),
@@ -414,8 +479,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except A.NoRunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ReportDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     runs = pd.read_csv(out / "runs.csv")
     n_ok = int((runs["status"] == A.COMPLETED).sum())
+    for _, r in runs[runs["status"] != A.COMPLETED].iterrows():  # one line per excluded run
+        reason = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error recorded"
+        print(f"excluded: {r['run']} ({r['status']}): {reason}", file=sys.stderr)
     print(f"report: {out / 'index.html'}  ({len(runs)} runs, {n_ok} completed; also report.md, runs.csv, "
           f"summary.csv)")
     if n_ok == 0:
