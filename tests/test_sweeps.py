@@ -345,8 +345,11 @@ def test_close_stale_completes_finished_jobs_and_fails_the_rest(tmp_path):
     (tmp_path / "0" / "results.json").write_text(json.dumps({"status": "completed", "trial": 0, "val_nll": 7.5}))
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "results.json").write_text(json.dumps({"status": "running", "trial": 1, "val_nll": None}))
-    assert close_stale(study, older_than_min=60) == {"complete": [], "fail": []}  # too recent: left alone
-    assert close_stale(study, older_than_min=0) == {"complete": [0], "fail": [1]}
+    # Asked in this test, so no sweep process is recorded on them: closed only with force=True.
+    assert close_stale(study, older_than_min=0)["unverified"] == [0, 1]
+    assert close_stale(study, older_than_min=60, force=True)["fail"] == []  # too recent: left alone
+    assert close_stale(study, older_than_min=0, force=True) == {"complete": [0], "fail": [1], "alive": [],
+                                                                 "unverified": []}
     assert study.trials[0].value == 7.5 and study.trials[1].state.name == "FAIL"
 
 
