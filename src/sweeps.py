@@ -357,8 +357,20 @@ def ensure_study(storage: str, study_name: str, directions: list[str], attempts:
         raise storage_error(storage, e) from None
     for attempt in range(attempts):
         try:
-            return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                       load_if_exists=True)
+            try:
+                study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                            load_if_exists=True)
+                have = [d.name for d in study.directions]
+            except ValueError as e:  # optuna 2.10: "Cannot overwrite study direction"
+                if "direction" not in str(e):
+                    raise
+                have = [d.name for d in optuna.load_study(study_name=study_name, storage=storage).directions]
+            if have != [str(d).upper() for d in directions]:
+                raise StudyStorageError(
+                    f"study {study_name!r} in {masked(storage)} was created to {', '.join(have).lower()}, and this "
+                    f"sweep asks to {', '.join(directions).lower()}: its best trial would be the wrong one. Pass "
+                    "another hydra.sweeper.study_name=... (or the study's own direction)")
+            return study
         except SQLAlchemyError as e:  # two processes creating the schema or the study at once: retry
             if attempt == attempts - 1 or any(p in str(e).lower() for p in _PERMANENT):
                 raise storage_error(storage, e) from None

@@ -459,3 +459,14 @@ def test_signal_stops_a_sweep_cleanly(tmp_path, sig):
     assert (tmp_path / "sweep" / "trials.csv").is_file()
     assert json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())["status"] == "interrupted"
 
+
+
+def test_sweep_that_flips_the_direction_of_an_existing_study(tmp_path):
+    """A rerun with hydra.sweeper.direction=maximize on a study created to minimize: a traceback
+    (ValueError: Cannot overwrite study direction). Now one line that says what to do."""
+    from src.sweeps import ensure_study
+
+    ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "vae_optuna", ["minimize"])
+    p = python(*optuna_sweep(tmp_path, "hydra.sweeper.direction=maximize"), cwd=tmp_path / "cwd", timeout=120)
+    assert_one_line_error(p, "was created to minimize", "asks to maximize", "study_name")
+    assert load_study(tmp_path).trials == []
