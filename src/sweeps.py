@@ -3,14 +3,15 @@
 Used from three places:
 
 - the sweep files in sweeps/ (hydra.callbacks.optuna_study → `OptunaStudyCallback`,
-  hydra.sweeper.custom_search_space → `record_trial`, hydra.sweeper.n_jobs → `${parallel_trials:...}`);
-- src/run.py (`job_threads`, `job_record`, `objective`, `check_objectives`);
+  hydra.sweeper._target_ → `OptunaSweeper`, hydra.sweeper.custom_search_space → `record_trial`,
+  hydra.sweeper.n_jobs → `${parallel_trials:...}`);
+- src/run.py (`job_threads`, `job_record`, `objective`, `check_objectives`, `unknown_sweep`);
 - the shell, for studies shared between processes or machines:
 
       python -m src.sweeps create sweep=csrae_optuna [hydra.sweeper.storage=URL ...]
       python -m src.sweeps show   sweep=csrae_optuna
       python -m src.sweeps export sweep=csrae_optuna [--out trials.csv]
-      python -m src.sweeps close-stale sweep=csrae_optuna --older-than 120
+      python -m src.sweeps close-stale sweep=csrae_optuna --older-than 120 [--force]
       python -m src.sweeps dashboard sweep=csrae_optuna [--port 8080]   (pip install -e .[dashboard])
 
 Optuna is imported lazily: jobs import this module, and most of them never touch the study.
@@ -186,14 +187,15 @@ def record_trial(cfg: DictConfig, trial: Any) -> None:
     The sweeper calls this once per trial, in the order it numbers the jobs (0, 1, ... per sweep
     dir), just before launching them. The trial gets user attributes sweep_dir and job_num (columns
     of trials.csv), and pid, host and pid_started of this (the sweeper's) process, which is the one
-    that will tell the study the trial's result; the job finds <sweep dir>/.optuna/<job num>.json and copies the study name, the
-    trial number and the sampled params into its results.json.
+    that will tell the study the trial's result (close-stale checks it is gone). The job finds
+    <sweep dir>/.optuna/<job num>.json and copies the study name, the trial number and the sampled
+    params into its results.json.
     """
     sweep_dir = str(cfg.hydra.sweep.dir)
     job_num = next(_job_counters.setdefault(sweep_dir, itertools.count()))
     trial.set_user_attr("sweep_dir", sweep_dir)
     trial.set_user_attr("job_num", job_num)
-    for key, value in this_process().items():  # whose trial it is: close-stale checks this process is gone
+    for key, value in this_process().items():
         trial.set_user_attr(key, value)
     record = {"study": trial.study.study_name, "trial": trial.number, "params": dict(trial.params)}
     path = Path(sweep_dir) / TRIALS_SUBDIR / f"{job_num}.json"
