@@ -267,8 +267,9 @@ def _idx_count(path: Path, dims: int) -> int:
         raise DataError(f"{path} is not an IDX {kind} file: it is only {size} bytes long")
     magic = int.from_bytes(header[:4], "big")
     if magic != _IDX_MAGIC[dims]:
+        hint = "a gzip archive: gunzip it" if header[:2] == b"\x1f\x8b" else "a wrong or swapped file?"
         raise DataError(f"{path} is not an IDX {kind} file: its magic number is 0x{magic:08x}, expected "
-                        f"0x{_IDX_MAGIC[dims]:08x} (a wrong or swapped file?)")
+                        f"0x{_IDX_MAGIC[dims]:08x} ({hint})")
     shape = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
     expected = 4 + 4 * dims + math.prod(shape)
     if size != expected:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -152,8 +153,10 @@ def _why_unreadable(path: Path, e: Exception) -> str:
         return "the file is empty"
     text = str(e)
     if "weights_only" in text or "Weights only load failed" in text:
-        return "it holds Python objects that a safe (weights_only) load refuses to execute"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} that a safe (weights_only) load refuses to run"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
     return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
