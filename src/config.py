@@ -258,7 +258,9 @@ def validate(cfg: Any) -> None:
     _require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     _require(t.warmup_epochs >= 0, f"trainer.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _require(t.patience >= 0, f"trainer.patience must be >= 0, got {t.patience}")
-    _require(t.threads >= 0, f"trainer.threads must be >= 0, got {t.threads}")
+    cpus = os.cpu_count() or 1
+    _require(0 <= t.threads <= cpus, f"trainer.threads must be in [0, {cpus}] (0: torch's default; this machine "
+                                     f"has {cpus} CPUs), got {t.threads}")
     _require(e.is_samples >= 1, f"eval.is_samples must be >= 1, got {e.is_samples}")
     _require(e.is_chunk >= 1 and e.is_batch >= 1, "eval.is_chunk and eval.is_batch must be >= 1")
     # Early stopping, the best checkpoint and the validation NLL all need a validation split.

@@ -182,10 +182,14 @@ def _prepare_metrics(path: Path, keep_through_epoch: int, columns: list[str] = M
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:

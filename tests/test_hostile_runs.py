@@ -222,6 +222,22 @@ def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp
     assert snapshot(tmp_path) == before
 
 
+def test_a_kill_while_resuming_keeps_the_metrics(finished, monkeypatch):
+    """On resume metrics.csv is rewritten (rows of unsaved epochs dropped); it was truncated in
+    place, so a kill at that moment lost every row of the run."""
+    from src import train
+
+    before = (finished / "metrics.csv").read_bytes()
+
+    def killed(self, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train._prepare_metrics(finished / "metrics.csv", keep_through_epoch=2)
+    assert (finished / "metrics.csv").read_bytes() == before
+
+
 # === ONE-LINE ERRORS =================================================================================
 
 ONE_LINE = {
@@ -231,6 +247,7 @@ ONE_LINE = {
     "lr-inf": (["optimizer.lr=inf"], ["optimizer.lr", "finite"]),
     "reg-weight-inf": (["model.reg_weight=inf"], ["model.reg_weight", "finite"]),
     "init-scale-nan": (["prior.init_scale=nan"], ["prior.init_scale", "finite"]),
+    "huge-threads": ([f"trainer.threads={2**40}"], ["trainer.threads", "CPUs"]),
     "huge-K": ([f"prior.K={10**9}", "prior.init=random"], ["prior.K", "GiB", "memory"]),
     "huge-latent-dim": ([f"model.latent_dim={10**9}"], ["model.latent_dim", "GiB", "memory"]),
     "kmeans-samples-below-K": (["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
@@ -306,3 +323,4 @@ def test_idx_file_with_a_wrong_magic_number(tmp_path, run_cli):
     raw = fake_mnist(tmp_path / "data", label_magic=0x1F8B0808)  # a gzip archive under the plain name
     assert_one_line_error(run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
                           str(raw / "train-labels-idx1-ubyte"), "magic number is 0x1f8b0808", "0x00000801", "gunzip")
+
