@@ -210,14 +210,13 @@ def test_a_refused_resume_changes_nothing_in_the_run_dir(finished, run_cli):
 
 
 def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp_path):
-    """Through run_experiment(cfg, dir): a directory with only another run's checkpoints got a
-    results.json "failed" record, and the run that followed trained over the checkpoints."""
-    from src.pipeline import run_experiment
-    from src.rundir import RunDirError
+    """Through run_experiment(cfg, dir) with trainer.resume=false: a directory holding only another
+    run's checkpoints was trained over (its checkpoints replaced, nothing said)."""
+    from src.pipeline import USER_ERRORS, run_experiment
 
     shutil.copytree(tiny_run / "checkpoints", tmp_path / "checkpoints")
     before = snapshot(tmp_path)
-    with pytest.raises(RunDirError, match="already holds a run"):
+    with pytest.raises(USER_ERRORS, match="already holds a run"):
         run_experiment(compose(*QUICK, "trainer.resume=false"), tmp_path)
     assert snapshot(tmp_path) == before
 
