@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -315,7 +316,8 @@ def estimate_step_bytes(cfg: Any) -> int:
     c, h, w = IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)]
     pixels, hidden, latent, k, b = c * h * w, m.hidden_dim, m.latent_dim, p.K, t.batch_size
     networks = 2 * (pixels * hidden + hidden * hidden) + 3 * hidden * latent + hidden * pixels
-    prior = {PriorName.vamp: k * pixels, PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(p.name, 2 * k * latent)
+    prior = {PriorName.vamp: k * pixels,
+             PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(p.name, 2 * k * latent)
     pairs = b * k * latent + (b * b * latent if m.variant == CSVariant.aggregate else 0)
     return 4 * (4 * (networks + prior) + 4 * pairs + 4 * b * pixels)
 
@@ -324,7 +326,7 @@ def memory_limit_bytes() -> int:
     """Physical memory, or the container's limit (cgroup v2) when that is lower."""
     limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
-        limit = min(limit, int(open("/sys/fs/cgroup/memory.max").read().strip()))
+        limit = min(limit, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
     except (OSError, ValueError):  # no cgroup v2, or "max"
         pass
     return limit
@@ -337,13 +339,14 @@ def unknown_keys(cfg: Any) -> list[str]:
                "trainer": TrainerConfig, "eval": EvalConfig}
     if not hasattr(cfg, "keys"):  # the dataclass schema itself has no extra keys
         return []
+    nodes = [("", Config, [k for k in cfg.keys() if k != "hydra"])]
+    nodes += [(f"{g}.", schema, list(cfg[g].keys())) for g, schema in schemas.items() if g in cfg]
     out = []
-    for group, keys in [("", [k for k in cfg.keys() if k != "hydra"])] + [(g, list(cfg[g].keys())) for g in schemas if g in cfg]:
-        known = [f.name for f in fields(schemas[group] if group else Config)]
+    for prefix, schema, keys in nodes:
+        known = [f.name for f in fields(schema)]
         for key in keys:
             if key not in known:
-                name = f"{group}.{key}" if group else key
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {group + '.' if group else ''}{close[0]}?)" if close else ""
-                out.append(f"{name} is not a configuration key: nothing reads it{hint}")
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                out.append(f"{prefix}{key} is not a configuration key: nothing reads it{hint}")
     return out
