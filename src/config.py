@@ -244,7 +244,7 @@ def validate(cfg: Any) -> None:
         for key, v in _floats(getattr(cfg, group), f"{group}."):
             _require(math.isfinite(v), f"{key} must be a finite number, got {v}")
     for key, seed in (("trainer.seed", t.seed), ("dataset.split_seed", d.split_seed),
-                      ("dataset.eval_binarize_seed", d.eval_binarize_seed)):
+                      ("dataset.eval_binarize_seed", d.eval_binarize_seed), ("eval.fewlabel_seed", e.fewlabel_seed)):
         _require(0 <= seed <= MAX_SEED, f"{key} must be in [0, {MAX_SEED}], got {seed}")
     _require(p.K >= 1, f"prior.K must be >= 1, got {p.K}")
     _require(m.latent_dim >= 1, f"model.latent_dim must be >= 1, got {m.latent_dim}")
@@ -314,8 +314,10 @@ def estimate_step_bytes(cfg: Any) -> int:
 
     m, p, t = cfg.model, cfg.prior, cfg.trainer
     c, h, w = IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)]
-    pixels, hidden, latent, k, b = c * h * w, m.hidden_dim, m.latent_dim, p.K, t.batch_size
-    networks = 2 * (pixels * hidden + hidden * hidden) + 3 * hidden * latent + hidden * pixels
+    pixels, latent, k, b = c * h * w, m.latent_dim, p.K, t.batch_size
+    widths = list(m.hidden_dims or [m.hidden_dim, m.hidden_dim])  # the decoder mirrors the encoder
+    inner = sum(a * z for a, z in zip(widths, widths[1:]))
+    networks = 2 * (pixels * widths[0] + inner) + 3 * widths[-1] * latent + widths[0] * pixels
     prior = {PriorName.vamp: k * pixels,
              PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(p.name, 2 * k * latent)
     pairs = b * k * latent + (b * b * latent if m.variant == CSVariant.aggregate else 0)
@@ -336,7 +338,7 @@ def unknown_keys(cfg: Any) -> list[str]:
     """One warning per key that no schema declares (`+trainer.epoch=50` adds a key nothing reads),
     with the closest declared key when there is one."""
     schemas = {"model": ModelConfig, "prior": PriorConfig, "dataset": DatasetConfig, "optimizer": OptimizerConfig,
-               "trainer": TrainerConfig, "eval": EvalConfig}
+               "trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
     if not hasattr(cfg, "keys"):  # the dataclass schema itself has no extra keys
         return []
     nodes = [("", Config, [k for k in cfg.keys() if k != "hydra"])]

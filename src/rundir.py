@@ -86,12 +86,12 @@ def holdings(run_dir: Path) -> list[str]:
     """What in run_dir a new run would overwrite and someone may want: checkpoints, metrics rows,
     a completed record."""
     held = [f"checkpoints/{p.name}" for p in sorted((run_dir / "checkpoints").glob("*.pt"))]
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file():
-        with open(metrics, newline="") as f:
-            rows = sum(1 for _ in csv.DictReader(f))
-        if rows:
-            held.append(f"metrics.csv with {rows} epoch(s)")
+    for name in ("pretrain_metrics.csv", "metrics.csv"):
+        if (run_dir / name).is_file():
+            with open(run_dir / name, newline="") as f:
+                rows = sum(1 for _ in csv.DictReader(f))
+            if rows:
+                held.append(f"{name} with {rows} epoch(s)")
     results = run_dir / "results.json"
     if results.is_file():
         try:
