@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.data import load_dataset  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
 from src.models import build_model  # noqa: E402
+from src.pipeline import config_fingerprint  # noqa: E402
 from src.train import load_best_weights  # noqa: E402
 
 
@@ -43,7 +44,8 @@ def main() -> None:
     cfg = OmegaConf.load(args.run_dir / ".hydra" / "config.yaml")
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape)
-    load_best_weights(model, args.run_dir)
+    if not load_best_weights(model, args.run_dir, config_fingerprint(cfg)):
+        sys.exit(f"error: {args.run_dir}/checkpoints/best.pt not found")
     model.eval()
     x = data.test.x[:args.n_test]
     k, d = int(cfg.prior.K), int(cfg.model.latent_dim)

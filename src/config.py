@@ -7,8 +7,12 @@ Range checks that a type cannot express live in `validate()`, which runs before 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -218,9 +222,30 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# torch.manual_seed takes 64 bits but numpy / scikit-learn (the k-means refit) only 32; the run
+# also seeds its evaluation with seed + 1.
+MAX_SEED = 2**32 - 2
+
+
+def _floats(node: Any, prefix: str = ""):
+    """(dotted key, value) for every float leaf of a config group."""
+    items = node.items() if hasattr(node, "items") else vars(node).items()
+    for k, v in items:
+        if isinstance(v, float):
+            yield f"{prefix}{k}", v
+        elif hasattr(v, "items") and not isinstance(v, (str, Enum)):
+            yield from _floats(v, f"{prefix}{k}.")
+
+
 def validate(cfg: Any) -> None:
     """Range and consistency checks a type cannot express; raises ConfigError with one line."""
     m, p, d, o, t, e = cfg.model, cfg.prior, cfg.dataset, cfg.optimizer, cfg.trainer, cfg.eval
+    for group in ("model", "prior", "dataset", "optimizer", "trainer", "eval"):
+        for key, v in _floats(getattr(cfg, group), f"{group}."):
+            _require(math.isfinite(v), f"{key} must be a finite number, got {v}")
+    for key, seed in (("trainer.seed", t.seed), ("dataset.split_seed", d.split_seed),
+                      ("dataset.eval_binarize_seed", d.eval_binarize_seed), ("eval.fewlabel_seed", e.fewlabel_seed)):
+        _require(0 <= seed <= MAX_SEED, f"{key} must be in [0, {MAX_SEED}], got {seed}")
     _require(p.K >= 1, f"prior.K must be >= 1, got {p.K}")
     _require(m.latent_dim >= 1, f"model.latent_dim must be >= 1, got {m.latent_dim}")
     _require(m.hidden_dim >= 1, f"model.hidden_dim must be >= 1, got {m.hidden_dim}")
@@ -234,11 +259,14 @@ def validate(cfg: Any) -> None:
     _require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     _require(t.warmup_epochs >= 0, f"trainer.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _require(t.patience >= 0, f"trainer.patience must be >= 0, got {t.patience}")
-    _require(t.threads >= 0, f"trainer.threads must be >= 0, got {t.threads}")
+    cpus = os.cpu_count() or 1
+    _require(0 <= t.threads <= cpus, f"trainer.threads must be in [0, {cpus}] (0: torch's default; this machine "
+                                     f"has {cpus} CPUs), got {t.threads}")
     _require(e.is_samples >= 1, f"eval.is_samples must be >= 1, got {e.is_samples}")
     _require(e.is_chunk >= 1 and e.is_batch >= 1, "eval.is_chunk and eval.is_batch must be >= 1")
-    _require(0 <= d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
-             "dataset.val_fraction and dataset.test_fraction must be in [0, 1) and sum to < 1")
+    # Early stopping, the best checkpoint and the validation NLL all need a validation split.
+    _require(0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+             "dataset.val_fraction and dataset.test_fraction must be in (0, 1) and sum to < 1")
     _require(d.max_train is None or d.max_train >= 1, "dataset.max_train must be >= 1 or null")
     _require(d.max_eval is None or d.max_eval >= 1, "dataset.max_eval must be >= 1 or null")
     _require(t.pretrain_epochs >= 0, f"trainer.pretrain_epochs must be >= 0, got {t.pretrain_epochs}")
@@ -252,6 +280,15 @@ def validate(cfg: Any) -> None:
         _require(m.reg_weight > 0, "model.constraint=reconstruction needs model.reg_weight > 0 (the starting weight)")
         _require(0 <= m.geco_alpha < 1, f"model.geco_alpha must be in [0, 1), got {m.geco_alpha}")
         _require(m.geco_rate > 0, f"model.geco_rate must be > 0, got {m.geco_rate}")
+    _require(p.code_dim >= 1 and p.hidden_dim >= 1, "prior.code_dim and prior.hidden_dim must be >= 1")
+    if p.init == PriorInit.kmeans and p.name == PriorName.gmm:
+        _require(p.kmeans_samples >= p.K, f"prior.kmeans_samples={p.kmeans_samples} must be >= prior.K={p.K} "
+                                          "(the k-means refit needs at least one point per component)")
+    if t.device == Device.cuda:
+        import torch
+
+        _require(torch.cuda.is_available(), "trainer.device=cuda but CUDA is not available here; "
+                                            "use trainer.device=auto or cpu")
     if m.variant == CSVariant.aggregate:
         _require(m.name == ModelName.csrae, "model.variant=aggregate applies to model=csrae only")
     if p.name == PriorName.standard:
@@ -262,3 +299,56 @@ def validate(cfg: Any) -> None:
     elif d.binarize:
         _require(m.likelihood == Likelihood.bernoulli,
                  f"dataset={d.name.value} is binarised: use model.likelihood=bernoulli")
+    need, limit = estimate_step_bytes(cfg), memory_limit_bytes()
+    _require(need <= limit, f"prior.K={p.K}, model.latent_dim={m.latent_dim}, trainer.batch_size={t.batch_size}: "
+                            f"one training step needs an estimated {need / 2**30:.3g} GiB, more than the "
+                            f"{limit / 2**30:.3g} GiB of memory here; use smaller values")
+
+
+def estimate_step_bytes(cfg: Any) -> int:
+    """A rough lower bound on the memory of one training step (float32): parameters with their
+    gradients and Adam moments, plus the largest temporaries, [B, K, latent] for the regulariser
+    ([B, B, latent] for the aggregate variant) and [B, pixels] for the decoder. Meant to refuse
+    what can never fit (prior.K=10**9), not to tune batch sizes."""
+    from src.data import IMAGE_SHAPES
+
+    m, p, t = cfg.model, cfg.prior, cfg.trainer
+    c, h, w = IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)]
+    pixels, latent, k, b = c * h * w, m.latent_dim, p.K, t.batch_size
+    widths = list(m.hidden_dims or [m.hidden_dim, m.hidden_dim])  # the decoder mirrors the encoder
+    inner = sum(a * z for a, z in zip(widths, widths[1:]))
+    networks = 2 * (pixels * widths[0] + inner) + 3 * widths[-1] * latent + widths[0] * pixels
+    prior = {PriorName.vamp: k * pixels,
+             PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(p.name, 2 * k * latent)
+    pairs = b * k * latent + (b * b * latent if m.variant == CSVariant.aggregate else 0)
+    return 4 * (4 * (networks + prior) + 4 * pairs + 4 * b * pixels)
+
+
+def memory_limit_bytes() -> int:
+    """Physical memory, or the container's limit (cgroup v2) when that is lower."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = min(limit, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
+    except (OSError, ValueError):  # no cgroup v2, or "max"
+        pass
+    return limit
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """One warning per key that no schema declares (`+trainer.epoch=50` adds a key nothing reads),
+    with the closest declared key when there is one."""
+    schemas = {"model": ModelConfig, "prior": PriorConfig, "dataset": DatasetConfig, "optimizer": OptimizerConfig,
+               "trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
+    if not hasattr(cfg, "keys"):  # the dataclass schema itself has no extra keys
+        return []
+    nodes = [("", Config, [k for k in cfg.keys() if k != "hydra"])]
+    nodes += [(f"{g}.", schema, list(cfg[g].keys())) for g, schema in schemas.items() if g in cfg]
+    out = []
+    for prefix, schema, keys in nodes:
+        known = [f.name for f in fields(schema)]
+        for key in keys:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                out.append(f"{prefix}{key} is not a configuration key: nothing reads it{hint}")
+    return out

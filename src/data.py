@@ -22,6 +22,7 @@ Nothing is written under ``root`` unless ``download`` is true: missing files rai
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["DataError", "Split", "DataBundle", "DATASETS", "check_available", "load_dataset", "binarize"]
+__all__ = ["DataError", "Split", "DataBundle", "DATASETS", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 # torchvision's on-disk layout (torchvision 0.29: MNIST reads only the *uncompressed* IDX files in
 # <root>/<ClassName>/raw; the .gz archives are used by download=True only, which extracts them
@@ -220,6 +222,9 @@ def _load_digits(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, in
     n_val = int(round(float(_get(cfg, "val_fraction", 0.1)) * n))
     if n - n_test - n_val < 1:
         raise DataError(f"digits: val_fraction and test_fraction leave no training images out of {n}")
+    if n_val < 1 or n_test < 1:
+        raise DataError(f"digits: dataset.val_fraction and dataset.test_fraction must each keep at least one of "
+                        f"the {n} images (got {n_val} validation, {n_test} test)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(_get(cfg, "split_seed", 0))))
     i_test, i_val, i_train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
     return (
@@ -227,7 +232,7 @@ def _load_digits(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, in
         (x[i_val], y[i_val]),
         (x[i_test], y[i_test]),
         lambda t: t / 16.0,
-        (1, 8, 8),
+        IMAGE_SHAPES["digits"],
     )
 
 
@@ -249,12 +254,49 @@ def _wrap_torchvision_error(name: str, root: Path, exc: Exception) -> DataError:
     return DataError(f"{name}: torchvision could not load the files under {root}: {msg}")
 
 
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) / 1 dim (labels)
+
+
+def _idx_count(path: Path, dims: int) -> int:
+    """The item count in an IDX file's header, after checking its magic number and its size."""
+    kind = "image" if dims == 3 else "label"
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * dims)
+        size = os.fstat(f.fileno()).st_size
+    if len(header) < 4 + 4 * dims:
+        raise DataError(f"{path} is not an IDX {kind} file: it is only {size} bytes long")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != _IDX_MAGIC[dims]:
+        hint = "a gzip archive: gunzip it" if header[:2] == b"\x1f\x8b" else "a wrong or swapped file?"
+        raise DataError(f"{path} is not an IDX {kind} file: its magic number is 0x{magic:08x}, expected "
+                        f"0x{_IDX_MAGIC[dims]:08x} ({hint})")
+    shape = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    expected = 4 + 4 * dims + math.prod(shape)
+    if size != expected:
+        raise DataError(f"{path} is damaged: its header promises {shape[0]} {kind}s ({expected} bytes) but the file "
+                        f"holds {size} bytes")
+    return shape[0]
+
+
+def _check_idx_files(name: str, raw: Path) -> None:
+    """torchvision reads the IDX files without checking that they match: a swapped file or a label
+    file of another length would give misaligned labels or a traceback."""
+    for images, labels in (_IDX_FILES[:2], _IDX_FILES[2:]):
+        n_images, n_labels = _idx_count(raw / images, 3), _idx_count(raw / labels, 1)
+        if n_images != n_labels:
+            raise DataError(f"{name}: {raw / images} holds {n_images} images but {raw / labels} holds {n_labels} "
+                            "labels; the files do not belong together")
+
+
 def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable, tuple[int, int, int]]:
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     root = _root(cfg)
     download = bool(_get(cfg, "download", False))
+    raw = root / _TV_FOLDER[name] / "raw"
+    if all((raw / f).is_file() for f in _IDX_FILES):
+        _check_idx_files(name, raw)
     try:
         tr = cls(root=str(root), train=True, download=download)
         te = cls(root=str(root), train=False, download=download)
@@ -267,7 +309,7 @@ def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable
         (x[n_train:n_train + n_val], y[n_train:n_train + n_val]),
         (te.data.unsqueeze(1), torch.as_tensor(te.targets)),
         lambda t: t.to(torch.float32) / 255.0,
-        (1, 28, 28),
+        IMAGE_SHAPES[name],
     )
 
 
@@ -292,7 +334,7 @@ def _load_cifar10(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, i
         (x[n_train:n_train + n_val], y[n_train:n_train + n_val]),
         (chw(te.data), torch.as_tensor(te.targets, dtype=torch.int64)),
         lambda t: t.to(torch.float32) / 255.0,
-        (3, 32, 32),
+        IMAGE_SHAPES["cifar10"],
     )
 
 

@@ -17,8 +17,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from src import evaluate, trackers
-from src.config import ConfigError, validate
+from src import evaluate, rundir, trackers
+from src.config import ConfigError, unknown_keys, validate
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
 from src.models import build_model, count_parameters
@@ -30,7 +30,6 @@ from src.train import (
     build_optimizer,
     fingerprint,
     fit,
-    load_checkpoint,
     load_best_weights,
     resolve_device,
 )
@@ -38,7 +37,7 @@ from src.train import (
 log = logging.getLogger(__name__)
 
 # Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
 
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in evaluate.FEWLABEL_N]
 RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
@@ -65,13 +64,21 @@ def key_config(cfg) -> dict:
     }
 
 
+def _strict(full: dict) -> dict:
+    """Strict JSON has no NaN or Infinity: such a number becomes null, and `non_finite` says what it was."""
+    bad = {k: str(v) for k, v in full.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return full
+    return {**{k: None if k in bad else v for k, v in full.items()}, "non_finite": bad}
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     """Atomically (re)write results.json: a reader never sees half a file."""
     full = {k: results.get(k) for k in RESULT_KEYS}
     full.update({k: v for k, v in results.items() if k not in full})
     tmp = run_dir / "results.json.tmp"
     with open(tmp, "w") as f:
-        json.dump(full, f, indent=2, default=str)
+        json.dump(_strict(full), f, indent=2, default=str, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, run_dir / "results.json")
@@ -120,14 +127,37 @@ def _settings(cfg) -> TrainSettings:
     )
 
 
+def config_fingerprint(cfg) -> str:
+    """What a checkpoint must carry to belong to this configuration (see _settings)."""
+    return _settings(cfg).fingerprint
+
+
+def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
+    """The configuration's checks, then src.rundir.check: may this run write into run_dir? Writes nothing."""
+    validate(cfg)
+    settings = _settings(cfg)
+    rundir.check(run_dir, settings)
+    return settings
+
+
 def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
     """Train and evaluate one configuration in run_dir; returns the validation NLL (finite).
 
     Writes results.json with status running → completed | failed | interrupted. Raises on failure
-    (never returns NaN) so that sweepers record the trial as failed.
+    (never returns NaN) so that sweepers record the trial as failed. Holds the run dir's lock
+    (src.rundir) throughout; a run dir in use, or holding another run, is refused before anything
+    in it changes.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
+    try:
+        return _run(cfg, run_dir, extra)
+    finally:
+        if took_lock:
+            rundir.unlock(run_dir)
+
+
+def _run(cfg, run_dir: Path, extra: Optional[dict]) -> float:
     results: dict = {"status": "running", **(extra or {})}
     _preflight(cfg, run_dir, results)
     tracker = trackers.Tracker()
@@ -164,23 +194,21 @@ def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:
 
 
 def _preflight(cfg, run_dir: Path, results: dict) -> None:
-    """Checks that need no data: the config and, on resume, the checkpoint's identity.
+    """Checks that need no data: the config and what the run dir already holds (check_run_dir).
 
     A failure here leaves an earlier run's results.json in this directory untouched (its record
     stays true); in a fresh directory it writes status failed, like any other failure.
     """
     try:
         results.update(key_config(cfg))
-        validate(cfg)
-        settings = _settings(cfg)
+        for warning in unknown_keys(cfg):
+            log.warning("%s", warning)
+        settings = check_run_dir(cfg, run_dir)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
                         settings.kmeans_epoch, settings.epochs)
-        last = run_dir / "checkpoints" / "last.pt"
-        if cfg.trainer.resume and last.exists():
-            load_checkpoint(last, settings.fingerprint)
     except Exception as e:
-        if not (run_dir / "results.json").exists():
+        if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
             write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
@@ -194,8 +222,9 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None)
              _value(cfg.model.name), _value(cfg.prior.name), cfg.prior.K, data.name, len(data.train.x),
              len(data.val.x), len(data.test.x), count_parameters(model), device)
 
-    state = fit(model, data, optimizer, _settings(cfg), run_dir, device, on_epoch)
-    load_best_weights(model, run_dir)
+    settings = _settings(cfg)
+    state = fit(model, data, optimizer, settings, run_dir, device, on_epoch)
+    load_best_weights(model, run_dir, settings.fingerprint, state.best_epoch)
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.trainer.seed + 1)  # evaluation noise independent of how training went

@@ -9,6 +9,7 @@ they are raised so the sweeper records the job as failed and goes on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import sweeps
+from src import rundir, sweeps
 from src.config import register_configs
-from src.pipeline import RESULT_KEYS, USER_ERRORS, run_experiment
+from src.pipeline import RESULT_KEYS, USER_ERRORS, check_run_dir, run_experiment
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -86,28 +87,32 @@ def _print_headline(run_dir: Path) -> None:
     import json
 
     r = json.loads((run_dir / "results.json").read_text())
-    parts = [f"test NLL {r['test_nll']:.2f} ± {r['test_nll_sem']:.2f} nats (S={r['is_samples']})",
-             f"val NLL {r['val_nll']:.2f}"]
+    num = lambda key, fmt: "n/a" if r.get(key) is None else format(r[key], fmt)  # noqa: E731 - null: not finite
+    parts = [f"test NLL {num('test_nll', '.2f')} ± {num('test_nll_sem', '.2f')} nats (S={r['is_samples']})",
+             f"val NLL {num('val_nll', '.2f')}"]
     if r.get("acc") is not None:
-        parts.append(f"ACC {r['acc']:.3f} ({r['acc_mapping']}) NMI {r['nmi']:.3f} ARI {r['ari']:.3f}")
+        parts.append(f"ACC {r['acc']:.3f} ({r['acc_mapping']}) NMI {num('nmi', '.3f')} ARI {num('ari', '.3f')}")
     parts.append(f"{r['epochs_run']} epochs, training {r['train_seconds']:.1f}s, evaluation {r['eval_seconds']:.1f}s")
+    if r.get("non_finite"):
+        parts.append(f"not finite: {', '.join(f'{k}={v}' for k, v in r['non_finite'].items())}")
     print("  " + " | ".join(parts))
 
 
-def _check_single_run_overrides(argv: list[str]) -> None:
+def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
     """Compose a single run's config before Hydra does, so that a wrong type (`prior.K=abc`) or an
     unknown option (`dataset=nope`) is reported in one line (Hydra's own report spans several).
+    Returns the config (with its `hydra` node).
 
-    Multiruns, Hydra flags, sweep syntax and named sweeps are left to Hydra untouched.
+    Multiruns, Hydra flags, sweep syntax and named sweeps are left to Hydra untouched (None).
     """
     if any(a.startswith("-") or "," in a or "(" in a or a.lstrip("+~").startswith("sweep") for a in argv):
-        return
+        return None
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
     try:
         with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-            compose("config", overrides=argv)
+            return compose("config", overrides=argv, return_hydra_config=True)
     except Exception as e:  # noqa: BLE001 - every composition error is the user's input
         first = lambda x: next((ln.strip() for ln in str(x).splitlines() if ln.strip()), type(x).__name__)  # noqa
         msg = first(e).rstrip(".")
@@ -119,9 +124,37 @@ def _check_single_run_overrides(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _claim_run_dir(cfg: DictConfig) -> None:
+    """Lock and check an explicit hydra.run.dir before Hydra rewrites its .hydra/ and run.log, so
+    that a refused run (dir in use, another run's checkpoints, a shorter resume) changes nothing.
+
+    The lock stays held for the whole process (run_experiment finds it held). A timestamped default
+    dir is new: run_experiment locks it.
+    """
+    from omegaconf import OmegaConf
+
+    if "${" in str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir")):
+        return
+    run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra makes it
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise rundir.RunDirError(f"hydra.run.dir={run_dir} is a file, not a directory")
+        rundir.lock(run_dir)
+        if any((run_dir / name).exists() for name in ("results.json", "metrics.csv", "checkpoints")):
+            check_run_dir(cfg, run_dir)  # a fresh dir gets its checks (and a failed record) in run_experiment
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"error: cannot use hydra.run.dir={run_dir}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     if (bad := sweeps.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
         print(f"error: {bad}", file=sys.stderr)
         sys.exit(2)
-    _check_single_run_overrides(sys.argv[1:])
+    composed = _check_single_run_overrides(sys.argv[1:])
+    if composed is not None:
+        _claim_run_dir(composed)
     main()

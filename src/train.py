@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -132,17 +133,31 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState, 
 
 def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> dict:
     """Read a checkpoint safely (weights_only) and check it belongs to this configuration."""
+    fix = "use a new run dir (hydra.run.dir=...); this one keeps the run that wrote it"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "delete it or rerun with trainer.resume=false") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({_why_unreadable(path, e)}); {fix}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this harness; delete it or set trainer.resume=false")
+        raise CheckpointError(f"{path} is not a checkpoint of this harness; {fix}")
     if fingerprint is not None and ckpt.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"checkpoint {path} was written for a different configuration (model, prior, dataset, seed, optimizer, batch size or warm-up); "
-                              "use a new run dir, or trainer.resume=false to start over in this one")
+        raise CheckpointError(f"checkpoint {path} was written for a different configuration (model, prior, dataset, "
+                              f"seed, optimizer, batch size or warm-up); {fix}")
     return ckpt
+
+
+def _why_unreadable(path: Path, e: Exception) -> str:
+    """One line on why torch.load failed, without torch's advice to load with weights_only=False
+    (which would execute whatever the file contains)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(e)
+    if "weights_only" in text or "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} that a safe (weights_only) load refuses to run"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer, generator: torch.Generator) -> TrainState:
@@ -167,10 +182,14 @@ def _prepare_metrics(path: Path, keep_through_epoch: int, columns: list[str] = M
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:
@@ -411,11 +430,23 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
     return state
 
 
-def load_best_weights(model: nn.Module, run_dir: Path) -> None:
-    """Load checkpoints/best.pt into the model (weights only)."""
+def load_best_weights(model: nn.Module, run_dir: Path, fingerprint: str, best_epoch: Optional[int] = None) -> bool:
+    """Load checkpoints/best.pt into the model when it is this run's best epoch; True if loaded.
+
+    A best.pt of another configuration is an error. One of an earlier epoch (a resume with
+    trainer.checkpoint=false found a better epoch it did not save) is left alone with a warning:
+    the model keeps its final weights, as a run without checkpoints does.
+    """
     best = run_dir / "checkpoints" / "best.pt"
-    if best.exists():
-        model.load_state_dict(load_checkpoint(best)["model"])
+    if not best.exists():
+        return False
+    ckpt = load_checkpoint(best, fingerprint)
+    if best_epoch is not None and ckpt["state"]["epoch"] != best_epoch:
+        log.warning("%s holds epoch %d, not the best epoch %d (not saved: trainer.checkpoint=false); "
+                    "evaluating the final weights", best, ckpt["state"]["epoch"], best_epoch)
+        return False
+    model.load_state_dict(ckpt["model"])
+    return True
 
 
 def fingerprint(*configs) -> str:

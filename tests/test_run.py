@@ -260,7 +260,7 @@ def test_corrupt_checkpoint_on_resume(finished_run, tmp_path, run_cli):
     assert proc.returncode != 0
     assert_no_traceback(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and str(last) in lines[0] and "trainer.resume=false" in lines[0], lines
+    assert len(lines) == 1 and str(last) in lines[0] and "new run dir" in lines[0], lines
     assert _snapshot(run_dir) == before  # the evidence, and the finished run's record, are left as they were
     assert read_results(run_dir)["status"] == "completed"
     assert_nothing_outside(tmp_path, run_dir, run_cli.cwd)

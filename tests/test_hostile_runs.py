@@ -1,0 +1,325 @@
+"""Hostile but realistic use of single runs and run directories (issue 8): one test per case.
+
+The cases are grouped by the promise they check:
+
+- WRONG NUMBERS: every number a run prints or records belongs to the command that printed it
+  (never another run's checkpoint, never a contradictory results.json, strict JSON only).
+- LOST DATA: nothing a user already has is overwritten, and a refused run changes nothing in its
+  run directory (`snapshot` compares every file, .hydra/ and run.log included).
+- ONE-LINE ERRORS: a user mistake ends with one `error: ...` line on stderr, exit code 2 and no
+  traceback. Add a case to ONE_LINE (overrides, words the line must contain) or, when it needs
+  files, write a test next to the IDX ones.
+
+To extend: add the case to its group, make it fail on the code before your fix, and keep it quick
+(digits, one thread, a few epochs; `tiny_run` below gives a finished run to copy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_command, read_results
+
+QUICK = ["trainer.epochs=2", "prior.K=3"]
+
+
+def lines_of(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    lines = lines_of(proc)
+    assert proc.returncode == 2, (proc.returncode, lines)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def epochs_in_metrics(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run dir (the lock file aside: its content is the last holder's pid)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cli_env) -> Path:
+    """A finished two-epoch run (csrae + gmm K=3 on digits), to copy."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    proc = subprocess.run(cli_command(run_dir, QUICK), cwd=tmp_path_factory.mktemp("cwd"), env=cli_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+@pytest.fixture
+def finished(tiny_run, tmp_path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    return run_dir
+
+
+# === WRONG NUMBERS ===================================================================================
+
+def test_restart_with_resume_false_is_refused_not_scored_with_the_old_best(finished, run_cli):
+    """Case 1: the issue's command printed the first run's test NLL as the new run's."""
+    before = snapshot(finished)
+    proc = run_cli(finished, *QUICK, "optimizer.lr=0.01", "trainer.resume=false", "trainer.checkpoint=false")
+    assert_one_line_error(proc, "already holds a run", "checkpoints/best.pt", "trainer.resume=false")
+    assert "test NLL" not in proc.stdout
+    assert snapshot(finished) == before
+
+
+def test_a_best_checkpoint_of_another_configuration_is_refused(finished, run_cli):
+    """Case 1: every checkpoint that is loaded is checked, best.pt too (not only last.pt)."""
+    best = finished / "checkpoints" / "best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["fingerprint"] = "another configuration"
+    torch.save(ckpt, best)
+    before = snapshot(finished)
+    proc = run_cli(finished, *QUICK)
+    assert_one_line_error(proc, str(best), "different configuration")
+    assert snapshot(finished) == before
+
+
+def test_a_shorter_resume_is_refused(finished, run_cli):
+    """results.json said epochs=1 for a model trained 2 epochs (epochs vs epochs_run)."""
+    before = snapshot(finished)
+    proc = run_cli(finished, "trainer.epochs=1", "prior.K=3")
+    assert_one_line_error(proc, "already trained 2 epochs", "trainer.epochs=1")
+    assert snapshot(finished) == before
+
+
+def test_rerun_over_a_run_without_checkpoints_is_refused(tmp_path, run_cli):
+    """With trainer.checkpoint=false there is no last.pt to compare: another configuration used to
+    overwrite the finished run's results.json and metrics.csv."""
+    run_dir = tmp_path / "run"
+    assert run_cli(run_dir, *QUICK, "trainer.checkpoint=false").returncode == 0
+    before = snapshot(run_dir)
+    proc = run_cli(run_dir, *QUICK, "trainer.checkpoint=false", "optimizer.lr=0.002")
+    assert_one_line_error(proc, "already holds a run", "metrics.csv with 2 epoch(s)", "results.json (completed)")
+    assert snapshot(run_dir) == before
+
+
+def test_resume_without_checkpoints_does_not_score_an_older_best(finished, run_cli):
+    """Extending a run with trainer.checkpoint=false: best.pt holds epoch 2 while the best epoch is
+    later; the evaluation used epoch 2's weights under the later best_epoch."""
+    proc = run_cli(finished, "trainer.epochs=5", "prior.K=3", "trainer.checkpoint=false")
+    assert proc.returncode == 0, proc.stderr
+    r = read_results(finished)
+    assert r["best_epoch"] > 2  # digits keeps improving over the first epochs (deterministic, seed 0)
+    assert f"holds epoch 2, not the best epoch {r['best_epoch']}" in proc.stdout
+
+
+def test_results_json_is_strict_json(compose, tmp_path, monkeypatch):
+    """A non-finite metric was written as a bare NaN / Infinity, which strict JSON readers reject."""
+    from src import evaluate
+    from src.pipeline import run_experiment
+
+    monkeypatch.setattr(evaluate, "loss_terms_mean", lambda *a, **k: (math.inf, math.nan))
+    run_experiment(compose(*QUICK), tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    r = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert r["status"] == "completed" and r["test_recon"] is None and r["test_reg"] is None
+    assert r["non_finite"] == {"test_recon": "inf", "test_reg": "nan"}
+    assert math.isfinite(r["test_nll"])
+
+
+# === LOST DATA =======================================================================================
+
+def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, run_cli, cli_env):
+    """Case 4: two processes on one run dir ended with a traceback and duplicate epochs."""
+    run_dir = tmp_path / "run"
+    cmd = cli_command(run_dir, ["trainer.epochs=12", "prior.K=3"])
+    first = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "last.pt").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended or never started"
+            time.sleep(0.05)
+        second = run_cli(run_dir, "trainer.epochs=12", "prior.K=3")
+        assert_one_line_error(second, "in use by another process", f"pid {first.pid}")
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stderr.close()
+    assert read_results(run_dir)["status"] == "completed"
+    assert epochs_in_metrics(run_dir) == list(range(1, 13))
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path, run_cli, cli_env):
+    """The lock dies with its process: after SIGKILL the same command resumes."""
+    run_dir = tmp_path / "run"
+    cmd = cli_command(run_dir, ["trainer.epochs=30", "prior.K=3"])
+    p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "last.pt").exists():
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (run_dir / ".lock").exists()
+    proc = run_cli(run_dir, "trainer.epochs=30", "prior.K=3")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stdout
+
+
+def test_a_failed_restart_does_not_spoil_the_original_run(finished, run_cli):
+    """Case 5: a resume=false restart that failed, then the original command, reported "completed"
+    with an empty metrics.csv (the restart had truncated it; last.pt was the old run's)."""
+    reference = read_results(finished)
+    run_cli(finished, *QUICK, "trainer.resume=false", "optimizer.lr=1e6")  # refused now; failed at step 1 before
+    proc = run_cli(finished, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = read_results(finished)
+    assert epochs_in_metrics(finished) == [1, 2]
+    assert (r["status"], r["epochs_run"], r["test_nll"]) == ("completed", 2, reference["test_nll"])
+
+
+def test_a_refused_resume_changes_nothing_in_the_run_dir(finished, run_cli):
+    """Case 7: Hydra rewrote .hydra/ (and appended to run.log) before the refusal."""
+    before = snapshot(finished)
+    assert ".hydra/config.yaml" in before and "run.log" in before
+    proc = run_cli(finished, *QUICK, "optimizer.lr=0.01")
+    assert_one_line_error(proc, "different configuration", "last.pt")
+    assert snapshot(finished) == before
+
+
+def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp_path):
+    """Through run_experiment(cfg, dir) with trainer.resume=false: a directory holding only another
+    run's checkpoints was trained over (its checkpoints replaced, nothing said)."""
+    from src.pipeline import USER_ERRORS, run_experiment
+
+    shutil.copytree(tiny_run / "checkpoints", tmp_path / "checkpoints")
+    before = snapshot(tmp_path)
+    with pytest.raises(USER_ERRORS, match="already holds a run"):
+        run_experiment(compose(*QUICK, "trainer.resume=false"), tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_kill_while_resuming_keeps_the_metrics(finished, monkeypatch):
+    """On resume metrics.csv is rewritten (rows of unsaved epochs dropped); it was truncated in
+    place, so a kill at that moment lost every row of the run."""
+    from src import train
+
+    before = (finished / "metrics.csv").read_bytes()
+
+    def killed(self, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train._prepare_metrics(finished / "metrics.csv", keep_through_epoch=2)
+    assert (finished / "metrics.csv").read_bytes() == before
+
+
+# === ONE-LINE ERRORS =================================================================================
+
+ONE_LINE = {
+    "val-fraction-0": (["dataset.val_fraction=0"], ["dataset.val_fraction"]),
+    "test-fraction-rounds-to-0": (["dataset.test_fraction=0.0001"], ["test"]),
+    "huge-seed": ([f"trainer.seed={2**70}"], ["trainer.seed", str(2**70)]),
+    "lr-inf": (["optimizer.lr=inf"], ["optimizer.lr", "finite"]),
+    "reg-weight-inf": (["model.reg_weight=inf"], ["model.reg_weight", "finite"]),
+    "init-scale-nan": (["prior.init_scale=nan"], ["prior.init_scale", "finite"]),
+    "huge-threads": ([f"trainer.threads={2**40}"], ["trainer.threads", "CPUs"]),
+    "huge-K": ([f"prior.K={10**9}", "prior.init=random"], ["prior.K", "GiB", "memory"]),
+    "huge-latent-dim": ([f"model.latent_dim={10**9}"], ["model.latent_dim", "GiB", "memory"]),
+    "kmeans-samples-below-K": (["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
+                               ["prior.kmeans_samples", "prior.K"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_LINE))
+def test_bad_value_gives_one_line(case, tmp_path, run_cli):
+    overrides, words = ONE_LINE[case]
+    run_dir = tmp_path / "run"
+    assert_one_line_error(run_cli(run_dir, *overrides, "trainer.epochs=2", timeout=120), *words)
+    assert not (run_dir / "metrics.csv").exists()  # refused up front, not at step 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_gives_one_line(tmp_path, run_cli):
+    assert_one_line_error(run_cli(tmp_path / "run", "trainer.device=cuda"), "trainer.device=cuda", "not available")
+
+
+def test_run_dir_that_is_a_file_gives_one_line(tmp_path, run_cli):
+    path = tmp_path / "afile"
+    path.write_text("mine")
+    assert_one_line_error(run_cli(path), str(path), "not a directory")
+    assert path.read_text() == "mine"
+
+
+def test_empty_last_checkpoint_gives_one_line(finished, run_cli):
+    """A 0-byte last.pt gave an IndexError inside the error formatting."""
+    (finished / "checkpoints" / "last.pt").write_bytes(b"")
+    assert_one_line_error(run_cli(finished, *QUICK), "last.pt", "empty")
+
+
+def test_unsafe_checkpoint_error_gives_no_unsafe_advice(finished, run_cli):
+    """torch's own message advises weights_only=False, i.e. running whatever the file contains."""
+    last = finished / "checkpoints" / "last.pt"
+    torch.save({"model": {}, "state": {}, "obj": torch.nn.Identity()}, last)
+    line = assert_one_line_error(run_cli(finished, *QUICK), str(last), "torch.nn.modules.linear.Identity")
+    assert "weights_only=False" not in line and "can still be loaded" not in line and "\x1b" not in line
+
+
+def test_mistyped_new_key_warns_with_the_close_match(tmp_path, run_cli):
+    proc = run_cli(tmp_path / "run", "+trainer.epoch=50")
+    assert proc.returncode == 0, proc.stderr
+    assert "trainer.epoch is not a configuration key" in proc.stdout and "did you mean trainer.epochs?" in proc.stdout
+
+
+# --- IDX files (MNIST layout) ------------------------------------------------------------------------
+
+def write_idx(path: Path, magic: int, shape: tuple[int, ...]) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape)
+    path.write_bytes(header + bytes(math.prod(shape)))
+
+
+def fake_mnist(root: Path, n_train: int = 30, n_train_labels: int = 30, label_magic: int = 0x801) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", 0x803, (n_train, 28, 28))
+    write_idx(raw / "train-labels-idx1-ubyte", label_magic, (n_train_labels,))
+    write_idx(raw / "t10k-images-idx3-ubyte", 0x803, (10, 28, 28))
+    write_idx(raw / "t10k-labels-idx1-ubyte", 0x801, (10,))
+    return raw
+
+
+def test_idx_image_and_label_counts_differ(tmp_path, run_cli):
+    raw = fake_mnist(tmp_path / "data", n_train_labels=29)
+    line = assert_one_line_error(run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
+                                 "30 images", "29 labels")
+    assert str(raw / "train-labels-idx1-ubyte") in line
+
+
+def test_idx_file_with_a_wrong_magic_number(tmp_path, run_cli):
+    raw = fake_mnist(tmp_path / "data", label_magic=0x1F8B0808)  # a gzip archive under the plain name
+    assert_one_line_error(run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
+                          str(raw / "train-labels-idx1-ubyte"), "magic number is 0x1f8b0808", "0x00000801", "gunzip")
+
