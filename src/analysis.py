@@ -70,7 +70,8 @@ STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.jso
 INT_KEYS = ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
             "n_params", "job_num", "trial"]
 FLOAT_KEYS = ["reg_weight", "lr", "test_nll", "test_nll_sem", "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari",
-              "val_acc", "train_seconds", "eval_seconds"]
+              "val_acc", "train_seconds", "eval_seconds", "compile_seconds", "target_recon", "n_test",
+              *(f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in (1, 10, 100))]
 
 
 @dataclass(frozen=True)

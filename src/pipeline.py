@@ -65,11 +65,22 @@ def key_config(cfg) -> dict:
 
 
 def _strict(full: dict) -> dict:
-    """Strict JSON has no NaN or Infinity: such a number becomes null, and `non_finite` says what it was."""
-    bad = {k: str(v) for k, v in full.items() if isinstance(v, float) and not math.isfinite(v)}
-    if not bad:
-        return full
-    return {**{k: None if k in bad else v for k, v in full.items()}, "non_finite": bad}
+    """Strict JSON has no NaN or Infinity: such a number becomes null, and `non_finite` says what it was
+    (by its path: `test_recon`, `params.optimizer.lr`), at any depth (a sweep's params are nested)."""
+    bad: dict = {}
+
+    def clean(value, path: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[path] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = {k: clean(v, k) for k, v in full.items()}
+    return {**out, "non_finite": bad} if bad else out
 
 
 def write_results(run_dir: Path, results: dict) -> None:
@@ -164,7 +175,6 @@ def _run(cfg, run_dir: Path, extra: Optional[dict]) -> float:
     try:
         write_results(run_dir, results)
         tracker = trackers.open_tracker(cfg, run_dir)
-        check_available(cfg.dataset)
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
@@ -194,7 +204,8 @@ def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:
 
 
 def _preflight(cfg, run_dir: Path, results: dict) -> None:
-    """Checks that need no data: the config and what the run dir already holds (check_run_dir).
+    """Checks that load nothing: the config, what the run dir already holds (check_run_dir), the
+    device and that the dataset's files are there.
 
     A failure here leaves an earlier run's results.json in this directory untouched (its record
     stays true); in a fresh directory it writes status failed, like any other failure.
@@ -204,6 +215,8 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         for warning in unknown_keys(cfg):
             log.warning("%s", warning)
         settings = check_run_dir(cfg, run_dir)
+        resolve_device(cfg.trainer.device)
+        check_available(cfg.dataset)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
                         settings.kmeans_epoch, settings.epochs)

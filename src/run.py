@@ -103,9 +103,10 @@ def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
     unknown option (`dataset=nope`) is reported in one line (Hydra's own report spans several).
     Returns the config (with its `hydra` node).
 
-    Multiruns, Hydra flags, sweep syntax and named sweeps are left to Hydra untouched (None).
+    Multiruns, Hydra flags, sweep syntax and named sweeps are left to Hydra untouched (None). A comma
+    inside brackets is a list value (`tags=[a,b]`), not sweep syntax.
     """
-    if any(a.startswith("-") or "," in a or "(" in a or a.lstrip("+~").startswith("sweep") for a in argv):
+    if any(a.startswith("-") or _sweep_syntax(a) or a.lstrip("+~").startswith("sweep") for a in argv):
         return None
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
@@ -124,6 +125,16 @@ def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
         sys.exit(2)
 
 
+def _sweep_syntax(override: str) -> bool:
+    """`k=1,2`, `k=range(...)`, `k=choice(...)`: a multirun value, which only Hydra's multirun takes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # noqa: BLE001 - Hydra reports its own syntax errors
+        return True
+
+
 def _claim_run_dir(cfg: DictConfig) -> None:
     """Lock and check an explicit hydra.run.dir before Hydra rewrites its .hydra/ and run.log, so
     that a refused run (dir in use, another run's checkpoints, a shorter resume) changes nothing.
@@ -133,14 +144,18 @@ def _claim_run_dir(cfg: DictConfig) -> None:
     """
     from omegaconf import OmegaConf
 
-    if "${" in str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir")):
+    raw = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir"))
+    if "${now:" in raw or "${hydra" in raw:  # a new timestamped dir, or values only Hydra's runtime knows
         return
-    run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra makes it
+    try:
+        run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra makes it
+    except Exception:  # noqa: BLE001 - an interpolation Hydra will report itself
+        return
     try:
         if run_dir.exists() and not run_dir.is_dir():
             raise rundir.RunDirError(f"hydra.run.dir={run_dir} is a file, not a directory")
         rundir.lock(run_dir)
-        if any((run_dir / name).exists() for name in ("results.json", "metrics.csv", "checkpoints")):
+        if any(p.name != rundir.LOCK_FILE for p in run_dir.iterdir()):
             check_run_dir(cfg, run_dir)  # a fresh dir gets its checks (and a failed record) in run_experiment
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

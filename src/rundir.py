@@ -82,16 +82,28 @@ def check(run_dir: Path, settings: TrainSettings) -> None:
                           "hydra.run.dir, or move those files away to start over in this one")
 
 
+SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", ".optuna", ".submitit")
+
+
 def holdings(run_dir: Path) -> list[str]:
-    """What in run_dir a new run would overwrite and someone may want: checkpoints, metrics rows,
-    a completed record."""
+    """What in run_dir a new run would overwrite or hide and someone may want: checkpoints, metrics
+    rows, a completed record, a sweep (its files or job dirs: a run's results.json on top of a sweep
+    makes the report see one run instead of the sweep)."""
     held = [f"checkpoints/{p.name}" for p in sorted((run_dir / "checkpoints").glob("*.pt"))]
     for name in ("pretrain_metrics.csv", "metrics.csv"):
         if (run_dir / name).is_file():
-            with open(run_dir / name, newline="") as f:
-                rows = sum(1 for _ in csv.DictReader(f))
+            try:
+                with open(run_dir / name, newline="") as f:
+                    rows = sum(1 for _ in csv.DictReader(f))
+            except (UnicodeDecodeError, csv.Error) as e:
+                held.append(f"{name} (unreadable: {type(e).__name__})")
+                continue
             if rows:
                 held.append(f"{name} with {rows} epoch(s)")
+    held += [f"{name} (a sweep)" for name in SWEEP_MARKERS if (run_dir / name).exists()]
+    if run_dir.is_dir():
+        held += [f"{c.name}/results.json (a sweep's job)" for c in sorted(run_dir.iterdir())
+                 if c.is_dir() and (c / "results.json").is_file()][:1]
     results = run_dir / "results.json"
     if results.is_file():
         try:

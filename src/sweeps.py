@@ -603,7 +603,9 @@ class OptunaSweeper(_PluginOptunaSweeper):
         try:
             super().sweep(arguments)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+            # A second Ctrl-C or SIGTERM must not cut the bookkeeping short (a traceback, a RUNNING trial).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise SystemExit(self._stopped(settings, sweep_dir)) from None
         except Exception:
             if settings and self._all_failed(settings, sweep_dir):
@@ -688,33 +690,42 @@ _register_sweeper()
 
 def sweep_names() -> list[str]:
     """The named sweeps: the files in sweeps/ (conf/sweep links there)."""
-    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+    return option_names("sweep")
+
+
+def option_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# The config's optional groups: Hydra skips an unknown option of these silently, so a misspelt name
+# would run the default configuration instead (one digits job instead of the sweep or the protocol).
+OPTIONAL_GROUPS = {"sweep": "the files in sweeps/", "experiment": "the files in conf/experiment/"}
 
 
 def unknown_sweep(overrides: Iterable[str]) -> Optional[str]:
-    """The error for a `sweep=NAME` override naming no file in sweeps/ (None when all are known).
-
-    The config's `optional sweep: null` makes Hydra skip an unknown option silently, so a misspelt
-    name would run one default job instead of the sweep. Left to Hydra: overrides it cannot parse,
-    and commands that add config directories (--config-dir, hydra.searchpath).
+    """The error for a `sweep=NAME` or `experiment=NAME` override naming no file of its group (None when
+    all are known). Left to Hydra: overrides it cannot parse, and commands that add config directories
+    (--config-dir, hydra.searchpath).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = list(overrides)
     if any(o.startswith(("-cd", "--config-dir")) or "searchpath" in o for o in overrides):
         return None
-    names = sweep_names()
     for o in overrides:
-        if o.split("=", 1)[0].lstrip("+~") != "sweep" or "=" not in o or o.startswith("~"):
+        group = o.split("=", 1)[0].lstrip("+~")
+        if group not in OPTIONAL_GROUPS or "=" not in o or o.startswith("~"):
             continue
         try:
             parsed = OverridesParser.create().parse_override(o)
             values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.value()]
         except Exception:  # noqa: BLE001 - Hydra reports its own syntax errors
             continue
+        names = option_names(group)
         bad = [str(v) for v in values if v is not None and str(v) not in names]
         if bad:
-            return f"unknown sweep {', '.join(bad)}; choose one of {', '.join(names)} (the files in sweeps/)"
+            return (f"unknown {group} {', '.join(bad)}; choose one of {', '.join(names)} "
+                    f"({OPTIONAL_GROUPS[group]})")
     return None
 
 

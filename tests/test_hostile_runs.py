@@ -143,6 +143,25 @@ def test_results_json_is_strict_json(compose, tmp_path, monkeypatch):
     assert math.isfinite(r["test_nll"])
 
 
+def test_a_nested_non_finite_value_keeps_the_real_error(compose, tmp_path):
+    """`-m 'optimizer.lr=1e-3,inf'`: the sweep's params ({"optimizer.lr": inf}) are nested in the record,
+    so writing the failed record raised "Out of range float values are not JSON compliant" instead of
+    the one-line config error, and left a partial results.json.tmp behind."""
+    from src.config import ConfigError
+    from src.pipeline import run_experiment
+
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        run_experiment(compose(*QUICK, "optimizer.lr=inf"), tmp_path, {"params": {"optimizer.lr": math.inf}})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    r = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert r["status"] == "failed" and r["params"] == {"optimizer.lr": None}
+    assert r["non_finite"]["params.optimizer.lr"] == "inf"
+    assert not (tmp_path / "results.json.tmp").exists()
+
+
 # === LOST DATA =======================================================================================
 
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, run_cli, cli_env):
@@ -200,13 +219,47 @@ def test_a_failed_restart_does_not_spoil_the_original_run(finished, run_cli):
     assert (r["status"], r["epochs_run"], r["test_nll"]) == ("completed", 2, reference["test_nll"])
 
 
-def test_a_refused_resume_changes_nothing_in_the_run_dir(finished, run_cli):
-    """Case 7: Hydra rewrote .hydra/ (and appended to run.log) before the refusal."""
+@pytest.mark.parametrize("extra", [[], ["tags=[a,b]"]], ids=["plain", "list-valued override"])
+def test_a_refused_resume_changes_nothing_in_the_run_dir(finished, run_cli, extra):
+    """Case 7: Hydra rewrote .hydra/ (and appended to run.log) before the refusal; with a comma in a
+    list value (`tags=[a,b]`) the early check was skipped and it still did."""
     before = snapshot(finished)
     assert ".hydra/config.yaml" in before and "run.log" in before
-    proc = run_cli(finished, *QUICK, "optimizer.lr=0.01")
+    proc = run_cli(finished, *QUICK, "optimizer.lr=0.01", *extra)
     assert_one_line_error(proc, "different configuration", "last.pt")
     assert snapshot(finished) == before
+
+
+def test_a_refused_resume_into_an_interpolated_run_dir_changes_nothing(tiny_run, tmp_path, run_cli):
+    """`hydra.run.dir=runs/K${prior.K}`: the early check skipped every interpolated dir, so Hydra
+    rewrote the finished run's .hydra/ before the refusal."""
+    shutil.copytree(tiny_run, tmp_path / "K3")
+    before = snapshot(tmp_path / "K3")
+    proc = run_cli(tmp_path / "K${prior.K}", *QUICK, "optimizer.lr=0.01")
+    assert_one_line_error(proc, "different configuration", "last.pt")
+    assert snapshot(tmp_path / "K3") == before
+
+
+@pytest.mark.parametrize("marker", ["job dir", "multirun.yaml"])
+def test_a_single_run_into_a_sweep_dir_is_refused(tiny_run, tmp_path, run_cli, marker):
+    """A run's results.json on top of a sweep dir made the report read one run instead of the sweep."""
+    sweep = tmp_path / "sweep"
+    if marker == "job dir":
+        shutil.copytree(tiny_run, sweep / "0")
+    else:
+        sweep.mkdir()
+        (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = snapshot(sweep)
+    assert_one_line_error(run_cli(sweep, *QUICK), "already holds a run", "a sweep")
+    assert snapshot(sweep) == before
+
+
+def test_an_unreadable_metrics_csv_gives_one_line(tmp_path, run_cli):
+    """Binary garbage in metrics.csv ended in a UnicodeDecodeError traceback."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_bytes(bytes(range(128, 256)) * 16)
+    assert_one_line_error(run_cli(run_dir, *QUICK), "metrics.csv (unreadable")
 
 
 def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp_path):
@@ -219,6 +272,23 @@ def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp
     with pytest.raises(USER_ERRORS, match="already holds a run"):
         run_experiment(compose(*QUICK, "trainer.resume=false"), tmp_path)
     assert snapshot(tmp_path) == before
+
+
+def test_missing_data_on_a_rerun_keeps_the_finished_record(finished, compose, monkeypatch):
+    """Rerunning a finished run with a wrong dataset.root (not part of the checkpoint's identity)
+    replaced its completed results.json with status failed: the data check came after the
+    "running" record was written."""
+    from src import pipeline
+    from src.data import DataError
+
+    def missing(cfg):
+        raise DataError("no MNIST files under /typo")
+
+    monkeypatch.setattr(pipeline, "check_available", missing)
+    before = snapshot(finished)
+    with pytest.raises(DataError):
+        pipeline.run_experiment(compose(*QUICK), finished)
+    assert snapshot(finished) == before
 
 
 def test_a_kill_while_resuming_keeps_the_metrics(finished, monkeypatch):

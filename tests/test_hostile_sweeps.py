@@ -151,6 +151,15 @@ def test_misspelt_sweep_name_runs_nothing(tmp_path, name):
     assert not (tmp_path / "cwd" / "outputs").exists()  # nothing ran
 
 
+def test_misspelt_experiment_name_runs_nothing(tmp_path):
+    """`experiment=mnist_densty` trained the default digits run and exited 0 (the config's
+    `optional experiment` skips an unknown name silently, like `sweep`)."""
+    p = python("-m", "src.run", "experiment=mnist_densty", *TINY, cwd=tmp_path / "cwd", timeout=120)
+    line = assert_one_line_error(p, "unknown experiment mnist_densty", "mnist_density", "digits_smoke")
+    assert "conf/experiment/" in line
+    assert not (tmp_path / "cwd" / "outputs").exists()
+
+
 def test_report_of_a_python_api_run(tmp_path):
     """A run made with `run_experiment(cfg, dir)` has no job_num: the report stopped on KeyError."""
     from conftest import compose_config
@@ -171,16 +180,18 @@ def test_report_of_runs_with_list_valued_tags(two_runs, tmp_path):
     assert sorted(runs["cfg.tags"]) == ["[\"baseline\"]", "[]"] and (runs["status"] == "completed").all()
 
 
-def test_report_excludes_a_run_with_a_non_numeric_result(two_runs, tmp_path):
+@pytest.mark.parametrize("key", ["test_nll", "fewlabel_lr_10"])
+def test_report_excludes_a_run_with_a_non_numeric_result(two_runs, tmp_path, key):
     """test_nll "n/a" in one results.json: the run is excluded with its reason (report and stderr),
-    the other run still counts."""
+    the other run still counts. A summary metric outside the checked keys (fewlabel_lr_10) used to
+    count the run and turn the value into NaN silently."""
     d = copy_runs(two_runs, tmp_path / "runs")
-    edit_results(d / "1", test_nll="n/a")
+    edit_results(d / "1", **{key: "n/a"})
     p = report(d, tmp_path / "reports")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "excluded: 1 (invalid): bad value: test_nll='n/a' is not a number" in p.stderr.splitlines()
+    assert f"excluded: 1 (invalid): bad value: {key}='n/a' is not a number" in p.stderr.splitlines()
     md = (tmp_path / "reports" / "rep" / "report.md").read_text()
-    assert "## Excluded runs (1)" in md and "test_nll=&#x27;n/a&#x27; is not a number" in md.replace("'", "&#x27;")
+    assert "## Excluded runs (1)" in md and f"{key}=&#x27;n/a&#x27; is not a number" in md.replace("'", "&#x27;")
     summary = pd.read_csv(tmp_path / "reports" / "rep" / "summary.csv")
     assert summary["n_runs"].sum() == 1
 
@@ -470,3 +481,35 @@ def test_sweep_that_flips_the_direction_of_an_existing_study(tmp_path):
     p = python(*optuna_sweep(tmp_path, "hydra.sweeper.direction=maximize"), cwd=tmp_path / "cwd", timeout=120)
     assert_one_line_error(p, "was created to minimize", "asks to maximize", "study_name")
     assert load_study(tmp_path).trials == []
+
+
+def test_a_second_signal_cannot_cut_the_interrupt_bookkeeping_short(monkeypatch):
+    """While a stopped sweep records its trial FAIL (interrupted) and writes trials.csv, a second SIGTERM
+    (`kill PID; kill PID`) raised KeyboardInterrupt there: a traceback and the trial left RUNNING."""
+    from omegaconf import OmegaConf
+
+    from src import sweeps
+
+    seen = {}
+
+    def interrupted(self, arguments):
+        raise KeyboardInterrupt
+
+    def stopped(self, settings, sweep_dir):
+        seen.update(term=signal.getsignal(signal.SIGTERM), int=signal.getsignal(signal.SIGINT))
+        return 130
+
+    sweeper = object.__new__(sweeps.OptunaSweeper)
+    sweeper._config = OmegaConf.create({"hydra": {"sweep": {"dir": "unused"}}})
+    monkeypatch.setattr(sweeps, "_sweeper_settings", lambda cfg: None)
+    monkeypatch.setattr(sweeps._PluginOptunaSweeper, "sweep", interrupted)
+    monkeypatch.setattr(sweeps.OptunaSweeper, "_stopped", stopped)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            sweeper.sweep([])
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert stop.value.code == 130
+    assert seen == {"term": signal.SIG_IGN, "int": signal.SIG_IGN}
