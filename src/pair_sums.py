@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor
 
+from src import native
+
 LOG_2PI = math.log(2.0 * math.pi)
 TILE_ELEMENTS = 1 << 18  # entries of one [rows, cols, D] block (measured on one CPU thread, benchmarks/speed.py)
 
@@ -39,6 +41,17 @@ def spread_ok(*logvars: Tensor) -> bool:
     lv = torch.cat([v.detach().reshape(-1, v.shape[-1]) for v in logvars])
     limit = 0.5 * -math.log(torch.finfo(lv.dtype).tiny)  # 43 nats in float32, 354 in float64
     return bool(((lv.amax(0) - lv.amin(0)).max() < limit).item())
+
+
+USE_NATIVE = True  # src/native.py's compiled loops on CPU; False: the tiled torch code below everywhere
+
+
+def _native_chunk(c: Tensor, *logvars: Tensor) -> int:
+    """Dimensions per partial product for the native loops (src/native.py), or 0 to use the torch tiles."""
+    if not (USE_NATIVE and native.usable(c, *logvars)):
+        return 0
+    spread = max(float((c - lv.detach().amin(0)).max()) for lv in logvars)
+    return native.chunk(spread, c.shape[0])
 
 
 def _rows_per_block(cols: int, d: int) -> int:
@@ -94,15 +107,21 @@ class RowLSE(torch.autograd.Function):
             saved = (xt, mt, inv_b)
         else:
             c = torch.maximum(x_logvar.amax(0), logvar.amax(0))
-            xa, va = _scaled(x, x_logvar, c)
-            mb, vb = _scaled(mu, logvar, c)
-            for i in range(0, a, step):
-                scores[i:i + step] = _block_terms(xa[:, i:i + step], va[:, i:i + step], mb, vb)[0]
+            ctx.chunk = _native_chunk(c, x_logvar, logvar)
+            if ctx.chunk:  # the same scaled values, laid out [rows, D] for the native loops
+                xa, va, mb, vb = (t.T for t in (*_scaled(x, x_logvar, c), *_scaled(mu, logvar, c)))
+                scores = native.row_scores(xa, va, mb, vb, ctx.chunk)
+            else:
+                xa, va = _scaled(x, x_logvar, c)
+                mb, vb = _scaled(mu, logvar, c)
+                for i in range(0, a, step):
+                    scores[i:i + step] = _block_terms(xa[:, i:i + step], va[:, i:i + step], mb, vb)[0]
             scores.add_(c.sum() + d * LOG_2PI).mul_(-0.5)
             saved = (xa, va, mb, vb, c)
         scores += lw
         out = torch.logsumexp(scores, dim=1)
         ctx.density = x_logvar is None
+        ctx.chunk = getattr(ctx, "chunk", 0)
         ctx.save_for_backward(_flush_tiny(scores.sub_(out[:, None]).exp_()), *saved)  # softmax over b, [A, K]
         return out
 
@@ -124,6 +143,10 @@ class RowLSE(torch.autograd.Function):
             g_lv = 0.5 * (g_lv.T - w.sum(0)[:, None])
             return g_x.T, None, w.sum(0), g_mu.T, g_lv
         xa, va, mb, vb, c = saved
+        scale = -torch.exp(-0.5 * c)
+        if ctx.chunk:
+            g_x, g_xv, g_mu, g_v = native.row_grads(xa, va, mb, vb, w, ctx.chunk)
+            return g_x * scale, -0.5 * va * g_xv, w.sum(0), -g_mu * scale, -0.5 * vb * g_v
         g_x, g_xv = torch.empty_like(xa), torch.empty_like(xa)
         g_mu, g_v = torch.zeros_like(mb), torch.zeros_like(mb)
         for i in range(0, a, step):
@@ -132,7 +155,6 @@ class RowLSE(torch.autograd.Function):
             g_x[:, i:i + step], g_xv[:, i:i + step] = ra, ta
             g_mu -= rb
             g_v += tb
-        scale = -torch.exp(-0.5 * c)
         return (g_x.T * scale, -0.5 * (va * g_xv).T, w.sum(0), g_mu.T * scale, -0.5 * (vb * g_v).T)
 
 
@@ -147,6 +169,14 @@ class PairLSE(torch.autograd.Function):
         const = -0.5 * (d * LOG_2PI + c.sum())
         # The largest term is a diagonal one (Cauchy-Schwarz), so exp(term − top) ≤ 1 needs no rescaling.
         top = (2.0 * lw - 0.5 * torch.log(2.0 * vs).sum(0)).max() + const
+        chunk = _native_chunk(c, logvar)
+        if chunk:
+            total, g_lw, g_r, g_t = native.pairs(ms.T, vs.T, lw, float(const - top), need_grad, chunk)
+            out = top + math.log(total)
+            if need_grad:
+                scale = -torch.exp(-0.5 * c) / total
+                ctx.save_for_backward(g_lw / total, g_r * scale, -0.5 * (vs.T * g_t) / total)
+            return out
         total = mu.new_zeros(())
         g_lw, g_r, g_t = torch.zeros_like(lw), torch.zeros_like(ms), torch.zeros_like(ms)
         step = _rows_per_block(k, d)  # conservative: later strips are shorter

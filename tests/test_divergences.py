@@ -669,8 +669,31 @@ def test_component_log_responsibilities_shape_and_argmax():
 # the fused pair sums (src/pair_sums.py, the default) against the broadcast reference
 # ----------------------------------------------------------------------------------------------------------------------
 
-from src import pair_sums  # noqa: E402
+from src import native, pair_sums  # noqa: E402
 from src.divergences import reference_math  # noqa: E402
+
+
+@pytest.fixture(params=["native", "tiles"])
+def backend(request, monkeypatch):
+    """The fused terms run by the compiled loops (src/native.py, the CPU default) or by the torch tiles."""
+    monkeypatch.setattr(pair_sums, "USE_NATIVE", request.param == "native")
+    return request.param
+
+
+def test_native_loops_build_and_are_used_on_cpu():
+    assert native.library() is not None, "the native mixture loops did not build (is a C++ compiler installed?)"
+    x = torch.randn(3, 4, dtype=F64)
+    assert pair_sums._native_chunk(x[0], x) == 4
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pair_sums, "USE_NATIVE", False)
+        assert pair_sums._native_chunk(x[0], x) == 0
+
+
+def test_native_chunk_keeps_partial_products_in_double_range():
+    # Each factor v_a + v_b lies in [exp(-spread), 2]; a partial product of n factors must stay normal.
+    for spread in (0.0, 8.0, 43.0, 354.0):
+        n = native.chunk(spread, 64)
+        assert n >= 1 and math.exp(-spread) ** n > 2.3e-308 and 2.0 ** n < 1.7e308
 
 
 def _case(g, b, k, d, kind):
@@ -713,7 +736,7 @@ MIXTURE_TERMS = {
                                         (6, 30, 8, "far"), (4, 25, 16, "tiny"), (4, 25, 16, "huge"),
                                         (5, 50, 10, "mixed"), (2, 1000, 2, "plain"), (2, 700, 3, "far")])
 @pytest.mark.parametrize("term", sorted(MIXTURE_TERMS))
-def test_fused_matches_reference_values_and_gradients(term, b, k, d, kind):
+def test_fused_matches_reference_values_and_gradients(term, b, k, d, kind, backend):
     g = gen(1000 + 7 * k + d)
     inputs = _case(g, b, k, d, kind)
     fn = MIXTURE_TERMS[term]
@@ -728,7 +751,7 @@ def test_fused_matches_reference_values_and_gradients(term, b, k, d, kind):
             _assert_rel(a, r, f"gradient w.r.t. {name}")
 
 
-def test_fused_gradcheck():
+def test_fused_gradcheck(backend):
     g = gen(1100)
     mu, lv, logits, p_mu, p_lv = _case(g, 3, 4, 3, "plain")
     lw = torch.log_softmax(logits.detach(), 0).requires_grad_(True)
@@ -738,7 +761,7 @@ def test_fused_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, c: pair_sums.PairLSE.apply(a, b, c, True), (lw, p_mu, p_lv))
 
 
-def test_fused_terms_keep_no_pair_by_dimension_tensor_for_backward():
+def test_fused_terms_keep_no_pair_by_dimension_tensor_for_backward(backend):
     # What autograd saves for the backward pass of one CS step: nothing of size pairs x D, fused;
     # the reference keeps several (the reason the fused path exists).
     g = gen(1200)
