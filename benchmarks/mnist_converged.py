@@ -61,9 +61,9 @@ GECO = ["model.constraint=reconstruction", f"model.target_recon={KAPPA}"]
 # file with explicit overrides; mnist_density + these composes to the same checkpoint fingerprint
 # (tests/test_experiments.py), so it resumes.
 PLAN = [
-    ("vae_standard_s0", D, ["model=vae", "prior=standard"]),
     ("csrae_gmm10_l3_s0", D, [*_csrae(LAMBDA), *_gmm(10)]),
     ("vae_gmm10_s0", D, ["model=vae", *_gmm(10)]),
+    ("vae_standard_s0", D, ["model=vae", "prior=standard"]),
     ("clu_csrae_gmm10_s0", C, [*_csrae(LAMBDA)]),
     ("clu_vae_gmm10_s0", C, ["model=vae"]),
     ("csrae_gmm10_l1_s0", D, [*_csrae(1), *_gmm(10)]),
@@ -88,8 +88,11 @@ COLUMNS = ["configuration", "model", "prior", "K", "reg_weight", "constraint", "
 COPIED = ["results.json", "metrics.csv", "pretrain_metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml"]
 
 
-def command(name: str, experiment: str, overrides: list[str], runs: Path) -> list[str]:
-    return [sys.executable, "-m", "src.run", f"experiment={experiment}", *overrides, *COMMON,
+def command(name: str, experiment: str, overrides: list[str], runs: Path, epochs: int | None = None) -> list[str]:
+    """The run's command line; epochs caps trainer.epochs below the protocol's 2000 (not part of the
+    checkpoint fingerprint, so a capped run can be extended later with a larger cap)."""
+    cap = [f"trainer.epochs={epochs}"] if epochs else []
+    return [sys.executable, "-m", "src.run", f"experiment={experiment}", *overrides, *COMMON, *cap,
             f"hydra.run.dir={runs / name}"]
 
 
@@ -203,7 +206,7 @@ def report() -> None:
                         "--name", "mnist_converged", "--quiet"], cwd=ROOT)
 
 
-def run_queue(runs: Path, parallel: int, only: list[str] | None) -> None:
+def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | None = None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
@@ -225,7 +228,7 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None) -> None:
             name, experiment, overrides = todo.pop(0)
             _log(f"start {name}: experiment={experiment} {' '.join(overrides)}")
             log = open(runs / f"{name}.log", "a")
-            running[name] = subprocess.Popen(command(name, experiment, overrides, runs), cwd=ROOT, env=env,
+            running[name] = subprocess.Popen(command(name, experiment, overrides, runs, epochs), cwd=ROOT, env=env,
                                              stdout=log, stderr=subprocess.STDOUT)
         if not running:
             break
@@ -244,6 +247,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help=f"run directories (default {DEFAULT_RUNS})")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
     ap.add_argument("--only", nargs="*", help="only these run names")
+    ap.add_argument("--epochs", type=int, help="cap trainer.epochs (a session's budget; the protocol allows 2000)")
     args = ap.parse_args(argv)
     runs = args.runs_dir.expanduser().resolve()
     runs.mkdir(parents=True, exist_ok=True)
@@ -252,7 +256,7 @@ def main(argv=None) -> None:
             st, reason = state(name, runs)
             print(f"{st:10s} {name:22s} experiment={experiment} {' '.join(overrides)}" + (f"  [{reason}]" if reason else ""))
     elif args.run:
-        run_queue(runs, max(1, args.parallel), args.only)
+        run_queue(runs, max(1, args.parallel), args.only, args.epochs)
     else:
         for name, _, _ in PLAN:
             if state(name, runs)[0] == "done" and (runs / name).exists():

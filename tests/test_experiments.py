@@ -307,11 +307,15 @@ def _queue_module():
     return mod
 
 
-def test_the_queue_adopts_the_run_already_in_progress(compose):
+@pytest.mark.parametrize("epochs", [None, 800])
+def test_the_queue_adopts_the_run_already_in_progress(compose, epochs):
+    """vae_standard_s0 was started by hand with explicit overrides; the queue's command for it must give
+    the same checkpoint fingerprint, with or without a session's epoch cap (--epochs)."""
     q = _queue_module()
-    name, experiment, overrides = q.PLAN[0]
-    assert name == "vae_standard_s0"
-    args = [a for a in q.command(name, experiment, overrides, Path("/runs"))[3:] if not a.startswith("hydra.")]
+    name, experiment, overrides = next(p for p in q.PLAN if p[0] == "vae_standard_s0")
+    cmd = q.command(name, experiment, overrides, Path("/runs"), epochs)
+    assert (f"trainer.epochs={epochs}" in cmd) == (epochs is not None)
+    args = [a for a in cmd[3:] if not a.startswith("hydra.")]
     cfg = compose(*[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args],
                   tiny=False)
     assert _settings(cfg).fingerprint == LIVE_RUN_FINGERPRINT
