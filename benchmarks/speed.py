@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src import divergences as dv  # noqa: E402
+from src import pair_sums  # noqa: E402
 from src.config import ModelConfig, PriorConfig  # noqa: E402
 from src.data import DataBundle, Split  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
@@ -54,6 +55,7 @@ from src.models import Autoencoder, build_model  # noqa: E402
 from src.train import TrainSettings, fit, resolve_device  # noqa: E402
 
 SHAPE = (1, 28, 28)
+LOAD_AT_START = os.getloadavg()
 OUT = ROOT / "benchmarks" / "results"
 
 
@@ -86,9 +88,10 @@ def timed(fn, device, n: int) -> float:
     return (CLOCK() - t0) / n
 
 
-def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = False):
+def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = False, tiles: bool = False):
     """One optimiser step. reference=True: the code before the fused path, i.e. the broadcast reference
-    math (dv.reference_math) and a VampPrior's pseudo-inputs encoded in a second encoder call."""
+    math (dv.reference_math) and a VampPrior's pseudo-inputs encoded in a second encoder call.
+    tiles=True: the fused path without the native loops (src/pair_sums.py's torch tiles alone)."""
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
 
     def loss():
@@ -96,6 +99,12 @@ def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = Fal
             mu, logvar = model.encode(x)
             z = model.reparameterise(mu, logvar)
             return (-model.log_likelihood(x, model.decode(z)) + reg(model, mu, logvar)).mean()
+        if tiles:
+            pair_sums.USE_NATIVE = False
+            try:
+                return model.loss_terms(x).total(1.0)
+            finally:
+                pair_sums.USE_NATIVE = True
         if not reference:
             return model.loss_terms(x).total(1.0)
         with dv.reference_math():
@@ -165,9 +174,12 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
     for k in ks:
         cs_model, mc_model = make_model("csrae", "gmm", k, device), make_model("vae", "gmm", k, device)
         t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
+                        "cs_tiles": step_fn(cs_model, x, tiles=True),
                         "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
         target = {50: "<= 1.10", 500: "<= 3.0 (stretch 2.0)"}.get(k, "")
         row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); fused", t["cs"], t["std"], target)
+        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); torch tiles only (no native loops)",
+            t["cs_tiles"], t["std"])
         row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); reference (before)",
             t["cs_ref"], t["std"])
         row("(a') step csrae / vae", f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); fused", t["cs"], t["mc"])
@@ -178,9 +190,12 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
     for k in vamp_ks:  # the VampPrior: both objectives pay for encoding the K pseudo-inputs every step
         cs_model, mc_model = make_model("csrae", "vamp", k, device), make_model("vae", "vamp", k, device)
         t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
+                        "cs_tiles": step_fn(cs_model, x, tiles=True),
                         "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
         row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); fused, one encoder call",
             t["cs"], t["mc"], "<= 1.5" if k == 500 else "")
+        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); torch tiles only (no native loops)",
+            t["cs_tiles"], t["mc"])
         row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); reference (before)",
             t["cs_ref"], t["mc_ref"])
         row("(v) step vae+vamp / vae+standard", f"K={k}; fused, one encoder call", t["mc"], t["std"],
@@ -366,12 +381,13 @@ def kept_rows(only: str, device) -> list[dict]:
     with open(path, newline="") as f:
         old = [r for r in csv.DictReader(f) if r["measure"][1] not in only]
     numeric = ("ratio", "ratio_min", "ratio_max", "num_ms", "den_ms")
-    return [{**r, **{c: float(r[c]) for c in numeric}, "reps": int(r["reps"])} for r in old]
+    return [{**r, **{c: float(r[c]) for c in numeric}, "reps": int(r["reps"]), "measured": r.get("measured") or "earlier"}
+            for r in old]
 
 
 def write(rows: list[dict], device, threads: int, args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    cols = ["measure", "setting", "ratio", "ratio_min", "ratio_max", "reps", "num_ms", "den_ms", "target"]
+    cols = ["measure", "setting", "ratio", "ratio_min", "ratio_max", "reps", "num_ms", "den_ms", "target", "measured"]
     name = "speed_cuda" if device.type == "cuda" else "speed"
     with open(OUT / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -392,6 +408,8 @@ def write(rows: list[dict], device, threads: int, args) -> None:
              f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
              f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
              f"torch {torch.__version__}",
+             f"- load average when it started (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in LOAD_AT_START)}; ratios "
+             "come from interleaved repetitions in one process",
              f"- clock: {'process CPU time (one thread; not counting time other jobs hold the core)' if CLOCK is time.process_time else 'wall clock'}",
              "- num_ms / den_ms: median time of the numerator / denominator (a step, an epoch, or a whole IS-NLL pass)",
              "- (e) joblib sweep 2 workers / 1 worker: see [sweep_parallel.md](sweep_parallel.md) "
@@ -438,6 +456,10 @@ def main() -> None:
         rows += bench_memory()
     if "f" in args.only and device.type == "cpu":
         rows += bench_threads(reps)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + " " + subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    for r in rows:  # which run each row comes from, since --keep-others mixes runs
+        r["measured"] = stamp
     if args.keep_others:
         rows = kept_rows(args.only, device) + rows
     write(rows, device, args.threads, args)

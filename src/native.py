@@ -133,3 +133,9 @@ def pairs(m: Tensor, v: Tensor, lw: Tensor, shift: float, need_grad: bool, n: in
     total = _fn("pairs", m)(_ptr(m), _ptr(v), _ptr(lw), k, d, float(shift), int(need_grad), n,
                             _ptr(g_lw), _ptr(g_r), _ptr(g_t))
     return total, g_lw, g_r, g_t
+
+
+if __name__ == "__main__":  # `python -m src.native` (make install runs it): build now, say where it is
+    logging.basicConfig(format="%(message)s")
+    lib = library()
+    print(f"native mixture loops: {lib._name}" if lib else "native mixture loops: not built; the tiled torch code is used")

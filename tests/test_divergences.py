@@ -7,6 +7,7 @@ Everything is checked in float64 against closed forms, numerical integration (sc
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -687,6 +688,22 @@ def test_native_loops_build_and_are_used_on_cpu():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pair_sums, "USE_NATIVE", False)
         assert pair_sums._native_chunk(x[0], x) == 0
+
+
+def test_without_a_compiler_the_tiles_are_used(tmp_path):
+    """No C++ compiler (or CSRAE_NATIVE=0): one warning, and the CS divergence still runs (torch tiles)."""
+    import subprocess
+
+    code = ("import torch; from src import native, pair_sums, divergences as dv; assert native.library() is None; "
+            "x = torch.randn(3, 4, dtype=torch.float64); assert pair_sums._native_chunk(x[0], x) == 0; "
+            "print(float(dv.cs_divergence(x, x, x, x, None).sum()))")
+    for env in ({"CXX": str(tmp_path / "no-compiler")}, {"CSRAE_NATIVE": "0"}):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "CSRAE_CACHE_DIR": str(tmp_path / "cache"), **env},
+                           cwd=Path(__file__).resolve().parents[1])
+        assert p.returncode == 0, p.stderr
+        assert math.isfinite(float(p.stdout.split()[-1]))
+    assert not list((tmp_path / "cache").glob("*.so"))
 
 
 def test_native_chunk_keeps_partial_products_in_double_range():
