@@ -36,8 +36,11 @@ lock:
 run: install
 	$(BIN)/python -m src.run $(ARGS)
 
+# Test files run in parallel, one file per worker at a time (its module fixtures are built once);
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean-outputs:
 	rm -rf outputs/runs outputs/multirun outputs/reports outputs/optuna

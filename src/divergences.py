@@ -191,6 +191,6 @@ def component_log_responsibilities(mu: Tensor, logvar: Tensor, prior_logits: Ten
                                    prior_mu: Tensor, prior_logvar: Tensor) -> Tensor:
     """Score of each component for each encoding: log π_k + log N(μ(x) | μ_k, σ²(x) + σ_k²), [B, K].
 
-    Its argmax over k is the clustering assignment (DESIGN.md §4)."""
+    Its argmax over k is the clustering assignment (docs/PROTOCOLS.md)."""
     lw = log_weights(prior_logits, prior_mu.shape[0], prior_mu)
     return lw[None, :] + log_gaussian_overlap(mu[:, None, :], logvar[:, None, :], prior_mu[None], prior_logvar[None])

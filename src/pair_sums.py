@@ -6,8 +6,8 @@
 src/divergences.py builds the CS cross term (rows), the mixture self-integral (pairs) and the mixture
 density (rows without x_logvar) from them. Its broadcast reference materialises a dozen [A, B, D] tensors
 that autograd keeps for the backward pass; here the pairs are visited in blocks of about TILE_ELEMENTS
-entries that stay in cache, and each block is contracted at once with the analytic gradient
-(DESIGN.md §6.1), per dimension:
+entries that stay in cache, and each block is contracted at once with the analytic gradient,
+per dimension:
 
     ∂e/∂μ_a = −(μ_a−μ_b)/(v_a+v_b) = −∂e/∂μ_b,   ∂e/∂v_a = ∂e/∂v_b = −½[1/(v_a+v_b) − (μ_a−μ_b)²/(v_a+v_b)²].
 
@@ -16,6 +16,11 @@ entries that stay in cache, and each block is contracted at once with the analyt
   known in advance: by Cauchy-Schwarz lw_a + lw_b + e_ab ≤ max_a (2 lw_a + e_aa), the diagonal.
 - rows: the forward pass keeps the [A, B] softmax weights; the backward pass, which needs the upstream
   gradient of every row, recomputes each block.
+
+On CPU the same blocks run as native loops (src/native.py builds src/pair_sums_native.cpp; one pass per
+pair, one log per pair instead of D): the forward of `rows` and the single pass of `pairs` call them, and
+so does the backward of `rows`. The torch tiles below are the path on CUDA, under USE_NATIVE = False, and
+wherever the library cannot be built.
 
 Variances enter as exp(logvar − c_d), c_d the largest log-variance of dimension d, and means as
 μ·exp(−c_d/2): every score is unchanged and nothing over- or underflows as long as the spread of the
