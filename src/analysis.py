@@ -68,9 +68,9 @@ STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.jso
 
 #: results.json keys that must be numbers (or null) for a run to count; the integer ones must fit int64.
 INT_KEYS = ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
-            "n_params", "job_num", "trial"]
+            "n_params", "job_num", "trial", "n_test"]
 FLOAT_KEYS = ["reg_weight", "lr", "test_nll", "test_nll_sem", "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari",
-              "val_acc", "train_seconds", "eval_seconds", "compile_seconds", "target_recon", "n_test",
+              "val_acc", "train_seconds", "eval_seconds", "compile_seconds", "target_recon",
               *(f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in (1, 10, 100))]
 
 

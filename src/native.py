@@ -54,6 +54,7 @@ def _build(compiler: str, path: Path) -> None:
     try:
         subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
                        timeout=300)
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache dir from loading it
         os.replace(tmp, path)  # atomic: concurrent builders each leave a complete file
     finally:
         if os.path.exists(tmp):
@@ -66,19 +67,24 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("CSRAE_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CXX", "c++")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()
-    path = cache_dir() / f"pair_sums_native_{key[:16]}.so"
     try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_signature()]).encode())
+        path = cache_dir() / f"pair_sums_native_{key.hexdigest()[:16]}.so"
         if not path.exists():
             _build(compiler, path)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a cached file that does not load (another libstdc++, a partial copy): build anew
+            _build(compiler, path)
+            lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or e
         log.warning("native mixture loops unavailable (%s); using the tiled torch code", str(detail).strip()[:300])
         return None
     for s in _SUFFIX.values():
-        getattr(lib, f"row_scores_{s}").argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _P]
-        getattr(lib, f"row_grads_{s}").argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P]
+        for name, args in ((f"row_scores_{s}", [_P, _P, _P, _P, _I, _I, _I, _I, _P]),
+                           (f"row_grads_{s}", [_P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P])):
+            getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
         fn = getattr(lib, f"pairs_{s}")
         fn.argtypes = [_P, _P, _P, _I, _I, _D, ctypes.c_int, _I, _P, _P, _P]
         fn.restype = _D
@@ -86,10 +92,17 @@ def library() -> ctypes.CDLL | None:
 
 
 def usable(*tensors: Tensor) -> bool:
-    """True when the native loops can take these tensors (CPU, one float dtype) and the library loads."""
+    """True when the native loops can take these tensors (every one on the CPU, all of one float dtype:
+    the C code reads each buffer as that dtype) and the library loads. CSRAE_NATIVE is read once."""
     dtype = tensors[0].dtype
     return (dtype in _SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
             and library() is not None)
+
+
+def _check(rows: Tensor, *others: Tensor) -> None:
+    d = rows.shape[-1]
+    if any(t.dtype != rows.dtype or (t.dim() == 2 and t.shape[-1] != d) for t in others):
+        raise ValueError("native pair sums: tensors of one dtype and one dimension D expected")
 
 
 def chunk(spread: float, d: int) -> int:
@@ -109,6 +122,7 @@ def _fn(name: str, t: Tensor):
 def row_scores(x: Tensor, xv: Tensor, m: Tensor, v: Tensor, n: int) -> Tensor:
     """[A, K]: Σ_d [log(xv_a + v_b) + (x_a − m_b)²/(xv_a + v_b)] for rows x, xv [A, D] and components m, v [K, D]."""
     x, xv, m, v = (t.detach().contiguous() for t in (x, xv, m, v))
+    _check(x, xv, m, v)
     (a, d), k = x.shape, m.shape[0]
     out = x.new_empty(a, k)
     _fn("row_scores", x)(_ptr(x), _ptr(xv), _ptr(m), _ptr(v), a, k, d, n, _ptr(out))
@@ -118,6 +132,9 @@ def row_scores(x: Tensor, xv: Tensor, m: Tensor, v: Tensor, n: int) -> Tensor:
 def row_grads(x: Tensor, xv: Tensor, m: Tensor, v: Tensor, w: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Σ_b w·r, Σ_b w·(inv − r²) per row and Σ_a of both per component, r = (x_a − m_b)·inv, inv = 1/(xv_a + v_b)."""
     x, xv, m, v, w = (t.detach().contiguous() for t in (x, xv, m, v, w))
+    _check(x, xv, m, v)
+    if w.dtype != x.dtype or w.shape != (x.shape[0], m.shape[0]):
+        raise ValueError("native pair sums: weights of shape [rows, components] and the rows' dtype expected")
     (a, d), k = x.shape, m.shape[0]
     ra, ta, rb, tb = x.new_zeros(a, d), x.new_zeros(a, d), x.new_zeros(k, d), x.new_zeros(k, d)
     _fn("row_grads", x)(_ptr(x), _ptr(xv), _ptr(m), _ptr(v), _ptr(w), a, k, d, n, _ptr(ra), _ptr(ta), _ptr(rb), _ptr(tb))
@@ -128,7 +145,10 @@ def pairs(m: Tensor, v: Tensor, lw: Tensor, shift: float, need_grad: bool, n: in
     """(total, g_lw, g_r, g_t) of the symmetric pair sum Σ_{a,b} exp(lw_a + lw_b − ½ score_ab + shift), see the
     source; the gradient sums are zeros when need_grad is False."""
     m, v, lw = (t.detach().contiguous() for t in (m, v, lw))
+    _check(m, v, lw)
     k, d = m.shape
+    if lw.shape != (k,):
+        raise ValueError("native pair sums: one log-weight per component expected")
     g_lw, g_r, g_t = m.new_zeros(k), m.new_zeros(k, d), m.new_zeros(k, d)
     total = _fn("pairs", m)(_ptr(m), _ptr(v), _ptr(lw), k, d, float(shift), int(need_grad), n,
                             _ptr(g_lw), _ptr(g_r), _ptr(g_t))

@@ -51,12 +51,18 @@ def spread_ok(*logvars: Tensor) -> bool:
 USE_NATIVE = True  # src/native.py's compiled loops on CPU; False: the tiled torch code below everywhere
 
 
-def _native_chunk(c: Tensor, *logvars: Tensor) -> int:
-    """Dimensions per partial product for the native loops (src/native.py), or 0 to use the torch tiles."""
-    if not (USE_NATIVE and native.usable(c, *logvars)):
+def _native_chunk(c: Tensor, logvars: tuple, others: tuple = ()) -> int:
+    """Dimensions per partial product for the native loops (src/native.py), or 0 to use the torch tiles.
+    Every tensor the loops read (means, weights) goes in: they must share one dtype and device."""
+    if not (USE_NATIVE and native.usable(c, *logvars, *others)):
         return 0
     spread = max(float((c - lv.detach().amin(0)).max()) for lv in logvars)
-    return native.chunk(spread, c.shape[0])
+    return native.chunk(spread, c.shape[0]) if math.isfinite(spread) else 0
+
+
+def _rows_layout(mu: Tensor, logvar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """_scaled's values laid out [rows, D], as the native loops read them."""
+    return (mu * torch.exp(-0.5 * c)).contiguous(), torch.exp(logvar - c).contiguous()
 
 
 def _rows_per_block(cols: int, d: int) -> int:
@@ -112,9 +118,9 @@ class RowLSE(torch.autograd.Function):
             saved = (xt, mt, inv_b)
         else:
             c = torch.maximum(x_logvar.amax(0), logvar.amax(0))
-            ctx.chunk = _native_chunk(c, x_logvar, logvar)
-            if ctx.chunk:  # the same scaled values, laid out [rows, D] for the native loops
-                xa, va, mb, vb = (t.T for t in (*_scaled(x, x_logvar, c), *_scaled(mu, logvar, c)))
+            ctx.chunk = _native_chunk(c, (x_logvar, logvar), (x, mu))
+            if ctx.chunk:
+                (xa, va), (mb, vb) = _rows_layout(x, x_logvar, c), _rows_layout(mu, logvar, c)
                 scores = native.row_scores(xa, va, mb, vb, ctx.chunk)
             else:
                 xa, va = _scaled(x, x_logvar, c)
@@ -174,9 +180,9 @@ class PairLSE(torch.autograd.Function):
         const = -0.5 * (d * LOG_2PI + c.sum())
         # The largest term is a diagonal one (Cauchy-Schwarz), so exp(term − top) ≤ 1 needs no rescaling.
         top = (2.0 * lw - 0.5 * torch.log(2.0 * vs).sum(0)).max() + const
-        chunk = _native_chunk(c, logvar)
+        chunk = _native_chunk(c, (logvar,), (mu, lw))
         if chunk:
-            total, g_lw, g_r, g_t = native.pairs(ms.T, vs.T, lw, float(const - top), need_grad, chunk)
+            total, g_lw, g_r, g_t = native.pairs(*_rows_layout(mu, logvar, c), lw, float(const - top), need_grad, chunk)
             out = top + math.log(total)
             if need_grad:
                 scale = -torch.exp(-0.5 * c) / total

@@ -143,20 +143,28 @@ def _claim_run_dir(cfg: DictConfig) -> None:
     dir is new: run_experiment locks it.
     """
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     raw = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir"))
     if "${now:" in raw or "${hydra" in raw:  # a new timestamped dir, or values only Hydra's runtime knows
         return
     try:
-        run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))  # as Hydra makes it
+        # Resolved twice: a value that changes between resolutions (a clock, a custom resolver) is not
+        # the dir Hydra will make, so it is left to run_experiment.
+        dirs = {os.path.abspath(str(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])) for _ in range(2)}
     except Exception:  # noqa: BLE001 - an interpolation Hydra will report itself
         return
+    if len(dirs) != 1:
+        return
+    run_dir = Path(dirs.pop())  # as Hydra makes it
     try:
         if run_dir.exists() and not run_dir.is_dir():
             raise rundir.RunDirError(f"hydra.run.dir={run_dir} is a file, not a directory")
         rundir.lock(run_dir)
         if any(p.name != rundir.LOCK_FILE for p in run_dir.iterdir()):
             check_run_dir(cfg, run_dir)  # a fresh dir gets its checks (and a failed record) in run_experiment
+    except InterpolationResolutionError:  # a value only Hydra's runtime resolves: run_experiment checks again
+        return
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

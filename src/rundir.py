@@ -95,7 +95,7 @@ def holdings(run_dir: Path) -> list[str]:
             try:
                 with open(run_dir / name, newline="") as f:
                     rows = sum(1 for _ in csv.DictReader(f))
-            except (UnicodeDecodeError, csv.Error) as e:
+            except (UnicodeDecodeError, csv.Error, OSError) as e:
                 held.append(f"{name} (unreadable: {type(e).__name__})")
                 continue
             if rows:

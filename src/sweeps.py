@@ -722,6 +722,7 @@ def unknown_sweep(overrides: Iterable[str]) -> Optional[str]:
         except Exception:  # noqa: BLE001 - Hydra reports its own syntax errors
             continue
         names = option_names(group)
+        values = [x for v in values for x in (v if isinstance(v, list) else [v])]  # experiment=[a,b]
         bad = [str(v) for v in values if v is not None and str(v) not in names]
         if bad:
             return (f"unknown {group} {', '.join(bad)}; choose one of {', '.join(names)} "

@@ -684,10 +684,24 @@ def backend(request, monkeypatch):
 def test_native_loops_build_and_are_used_on_cpu():
     assert native.library() is not None, "the native mixture loops did not build (is a C++ compiler installed?)"
     x = torch.randn(3, 4, dtype=F64)
-    assert pair_sums._native_chunk(x[0], x) == 4
+    assert pair_sums._native_chunk(x[0], (x,)) == 4
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pair_sums, "USE_NATIVE", False)
-        assert pair_sums._native_chunk(x[0], x) == 0
+        assert pair_sums._native_chunk(x[0], (x,)) == 0
+
+
+def test_mixed_dtypes_never_reach_the_native_loops():
+    """The C code reads every buffer in one dtype: float32 logits beside float64 means gave a wrong value
+    (16.13 instead of 14.35) with no error. Mixed dtypes go to the torch tiles, which promote."""
+    g = gen(1400)
+    mu, lv, logits, p_mu, p_lv = (t.detach() for t in _case(g, 4, 6, 32, "plain"))
+    with reference_math():
+        ref = cs_divergence(mu, lv, p_mu, p_lv, logits.float())
+    got = cs_divergence(mu, lv, p_mu, p_lv, logits.float())
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert pair_sums._native_chunk(lv[0], (lv, p_lv), (mu, logits.float())) == 0
+    with pytest.raises(ValueError, match="one dtype"):
+        native.pairs(p_mu, p_lv.float(), logits, 0.0, False, 1)
 
 
 def test_without_a_compiler_the_tiles_are_used(tmp_path):
@@ -695,7 +709,7 @@ def test_without_a_compiler_the_tiles_are_used(tmp_path):
     import subprocess
 
     code = ("import torch; from src import native, pair_sums, divergences as dv; assert native.library() is None; "
-            "x = torch.randn(3, 4, dtype=torch.float64); assert pair_sums._native_chunk(x[0], x) == 0; "
+            "x = torch.randn(3, 4, dtype=torch.float64); assert pair_sums._native_chunk(x[0], (x,)) == 0; "
             "print(float(dv.cs_divergence(x, x, x, x, None).sum()))")
     for env in ({"CXX": str(tmp_path / "no-compiler")}, {"CSRAE_NATIVE": "0"}):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

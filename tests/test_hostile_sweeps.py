@@ -151,6 +151,15 @@ def test_misspelt_sweep_name_runs_nothing(tmp_path, name):
     assert not (tmp_path / "cwd" / "outputs").exists()  # nothing ran
 
 
+def test_list_values_of_known_options_are_not_refused():
+    """`experiment=[digits_smoke]` composes in Hydra; the name check must look inside the list."""
+    from src.sweeps import unknown_sweep
+
+    assert unknown_sweep(["experiment=[digits_smoke]"]) is None
+    assert unknown_sweep(["+experiment=[digits_smoke,mnist_density]", "sweep=vae_optuna"]) is None
+    assert "unknown experiment nope" in unknown_sweep(["experiment=[digits_smoke,nope]"])
+
+
 def test_misspelt_experiment_name_runs_nothing(tmp_path):
     """`experiment=mnist_densty` trained the default digits run and exited 0 (the config's
     `optional experiment` skips an unknown name silently, like `sweep`)."""

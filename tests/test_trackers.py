@@ -73,14 +73,15 @@ def test_a_failed_run_is_a_failed_mlflow_run(run_cli, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "run"
-    p = run_cli(run_dir, "logger=mlflow", f"logger.tracking_uri={uri}", "dataset=mnist",
-                f"dataset.root={tmp_path / 'no_data'}")
+    # A failure during training (Adam with lr 1e6 diverges at step 1); missing data fails before the
+    # tracker opens, in the preflight, and leaves no tracker run.
+    p = run_cli(run_dir, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.epochs=3", "optimizer.lr=1e6")
     assert p.returncode == 2
     r = json.loads((run_dir / "results.json").read_text())
     assert r["status"] == "failed"
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("csrae-sweeps").experiment_id])
-    assert run.info.status == "FAILED" and run.data.params["dataset.name"] == "mnist"
+    assert run.info.status == "FAILED" and run.data.params["optimizer.lr"] == "1000000.0"
     stored = json.loads(Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl"))).read_text())
     assert stored["status"] == "failed" and stored["error"] == r["error"]
 
