@@ -5,6 +5,7 @@
     python benchmarks/mnist_converged.py --run              # train whatever is unfinished, one at a time
     python benchmarks/mnist_converged.py --run --parallel 2 # two at a time (one thread each)
     python benchmarks/mnist_converged.py --csv              # collect finished runs, rebuild the tables and report
+    python benchmarks/mnist_converged.py --paired A B       # paired per-test-point NLL difference of two runs
     nohup python benchmarks/mnist_converged.py --run --parallel 2 > ~/csrae-runs/queue.log 2>&1 &
 
 Run directories live outside the work tree (they survive a new checkout): --runs-dir, or the
@@ -24,12 +25,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -210,6 +214,48 @@ def report() -> None:
                         "--name", "mnist_converged", "--quiet"], cwd=ROOT)
 
 
+PAIRED = RESULTS / "mnist_converged_paired.csv"
+PAIRED_COLUMNS = ["a", "b", "is_samples", "n_test", "is_seed", "nll_a", "nll_b", "diff", "diff_sem", "ci95_lo",
+                  "ci95_hi", "p_value"]
+
+
+def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
+    """Per-test-point paired NLL difference a − b on all 10 000 test points: both best checkpoints are
+    evaluated by benchmarks/mnist_eval.py with the same importance-sampling noise (one seed), in parallel;
+    the mean difference gets a t-based 95% CI over test points (scipy's paired t-test). This is the
+    uncertainty of the evaluation given the two trained models, not over training seeds.
+    One row per pair in mnist_converged_paired.csv (replaced when rerun)."""
+    from scipy import stats
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = f"paired_eval_s{samples}_seed{seed}.json"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "mnist_eval.py"), str(runs / n), "--samples",
+                               str(samples), "--n-test", "10000", "--seed", str(seed), "--out", out], cwd=ROOT, env=env)
+             for n in (a, b) if not (runs / n / out).exists()]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit(f"error: an evaluation failed (see above); nothing written to {PAIRED}")
+    ev = {n: json.loads((runs / n / out).read_text()) for n in (a, b)}
+    x, y = (np.asarray(ev[n]["per_point_nll"]) for n in (a, b))
+    d = x - y
+    sem = d.std(ddof=1) / math.sqrt(len(d))
+    half = stats.t.ppf(0.975, len(d) - 1) * sem
+    row = {"a": a, "b": b, "is_samples": samples, "n_test": len(d), "is_seed": seed, "nll_a": round(x.mean(), 3),
+           "nll_b": round(y.mean(), 3), "diff": round(d.mean(), 3), "diff_sem": round(sem, 3),
+           "ci95_lo": round(d.mean() - half, 3), "ci95_hi": round(d.mean() + half, 3),
+           "p_value": float(f"{stats.ttest_rel(x, y).pvalue:.3g}")}
+    rows = []
+    if PAIRED.exists():
+        with open(PAIRED, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if (r["a"], r["b"], r["is_samples"]) != (a, b, str(samples))]
+    with open(PAIRED, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PAIRED_COLUMNS)
+        w.writeheader()
+        w.writerows([*rows, row])
+    print(f"{a} − {b}: {row['diff']:+.3f} nats (95% CI {row['ci95_lo']:+.3f} … {row['ci95_hi']:+.3f}, "
+          f"p = {row['p_value']:.3g}; S={samples}, {len(d)} test points) -> {PAIRED}")
+    return row
+
+
 def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | None = None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running: dict[str, subprocess.Popen] = {}
@@ -248,6 +294,9 @@ def main(argv=None) -> None:
     what.add_argument("--list", action="store_true", help="the plan and each run's state")
     what.add_argument("--run", action="store_true", help="train what is unfinished (resuming), then collect")
     what.add_argument("--csv", action="store_true", help="collect finished runs, rebuild the tables and the report")
+    what.add_argument("--paired", nargs=2, metavar=("A", "B"),
+                      help="paired per-test-point NLL difference A − B of two finished runs")
+    ap.add_argument("--samples", type=int, default=1000, help="--paired: importance samples per point (default 1000)")
     ap.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help=f"run directories (default {DEFAULT_RUNS})")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
     ap.add_argument("--only", nargs="*", help="only these run names")
@@ -261,6 +310,8 @@ def main(argv=None) -> None:
             print(f"{st:10s} {name:22s} experiment={experiment} {' '.join(overrides)}" + (f"  [{reason}]" if reason else ""))
     elif args.run:
         run_queue(runs, max(1, args.parallel), args.only, args.epochs)
+    elif args.paired:
+        paired(*args.paired, runs, args.samples)
     else:
         for name, _, _ in PLAN:
             if state(name, runs)[0] == "done" and (runs / name).exists():

@@ -345,3 +345,27 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
     assert rows[1]["model"] == "vae" and rows[1]["test_nll"] == "" and rows[1]["constraint"] == "none"
     with open(tmp_path / "plan.csv") as f:
         assert [r["state"] for r in csv.DictReader(f)] == ["done", "todo"]
+
+
+def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
+    q = _queue_module()
+    monkeypatch.setattr(q, "PLAN", [("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+                                    ("b_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5", "model=vae"])])
+    for name in ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"):
+        monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
+    monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    q.run_queue(runs, parallel=2, only=None)
+    row = q.paired("a_s0", "b_s0", runs, samples=5)
+    per_point = {n: np.asarray(json.loads((runs / n / "paired_eval_s5_seed1234.json").read_text())["per_point_nll"])
+                 for n in ("a_s0", "b_s0")}
+    diff = per_point["a_s0"] - per_point["b_s0"]
+    assert row["n_test"] == len(diff) == 359  # every digits test point
+    assert row["diff"] == pytest.approx(diff.mean(), abs=1e-3)
+    assert row["ci95_lo"] < row["diff"] < row["ci95_hi"] and 0 <= row["p_value"] <= 1
+    back = q.paired("b_s0", "a_s0", runs, samples=5)  # evaluations are reused, the sign flips
+    assert back["diff"] == pytest.approx(-row["diff"], abs=2e-3)
+    with open(q.PAIRED) as f:
+        assert [(r["a"], r["b"]) for r in csv.DictReader(f)] == [("a_s0", "b_s0"), ("b_s0", "a_s0")]
