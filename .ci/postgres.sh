@@ -18,8 +18,8 @@ log() { echo "postgres.sh: $*" >&2; }
 
 bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
-as_postgres() {
-    if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+as_postgres() {  # from /: the caller's directory may be one that postgres cannot enter (a 700 temp dir)
+    if [ "$(id -un)" = postgres ]; then "$@"; else (cd / && runuser -u postgres -- "$@"); fi
 }
 
 start() {
