@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.contract import FEWLABEL_N
 from src.divergences import log_mixture_density_matmul, log_normal
 from src.models import Autoencoder
 
@@ -190,7 +191,6 @@ def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: O
 
 # --- few labels (Kingma et al. 2014, M1) -----------------------------------------------------
 
-FEWLABEL_N = (1, 10, 100)  # labelled training points per class
 
 
 def fewlabel_subset(labels: np.ndarray, n: int, seed: int = 0) -> Optional[np.ndarray]:

@@ -6,10 +6,8 @@ a run directory, so tests and notebooks can call it directly.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src import evaluate, rundir, trackers
+from src.contract import FEWLABEL_KEYS, key_config, write_results
 from src.config import ConfigError, unknown_keys, validate
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
@@ -36,64 +35,12 @@ from src.train import (
 
 log = logging.getLogger(__name__)
 
-# Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
 
-FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in evaluate.FEWLABEL_N]
-RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
-               "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
-               "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device", "error",
-               "constraint", "target_recon", "pretrain_epochs", "n_test", *FEWLABEL_KEYS]
-
-
-def _value(v: Any) -> Any:
+def _value(v: Any) -> Any:  # an enum by its name
     return getattr(v, "value", v)
 
-
-def key_config(cfg) -> dict:
-    """The configuration columns every results.json carries (so reports need not parse .hydra/)."""
-    return {
-        "model": _value(cfg.model.name), "prior": _value(cfg.prior.name), "K": int(cfg.prior.K),
-        "dataset": _value(cfg.dataset.name), "seed": int(cfg.trainer.seed), "reg_weight": float(cfg.model.reg_weight),
-        "latent_dim": int(cfg.model.latent_dim), "variant": _value(cfg.model.variant),
-        "network": _value(cfg.model.network), "weights": _value(cfg.prior.weights), "lr": float(cfg.optimizer.lr),
-        "epochs": int(cfg.trainer.epochs), "is_samples": int(cfg.eval.is_samples),
-        "constraint": _value(cfg.model.constraint), "pretrain_epochs": int(cfg.trainer.pretrain_epochs),
-        "target_recon": None if cfg.model.target_recon is None else float(cfg.model.target_recon),
-    }
-
-
-def _strict(full: dict) -> dict:
-    """Strict JSON has no NaN or Infinity: such a number becomes null, and `non_finite` says what it was
-    (by its path: `test_recon`, `params.optimizer.lr`), at any depth (a sweep's params are nested)."""
-    bad: dict = {}
-
-    def clean(value, path: str):
-        if isinstance(value, float) and not math.isfinite(value):
-            bad[path] = str(value)
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return value
-
-    out = {k: clean(v, k) for k, v in full.items()}
-    return {**out, "non_finite": bad} if bad else out
-
-
-def write_results(run_dir: Path, results: dict) -> None:
-    """Atomically (re)write results.json: a reader never sees half a file."""
-    full = {k: results.get(k) for k in RESULT_KEYS}
-    full.update({k: v for k, v in results.items() if k not in full})
-    tmp = run_dir / "results.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(_strict(full), f, indent=2, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / "results.json")
-
+# Errors whose message is the whole story for the user: no traceback needed.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
 
 GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
 

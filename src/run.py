@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from src import rundir, sweeps
 from src.config import register_configs
-from src.pipeline import RESULT_KEYS, USER_ERRORS, check_run_dir, run_experiment
+from src.contract import RESULT_KEYS
+from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
 
 log = logging.getLogger(__name__)
 register_configs()

@@ -483,7 +483,7 @@ def preflight(config: DictConfig) -> None:
     fail once, before the study is touched, instead of recording n_trials failed trials."""
     from src.config import validate
     from src.data import check_available
-    from src.pipeline import RESULT_KEYS
+    from src.contract import RESULT_KEYS
 
     from src.config import ConfigError
 

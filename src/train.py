@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS
 from src.data import DataBundle
 from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
@@ -30,10 +31,6 @@ from src.priors import GaussianMixture
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_recon", "train_reg", "val_loss", "val_recon", "val_reg",
-                  "reg_weight", "lr", "seconds"]
-# pretrain_metrics.csv: the autoencoder pretraining epochs (reconstruction only), numbered 1..pretrain_epochs.
-PRETRAIN_COLUMNS = ["epoch", "train_recon", "val_recon", "lr", "seconds"]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -24,7 +24,8 @@ from src.evaluate import (
 )
 from src.geco import W_MAX, W_MIN, GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import build_model
-from src.pipeline import RESULT_KEYS, _settings, run_experiment
+from src.contract import METRIC_COLUMNS, RESULT_KEYS
+from src.pipeline import _settings, run_experiment
 from src.priors import GaussianMixture
 from src.train import build_optimizer, fit
 
@@ -142,7 +143,7 @@ def test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end(tmp_path, r
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == train_mod.METRIC_COLUMNS and [int(x["epoch"]) for x in rows] == [1, 2, 3]
+    assert list(rows[0]) == METRIC_COLUMNS and [int(x["epoch"]) for x in rows] == [1, 2, 3]
     weights = [float(x["reg_weight"]) for x in rows]
     assert weights[0] < 1.0 and weights == sorted(weights, reverse=True)  # κ=5 is out of reach: the weight falls
 

@@ -20,7 +20,8 @@ import torch
 from src import evaluate
 from src.divergences import kl_monte_carlo, kl_standard_normal
 from src.models import Autoencoder, build_model
-from src.pipeline import RESULT_KEYS, run_experiment
+from src.contract import RESULT_KEYS
+from src.pipeline import run_experiment
 from src.priors import GaussianMixture, NetPrior, StandardNormal, VampPrior
 from src.train import TrainSettings, build_optimizer, fit
 

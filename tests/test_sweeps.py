@@ -260,7 +260,7 @@ def test_every_sweep_file_composes_and_its_keys_exist(path):
     from hydra.utils import instantiate
 
     from src.config import validate
-    from src.pipeline import RESULT_KEYS
+    from src.contract import RESULT_KEYS
 
     name = path.stem
     cfg = compose(f"sweep={name}")

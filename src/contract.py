@@ -1,0 +1,90 @@
+"""The results contract (docs/CONTRACT.md): the files every run writes and the keys they hold.
+
+The one place for these names: the run writes results.json through `write_results`, and analysis
+reads it with the same key lists. Imports no torch, so reading results stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label accuracies
+FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
+
+#: Keys of results.json, in the order the file lists them.
+RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
+               "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
+               "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
+               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device",
+               "error", "constraint", "target_recon", "pretrain_epochs", "n_test", *FEWLABEL_KEYS]
+
+#: The configuration columns of results.json and the config path each comes from.
+CONFIG_COLUMNS = {
+    "model": "model.name", "prior": "prior.name", "K": "prior.K", "dataset": "dataset.name",
+    "reg_weight": "model.reg_weight", "latent_dim": "model.latent_dim", "variant": "model.variant",
+    "network": "model.network", "weights": "prior.weights", "lr": "optimizer.lr", "epochs": "trainer.epochs",
+    "is_samples": "eval.is_samples", "seed": "trainer.seed", "constraint": "model.constraint",
+    "target_recon": "model.target_recon", "pretrain_epochs": "trainer.pretrain_epochs",
+}
+
+#: results.json keys that must be numbers (or null) for a run to count; the integer ones must fit int64.
+INT_KEYS = ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
+            "n_params", "job_num", "trial", "n_test", "pretrain_epochs"]
+FLOAT_KEYS = ["reg_weight", "lr", "test_nll", "test_nll_sem", "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari",
+              "val_acc", "train_seconds", "eval_seconds", "compile_seconds", "target_recon", *FEWLABEL_KEYS]
+
+#: metrics.csv: one row per training epoch.
+METRIC_COLUMNS = ["epoch", "train_loss", "train_recon", "train_reg", "val_loss", "val_recon", "val_reg",
+                  "reg_weight", "lr", "seconds"]
+#: pretrain_metrics.csv: the autoencoder pretraining epochs (reconstruction only), numbered 1..pretrain_epochs.
+PRETRAIN_COLUMNS = ["epoch", "train_recon", "val_recon", "lr", "seconds"]
+
+
+def key_config(cfg: Any) -> dict:
+    """The configuration columns of results.json, read from a composed config or the dataclass schema."""
+    out = {}
+    for column, path in CONFIG_COLUMNS.items():
+        v = reduce(getattr, path.split("."), cfg)
+        v = getattr(v, "value", v)  # enums by name
+        if v is not None and column in INT_KEYS:
+            v = int(v)
+        elif v is not None and column in FLOAT_KEYS:
+            v = float(v)
+        out[column] = v
+    return out
+
+
+def strict(results: dict) -> dict:
+    """Strict JSON has no NaN or Infinity: such a number becomes null, and `non_finite` says what it was
+    (by its path: `test_recon`, `params.optimizer.lr`), at any depth (a sweep's params are nested)."""
+    bad: dict = {}
+
+    def clean(value, path: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[path] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = {k: clean(v, k) for k, v in results.items()}
+    return {**out, "non_finite": bad} if bad else out
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """Atomically (re)write results.json, every RESULT_KEYS key first: a reader never sees half a file."""
+    full = {k: results.get(k) for k in RESULT_KEYS}
+    full.update({k: v for k, v in results.items() if k not in full})
+    tmp = Path(run_dir) / "results.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(strict(full), f, indent=2, default=str, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(run_dir) / "results.json")
