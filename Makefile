@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK_VENV := .venv-lock
 
-.PHONY: install run test lock bench clean-outputs
+.PHONY: install run test lint format lock clean-outputs
 
 install: $(STAMP)
 
@@ -41,6 +41,15 @@ run: install
 TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml: `make lint` checks (CI runs it), `make format` rewrites.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean-outputs:
 	rm -rf outputs/runs outputs/multirun outputs/reports outputs/optuna

@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 sweep_dir = None  # a sweep directory; None = the newest under outputs/multirun
-out = None        # a directory to save the figures in; None = show them
+out = None  # a directory to save the figures in; None = show them
 
 # %%
 import sys
@@ -64,8 +64,13 @@ for metric in ("test_nll", "nmi"):
     if table.empty:
         print("  fewer than two values of K share a seed")
         continue
-    print(table[[k for k in keys if k != "K"] + ["a", "b", "n", "diff", "diff_ci95", "p", "p_holm", "better",
-                                                  "significant"]].round(4).to_string(index=False))
+    print(
+        table[
+            [k for k in keys if k != "K"] + ["a", "b", "n", "diff", "diff_ci95", "p", "p_holm", "better", "significant"]
+        ]
+        .round(4)
+        .to_string(index=False)
+    )
 
 # %% [markdown]
 # ## Best K per model (by mean test NLL; chosen on test, so read it as descriptive)

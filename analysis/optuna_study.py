@@ -23,7 +23,7 @@
 
 # %% tags=["parameters"]
 sweep_dir = None  # an Optuna sweep directory (or a directory holding several); None = newest sweep
-out = None        # a directory to save the figures in; None = show them
+out = None  # a directory to save the figures in; None = show them
 
 # %%
 import sys
@@ -54,17 +54,24 @@ if not studies:
 # %%
 for i, study in enumerate(studies):
     t = study.trials
-    print(f"\nstudy {study.name} in {study.sweep_dir}: {len(t)} trials, "
-          f"{int(t['value'].notna().sum())} completed; objective {study.objective} ({study.direction})")
+    print(
+        f"\nstudy {study.name} in {study.sweep_dir}: {len(t)} trials, "
+        f"{int(t['value'].notna().sum())} completed; objective {study.objective} ({study.direction})"
+    )
     print(t.sort_values("value", ascending=study.direction == "minimize").head(10).to_string(index=False))
     best = study.best
     if best is not None:
-        print(f"best trial {int(best['number'])}: {study.objective} = {best['value']:.4f}, "
-              + ", ".join(f"{p}={best[p]}" for p in study.params))
+        print(
+            f"best trial {int(best['number'])}: {study.objective} = {best['value']:.4f}, "
+            + ", ".join(f"{p}={best[p]}" for p in study.params)
+        )
         done = t[t["value"].notna()]
         if len(done) >= 3:
-            rho = {p: done[p].corr(done["value"], method="spearman") for p in study.params
-                   if pd.api.types.is_numeric_dtype(done[p])}
+            rho = {
+                p: done[p].corr(done["value"], method="spearman")
+                for p in study.params
+                if pd.api.types.is_numeric_dtype(done[p])
+            }
             print("Spearman correlation with the objective:", {p: round(float(r), 2) for p, r in rho.items()})
     tag = f"_{i + 1}" if len(studies) > 1 else ""
     A.show(A.plot_optuna_history(study), out, f"optuna_history{tag}.png")

@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 sweep_dir = None  # a sweep directory; None = the newest under outputs/multirun
-out = None        # a directory to save the figures in; None = show them
+out = None  # a directory to save the figures in; None = show them
 
 # %%
 import sys
@@ -74,8 +74,14 @@ for metric, table in comparisons.items():
     if table.empty:
         print("  no pair of models shares a seed")
         continue
-    print(table[[k for k in keys if k != "model"] + ["a", "b", "n", "diff", "diff_ci95", "p", "p_holm",
-                                                      "better", "significant"]].round(4).to_string(index=False))
+    print(
+        table[
+            [k for k in keys if k != "model"]
+            + ["a", "b", "n", "diff", "diff_ci95", "p", "p_holm", "better", "significant"]
+        ]
+        .round(4)
+        .to_string(index=False)
+    )
 
 # %% [markdown]
 # ## The verdict (the same text as the report)

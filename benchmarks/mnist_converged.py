@@ -45,7 +45,9 @@ DEFAULT_RUNS = Path(os.environ.get("CSRAE_RUNS_DIR", "~/csrae-runs/mnist_converg
 
 COMMON = [f"dataset.root={DATA_ROOT}", "trainer.threads=1", "trainer.progress=false"]
 
-LAMBDA = 3  # provisional tuned csrae weight (DESIGN.md §6.6: 20-epoch scan λ = 1 … 4 on MNIST); λ = 1 is the paper's default
+LAMBDA = (
+    3  # provisional tuned csrae weight (DESIGN.md §6.6: 20-epoch scan λ = 1 … 4 on MNIST); λ = 1 is the paper's default
+)
 KAPPA = 60  # GECO reconstruction target, nats: about where a converged vae+standard reconstructs (provisional)
 
 D, C = "mnist_density", "mnist_clustering"
@@ -88,11 +90,31 @@ PLAN = [
 ]
 
 # Why a planned run has no result yet, in mnist_converged_plan.csv (the queue runs them in PLAN order).
-NOT_RUN = ("not run yet: CPU time (one converged run takes 1.5-3 h of a core here, two at a time, and run "
-           "dirs do not survive between sessions); rerun the queue to train it")
+NOT_RUN = (
+    "not run yet: CPU time (one converged run takes 1.5-3 h of a core here, two at a time, and run "
+    "dirs do not survive between sessions); rerun the queue to train it"
+)
 
-COLUMNS = ["configuration", "model", "prior", "K", "reg_weight", "constraint", "seed", "epochs_run", "stopped_early",
-           "test_nll", "test_nll_sem", "is_samples", "n_test", "acc", "nmi", "ari", "fewlabel_lr_10", "fewlabel_comp_10"]
+COLUMNS = [
+    "configuration",
+    "model",
+    "prior",
+    "K",
+    "reg_weight",
+    "constraint",
+    "seed",
+    "epochs_run",
+    "stopped_early",
+    "test_nll",
+    "test_nll_sem",
+    "is_samples",
+    "n_test",
+    "acc",
+    "nmi",
+    "ari",
+    "fewlabel_lr_10",
+    "fewlabel_comp_10",
+]
 COPIED = ["results.json", "metrics.csv", "pretrain_metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml"]
 
 
@@ -100,8 +122,16 @@ def command(name: str, experiment: str, overrides: list[str], runs: Path, epochs
     """The run's command line; epochs caps trainer.epochs below the protocol's 2000 (not part of the
     checkpoint fingerprint, so a capped run can be extended later with a larger cap)."""
     cap = [f"trainer.epochs={epochs}"] if epochs else []
-    return [sys.executable, "-m", "src.run", f"experiment={experiment}", *overrides, *COMMON, *cap,
-            f"hydra.run.dir={runs / name}"]
+    return [
+        sys.executable,
+        "-m",
+        "src.run",
+        f"experiment={experiment}",
+        *overrides,
+        *COMMON,
+        *cap,
+        f"hydra.run.dir={runs / name}",
+    ]
 
 
 def _json(path: Path):
@@ -163,18 +193,20 @@ def collect(name: str, runs: Path) -> None:
 
 def _planned_config(experiment: str, overrides: list[str]) -> dict:
     """model, prior, K, reg_weight, constraint and seed of a planned run, from its composed config."""
-    from hydra import compose, initialize_config_dir
-
     sys.path.insert(0, str(ROOT))
-    from src.config import register_configs
+    from src.config import compose_config
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides])
+    cfg = compose_config(f"experiment={experiment}", *overrides)
     v = lambda x: getattr(x, "value", x)  # noqa: E731
-    return {"model": v(cfg.model.name), "prior": v(cfg.prior.name), "K": cfg.prior.K,
-            "reg_weight": cfg.model.reg_weight, "constraint": v(cfg.model.constraint),
-            "target_recon": cfg.model.target_recon, "seed": cfg.trainer.seed}
+    return {
+        "model": v(cfg.model.name),
+        "prior": v(cfg.prior.name),
+        "K": cfg.prior.K,
+        "reg_weight": cfg.model.reg_weight,
+        "constraint": v(cfg.model.constraint),
+        "target_recon": cfg.model.target_recon,
+        "seed": cfg.trainer.seed,
+    }
 
 
 def _constraint(r: dict) -> str:
@@ -192,13 +224,23 @@ def build_tables(runs: Path) -> None:
         if r is None and st == "done":
             r = _json(runs / name / "results.json")
         base = r if r is not None else _planned_config(experiment, overrides)
-        row = {"configuration": f"{experiment}:{name.rsplit('_s', 1)[0]}", **{k: base.get(k) for k in COLUMNS[1:]},
-               "constraint": _constraint(base)}
+        row = {
+            "configuration": f"{experiment}:{name.rsplit('_s', 1)[0]}",
+            **{k: base.get(k) for k in COLUMNS[1:]},
+            "constraint": _constraint(base),
+        }
         if r is None:  # planned, not finished: no results, progress only
             row.update({k: None for k in COLUMNS[7:]}, epochs_run=_epochs_done(runs / name) or None)
         rows.append(row)
-        plan_rows.append({"name": name, "experiment": experiment, "overrides": " ".join(overrides), "state": st,
-                          "reason": NOT_RUN if st == "todo" else reason})
+        plan_rows.append(
+            {
+                "name": name,
+                "experiment": experiment,
+                "overrides": " ".join(overrides),
+                "state": st,
+                "reason": NOT_RUN if st == "todo" else reason,
+            }
+        )
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     for path, fields, data in ((TABLE, COLUMNS, rows), (PLAN_TABLE, list(plan_rows[0]), plan_rows)):
         with open(path, "w", newline="") as f:
@@ -210,28 +252,70 @@ def build_tables(runs: Path) -> None:
 def report() -> None:
     """python -m src.report over the collected copies -> benchmarks/results/mnist_converged/."""
     if any(COPIES.glob("*/results.json")):
-        subprocess.run([sys.executable, "-m", "src.report", str(COPIES), "--out", str(RESULTS),
-                        "--name", "mnist_converged", "--quiet"], cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.report",
+                str(COPIES),
+                "--out",
+                str(RESULTS),
+                "--name",
+                "mnist_converged",
+                "--quiet",
+            ],
+            cwd=ROOT,
+        )
 
 
 PAIRED = RESULTS / "mnist_converged_paired.csv"
-PAIRED_COLUMNS = ["a", "b", "is_samples", "n_test", "is_seed", "nll_a", "nll_b", "diff", "diff_sem", "ci95_lo",
-                  "ci95_hi", "p_value"]
+PAIRED_COLUMNS = [
+    "a",
+    "b",
+    "is_samples",
+    "n_test",
+    "is_seed",
+    "nll_a",
+    "nll_b",
+    "diff",
+    "diff_sem",
+    "ci95_lo",
+    "ci95_hi",
+    "p_value",
+]
 
 
 def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
-    """Per-test-point paired NLL difference a − b on all 10 000 test points: both best checkpoints are
-    evaluated by benchmarks/mnist_eval.py with the same importance-sampling noise (one seed), in parallel;
-    the mean difference gets a t-based 95% CI over test points (scipy's paired t-test). This is the
-    uncertainty of the evaluation given the two trained models, not over training seeds.
-    One row per pair in mnist_converged_paired.csv (replaced when rerun)."""
+    """Per-test-point paired NLL difference a − b on all 10 000 test points: both runs' models
+    (src.finished_runs.load_model) are evaluated by benchmarks/mnist_eval.py with the same importance-sampling
+    noise (one seed), in parallel; the mean difference gets a t-based 95% CI over test points (scipy's
+    paired t-test). This is the uncertainty of the evaluation given the two trained models, not over
+    training seeds. One row per pair in mnist_converged_paired.csv (replaced when rerun)."""
     from scipy import stats
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = f"paired_eval_s{samples}_seed{seed}.json"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "mnist_eval.py"), str(runs / n), "--samples",
-                               str(samples), "--n-test", "10000", "--seed", str(seed), "--out", out], cwd=ROOT, env=env)
-             for n in (a, b) if not (runs / n / out).exists()]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "mnist_eval.py"),
+                str(runs / n),
+                "--samples",
+                str(samples),
+                "--n-test",
+                "10000",
+                "--seed",
+                str(seed),
+                "--out",
+                out,
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        for n in (a, b)
+        if not (runs / n / out).exists()
+    ]
     if any(p.wait() != 0 for p in procs):
         sys.exit(f"error: an evaluation failed (see above); nothing written to {PAIRED}")
     ev = {n: json.loads((runs / n / out).read_text()) for n in (a, b)}
@@ -239,10 +323,20 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
     d = x - y
     sem = d.std(ddof=1) / math.sqrt(len(d))
     half = stats.t.ppf(0.975, len(d) - 1) * sem
-    row = {"a": a, "b": b, "is_samples": samples, "n_test": len(d), "is_seed": seed, "nll_a": round(x.mean(), 3),
-           "nll_b": round(y.mean(), 3), "diff": round(d.mean(), 3), "diff_sem": round(sem, 3),
-           "ci95_lo": round(d.mean() - half, 3), "ci95_hi": round(d.mean() + half, 3),
-           "p_value": float(f"{stats.ttest_rel(x, y).pvalue:.3g}")}
+    row = {
+        "a": a,
+        "b": b,
+        "is_samples": samples,
+        "n_test": len(d),
+        "is_seed": seed,
+        "nll_a": round(x.mean(), 3),
+        "nll_b": round(y.mean(), 3),
+        "diff": round(d.mean(), 3),
+        "diff_sem": round(sem, 3),
+        "ci95_lo": round(d.mean() - half, 3),
+        "ci95_hi": round(d.mean() + half, 3),
+        "p_value": float(f"{stats.ttest_rel(x, y).pvalue:.3g}"),
+    }
     rows = []
     if PAIRED.exists():
         with open(PAIRED, newline="") as f:
@@ -251,8 +345,10 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
         w = csv.DictWriter(f, fieldnames=PAIRED_COLUMNS)
         w.writeheader()
         w.writerows([*rows, row])
-    print(f"{a} − {b}: {row['diff']:+.3f} nats (95% CI {row['ci95_lo']:+.3f} … {row['ci95_hi']:+.3f}, "
-          f"p = {row['p_value']:.3g}; S={samples}, {len(d)} test points) -> {PAIRED}")
+    print(
+        f"{a} − {b}: {row['diff']:+.3f} nats (95% CI {row['ci95_lo']:+.3f} … {row['ci95_hi']:+.3f}, "
+        f"p = {row['p_value']:.3g}; S={samples}, {len(d)} test points) -> {PAIRED}"
+    )
     return row
 
 
@@ -272,14 +368,25 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
             else:
                 failed.add(name)
                 _log(f"FAILED {name} (rc {proc.returncode}); see {runs / (name + '.log')}")
-        todo = [(n, e, ov) for n, e, ov in PLAN if n not in running and n not in failed
-                and (not only or n in only) and state(n, runs)[0] in ("todo", "resumable")]
+        todo = [
+            (n, e, ov)
+            for n, e, ov in PLAN
+            if n not in running
+            and n not in failed
+            and (not only or n in only)
+            and state(n, runs)[0] in ("todo", "resumable")
+        ]
         while todo and len(running) < parallel:
             name, experiment, overrides = todo.pop(0)
             _log(f"start {name}: experiment={experiment} {' '.join(overrides)}")
             log = open(runs / f"{name}.log", "a")
-            running[name] = subprocess.Popen(command(name, experiment, overrides, runs, epochs), cwd=ROOT, env=env,
-                                             stdout=log, stderr=subprocess.STDOUT)
+            running[name] = subprocess.Popen(
+                command(name, experiment, overrides, runs, epochs),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if not running:
             break
         time.sleep(10)
@@ -294,8 +401,9 @@ def main(argv=None) -> None:
     what.add_argument("--list", action="store_true", help="the plan and each run's state")
     what.add_argument("--run", action="store_true", help="train what is unfinished (resuming), then collect")
     what.add_argument("--csv", action="store_true", help="collect finished runs, rebuild the tables and the report")
-    what.add_argument("--paired", nargs=2, metavar=("A", "B"),
-                      help="paired per-test-point NLL difference A − B of two finished runs")
+    what.add_argument(
+        "--paired", nargs=2, metavar=("A", "B"), help="paired per-test-point NLL difference A − B of two finished runs"
+    )
     ap.add_argument("--samples", type=int, default=1000, help="--paired: importance samples per point (default 1000)")
     ap.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help=f"run directories (default {DEFAULT_RUNS})")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
@@ -307,7 +415,10 @@ def main(argv=None) -> None:
     if args.list:
         for name, experiment, overrides in PLAN:
             st, reason = state(name, runs)
-            print(f"{st:10s} {name:22s} experiment={experiment} {' '.join(overrides)}" + (f"  [{reason}]" if reason else ""))
+            print(
+                f"{st:10s} {name:22s} experiment={experiment} {' '.join(overrides)}"
+                + (f"  [{reason}]" if reason else "")
+            )
     elif args.run:
         run_queue(runs, max(1, args.parallel), args.only, args.epochs)
     elif args.paired:

@@ -1,11 +1,13 @@
-"""Re-evaluate one finished harness run: importance-sampled test NLL with S samples on the first
-N test points, from checkpoints/best.pt; writes <run dir>/bench_eval.json.
+"""Importance-sampled test NLL of one finished run, S samples on the first N test points, point by point;
+writes <run dir>/bench_eval.json (or --out).
 
     python benchmarks/mnist_eval.py benchmarks/runs/csrae_gmm10_s0 --samples 1000 --n-test 2000
 
-The data and the model come from the run's own .hydra/config.yaml (same binarisation of the test
-set, seed 777). Memory is bounded by choosing the sample chunk so that chunk × batch × max(K, D)
-stays below ~20M numbers (the [points, K] log-densities of src.divergences.log_mixture_density_matmul).
+The model is src.finished_runs.load_model's (the run's .hydra/config.yaml and the weights its own final
+evaluation uses), the estimate src.evaluate.importance_sampled_nll with its noise seeded by --seed:
+two runs evaluated with the same seed, S and points share their noise point by point, which makes
+their per-point difference paired (mnist_converged.py --paired). The run's whole evaluation again
+(validation NLL, clustering, few-label accuracies) is `python -m src.evaluate RUN_DIR`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,38 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src import rundir  # noqa: E402
 from src.data import load_dataset  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
-from src.models import build_model  # noqa: E402
-from src.pipeline import config_fingerprint  # noqa: E402
-from src.train import load_best_weights  # noqa: E402
+from src.finished_runs import load_model  # noqa: E402
+from src.pipeline import USER_ERRORS  # noqa: E402
+
+
+def evaluate(run_dir: Path, samples: int, n_test: int, batch: int, seed: int) -> dict:
+    run = load_model(run_dir)
+    rundir.lock(run_dir)  # refused while a run (or another evaluation) is using the dir; released at exit
+    x = load_dataset(run.cfg.dataset).test.x[:n_test]
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    nll = importance_sampled_nll(
+        run.model, x, n_samples=samples, chunk=samples, batch=batch, device=torch.device("cpu")
+    )  # src.evaluate bounds the rows per chunk itself
+    return {
+        "test_nll": nll.mean().item(),
+        "test_nll_sem": (nll.std() / math.sqrt(len(nll))).item(),
+        "is_samples": samples,
+        "n_test": len(nll),
+        "seed": seed,
+        "seconds": time.perf_counter() - t0,
+        "chunk": samples,
+        "batch": batch,
+        "checkpoint": run.checkpoint.name,
+        "checkpoint_epoch": run.epoch,
+        "per_point_nll": [round(v, 4) for v in nll.tolist()],
+    }
 
 
 def main() -> None:
@@ -40,27 +65,15 @@ def main() -> None:
     ap.add_argument("--out", default="bench_eval.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    cfg = OmegaConf.load(args.run_dir / ".hydra" / "config.yaml")
-    data = load_dataset(cfg.dataset)
-    model = build_model(cfg.model, cfg.prior, data.image_shape)
-    if not load_best_weights(model, args.run_dir, config_fingerprint(cfg)):
-        sys.exit(f"error: {args.run_dir}/checkpoints/best.pt not found")
-    model.eval()
-    x = data.test.x[:args.n_test]
-    k, d = int(cfg.prior.K), int(cfg.model.latent_dim)
-    chunk = args.samples  # src.evaluate bounds the rows per chunk itself
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    nll = importance_sampled_nll(model, x, n_samples=args.samples, chunk=chunk, batch=args.batch,
-                                 device=torch.device("cpu"))
-    seconds = time.perf_counter() - t0
-    out = {"test_nll": nll.mean().item(), "test_nll_sem": (nll.std() / math.sqrt(len(nll))).item(),
-           "is_samples": args.samples, "n_test": len(nll), "seed": args.seed, "seconds": seconds,
-           "chunk": chunk, "batch": args.batch, "per_point_nll": [round(v, 4) for v in nll.tolist()]}
+    try:
+        out = evaluate(args.run_dir, args.samples, args.n_test, args.batch, args.seed)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
     (args.run_dir / args.out).write_text(json.dumps(out))
-    print(f"{args.run_dir.name}: test NLL {out['test_nll']:.2f} ± {out['test_nll_sem']:.2f} "
-          f"(S={args.samples}, first {len(nll)} test points) in {seconds:.0f}s")
+    print(
+        f"{args.run_dir.name}: test NLL {out['test_nll']:.2f} ± {out['test_nll_sem']:.2f} "
+        f"(S={args.samples}, first {out['n_test']} test points) in {out['seconds']:.0f}s"
+    )
 
 
 if __name__ == "__main__":

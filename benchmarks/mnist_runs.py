@@ -33,17 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs"
 DATA_ROOT = os.environ.get("MNIST_ROOT", str((ROOT / ".." / "shared" / "data").resolve()))
 
-EPOCHS = 20          # CPU budget: 2 shared cores, < 2 h for the whole plan (~6 s an epoch on one thread)
-WARMUP = 5           # linear warm-up of the regulariser weight (VampPrior: 100 of ~2000 epochs)
-KMEANS_EPOCH = 5     # gmm prior: VaDE-style refit at the end of warm-up
-IS_SAMPLES = 1000    # S of the re-evaluated test NLL
-N_TEST = 2000        # first N_TEST test points (of 10 000)
-FINAL = "@S5000"     # a PLAN entry "<run>@S5000": the literature protocol, S=5000 on all 10 000 test points
+EPOCHS = 20  # CPU budget: 2 shared cores, < 2 h for the whole plan (~6 s an epoch on one thread)
+WARMUP = 5  # linear warm-up of the regulariser weight (VampPrior: 100 of ~2000 epochs)
+KMEANS_EPOCH = 5  # gmm prior: VaDE-style refit at the end of warm-up
+IS_SAMPLES = 1000  # S of the re-evaluated test NLL
+N_TEST = 2000  # first N_TEST test points (of 10 000)
+FINAL = "@S5000"  # a PLAN entry "<run>@S5000": the literature protocol, S=5000 on all 10 000 test points
 FINAL_SAMPLES, FINAL_N_TEST, FINAL_OUT = 5000, 10000, "bench_eval_s5000.json"
 
-COMMON = ["dataset=mnist", f"dataset.root={DATA_ROOT}", f"trainer.epochs={EPOCHS}",
-          f"trainer.warmup_epochs={WARMUP}", "trainer.threads=1", "trainer.progress=false",
-          "eval.is_samples=1", "eval.images=false"]
+COMMON = [
+    "dataset=mnist",
+    f"dataset.root={DATA_ROOT}",
+    f"trainer.epochs={EPOCHS}",
+    f"trainer.warmup_epochs={WARMUP}",
+    "trainer.threads=1",
+    "trainer.progress=false",
+    "eval.is_samples=1",
+    "eval.images=false",
+]
 
 
 def _gmm(k):
@@ -116,8 +123,15 @@ def _log(msg: str) -> None:
 
 def _evaluate(run_dir: Path, samples: int, n_test: int, env: dict, out: str | None = None) -> bool:
     """IS-NLL of a finished run (benchmarks/mnist_eval.py), written beside its results.json."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "mnist_eval.py"), str(run_dir), "--samples", str(samples),
-           "--n-test", str(n_test)] + (["--out", out] if out else [])
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "mnist_eval.py"),
+        str(run_dir),
+        "--samples",
+        str(samples),
+        "--n-test",
+        str(n_test),
+    ] + (["--out", out] if out else [])
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode == 0
 
 
@@ -159,8 +173,11 @@ def main() -> None:
         return
     failed: set[str] = set()
     while True:
-        todo = [(n, ov) for n, ov in load_plan() if state(n) not in ("done", "waiting") and n not in failed
-                and (not args.only or n in args.only)]
+        todo = [
+            (n, ov)
+            for n, ov in load_plan()
+            if state(n) not in ("done", "waiting") and n not in failed and (not args.only or n in args.only)
+        ]
         if not todo:
             break
         name, ov = todo[0]

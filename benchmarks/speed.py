@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from src import divergences as dv  # noqa: E402
 from src import pair_sums  # noqa: E402
-from src.config import ModelConfig, PriorConfig  # noqa: E402
 from src.data import DataBundle, Split  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
 from src.models import Autoencoder, build_model  # noqa: E402
+from src.schema import ModelConfig, PriorConfig  # noqa: E402
 from src.train import TrainSettings, fit, resolve_device  # noqa: E402
 
 SHAPE = (1, 28, 28)
@@ -117,6 +117,7 @@ def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = Fal
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
+
     return step
 
 
@@ -125,13 +126,15 @@ def naive_cs(model: Autoencoder, mu, logvar):
     logits, p_mu, p_lv = model.prior_components()
     k = p_mu.shape[0]
     lw = dv.log_weights(logits, k, p_mu)
-    prior_self_terms = [lw[i] + lw[j] + dv.log_gaussian_overlap(p_mu[i], p_lv[i], p_mu[j], p_lv[j])
-                        for i in range(k) for j in range(k)]
+    prior_self_terms = [
+        lw[i] + lw[j] + dv.log_gaussian_overlap(p_mu[i], p_lv[i], p_mu[j], p_lv[j]) for i in range(k) for j in range(k)
+    ]
     prior_self = torch.logsumexp(torch.stack(prior_self_terms), 0)
     out = []
     for b in range(mu.shape[0]):
-        cross = torch.logsumexp(torch.stack([lw[i] + dv.log_gaussian_overlap(mu[b], logvar[b], p_mu[i], p_lv[i])
-                                             for i in range(k)]), 0)
+        cross = torch.logsumexp(
+            torch.stack([lw[i] + dv.log_gaussian_overlap(mu[b], logvar[b], p_mu[i], p_lv[i]) for i in range(k)]), 0
+        )
         q_self = dv.log_gaussian_self_integral(logvar[b])
         out.append(-cross + 0.5 * prior_self + 0.5 * q_self)
     return torch.stack(out)
@@ -144,8 +147,14 @@ def vectorised_cs(model: Autoencoder, mu, logvar):
 
 def ratio_stats(num: list[float], den: list[float]) -> dict:
     r = [a / b for a, b in zip(num, den)]
-    return {"ratio": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r), "reps": len(r),
-            "num_ms": 1e3 * statistics.median(num), "den_ms": 1e3 * statistics.median(den)}
+    return {
+        "ratio": statistics.median(r),
+        "ratio_min": min(r),
+        "ratio_max": max(r),
+        "reps": len(r),
+        "num_ms": 1e3 * statistics.median(num),
+        "den_ms": 1e3 * statistics.median(den),
+    }
 
 
 def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[dict]:
@@ -173,33 +182,85 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
 
     for k in ks:
         cs_model, mc_model = make_model("csrae", "gmm", k, device), make_model("vae", "gmm", k, device)
-        t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
-                        "cs_tiles": step_fn(cs_model, x, tiles=True),
-                        "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
+        t = measure(
+            k,
+            {
+                "std": vae_std,
+                "cs": step_fn(cs_model, x),
+                "cs_ref": step_fn(cs_model, x, reference=True),
+                "cs_tiles": step_fn(cs_model, x, tiles=True),
+                "mc": step_fn(mc_model, x),
+                "mc_ref": step_fn(mc_model, x, reference=True),
+            },
+        )
         target = {50: "<= 1.10", 500: "<= 3.0 (stretch 2.0)"}.get(k, "")
-        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); fused", t["cs"], t["std"], target)
-        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); torch tiles only (no native loops)",
-            t["cs_tiles"], t["std"])
-        row("(a) step csrae / vae", f"K={k}; csrae+gmm vs vae+standard (closed-form KL); reference (before)",
-            t["cs_ref"], t["std"])
+        row(
+            "(a) step csrae / vae",
+            f"K={k}; csrae+gmm vs vae+standard (closed-form KL); fused",
+            t["cs"],
+            t["std"],
+            target,
+        )
+        row(
+            "(a) step csrae / vae",
+            f"K={k}; csrae+gmm vs vae+standard (closed-form KL); torch tiles only (no native loops)",
+            t["cs_tiles"],
+            t["std"],
+        )
+        row(
+            "(a) step csrae / vae",
+            f"K={k}; csrae+gmm vs vae+standard (closed-form KL); reference (before)",
+            t["cs_ref"],
+            t["std"],
+        )
         row("(a') step csrae / vae", f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); fused", t["cs"], t["mc"])
-        row("(a') step csrae / vae", f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); reference (before)",
-            t["cs_ref"], t["mc_ref"])
+        row(
+            "(a') step csrae / vae",
+            f"K={k}; csrae+gmm vs vae+gmm (MC KL, same prior); reference (before)",
+            t["cs_ref"],
+            t["mc_ref"],
+        )
         if k >= 50:
             row("(a*) step fused / reference", f"K={k}; csrae+gmm, the same model", t["cs"], t["cs_ref"])
     for k in vamp_ks:  # the VampPrior: both objectives pay for encoding the K pseudo-inputs every step
         cs_model, mc_model = make_model("csrae", "vamp", k, device), make_model("vae", "vamp", k, device)
-        t = measure(k, {"std": vae_std, "cs": step_fn(cs_model, x), "cs_ref": step_fn(cs_model, x, reference=True),
-                        "cs_tiles": step_fn(cs_model, x, tiles=True),
-                        "mc": step_fn(mc_model, x), "mc_ref": step_fn(mc_model, x, reference=True)})
-        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); fused, one encoder call",
-            t["cs"], t["mc"], "<= 1.5" if k == 500 else "")
-        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); torch tiles only (no native loops)",
-            t["cs_tiles"], t["mc"])
-        row("(a'') step csrae / vae", f"K={k}; csrae+vamp vs vae+vamp (MC KL); reference (before)",
-            t["cs_ref"], t["mc_ref"])
-        row("(v) step vae+vamp / vae+standard", f"K={k}; fused, one encoder call", t["mc"], t["std"],
-            "report" if k == 500 else "")
+        t = measure(
+            k,
+            {
+                "std": vae_std,
+                "cs": step_fn(cs_model, x),
+                "cs_ref": step_fn(cs_model, x, reference=True),
+                "cs_tiles": step_fn(cs_model, x, tiles=True),
+                "mc": step_fn(mc_model, x),
+                "mc_ref": step_fn(mc_model, x, reference=True),
+            },
+        )
+        row(
+            "(a'') step csrae / vae",
+            f"K={k}; csrae+vamp vs vae+vamp (MC KL); fused, one encoder call",
+            t["cs"],
+            t["mc"],
+            "<= 1.5" if k == 500 else "",
+        )
+        row(
+            "(a'') step csrae / vae",
+            f"K={k}; csrae+vamp vs vae+vamp (MC KL); torch tiles only (no native loops)",
+            t["cs_tiles"],
+            t["mc"],
+        )
+        row(
+            "(a'') step csrae / vae",
+            f"K={k}; csrae+vamp vs vae+vamp (MC KL); reference (before)",
+            t["cs_ref"],
+            t["mc_ref"],
+        )
+        row(
+            "(v) step vae+vamp / vae+standard",
+            f"K={k}; fused, one encoder call",
+            t["mc"],
+            t["std"],
+            "report" if k == 500 else "",
+        )
         row("(v) step vae+vamp / vae+standard", f"K={k}; reference (before: two encoder calls)", t["mc_ref"], t["std"])
     return rows
 
@@ -207,8 +268,9 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
 def rss_probe(variant: str, k: int) -> None:
     """In a fresh process: peak resident memory (VmHWM) of one csrae+gmm K=k training step, in MiB, and
     how much the step added to the peak."""
+
     def peak_mib() -> float:
-        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        line = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
 
     x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0)))
@@ -223,12 +285,26 @@ def bench_memory(k: int = 1000) -> list[dict]:
     """Peak RSS (MiB, in the ratio column) of a fresh process after one K=k step, fused and reference."""
     rows = []
     for variant in ("fused", "reference"):
-        out = subprocess.run([sys.executable, __file__, "--rss-probe", variant, "--rss-k", str(k)], capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-probe", variant, "--rss-k", str(k)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         peak, growth = float(out[0]), float(out[1])
-        rows.append({"measure": "(m) peak RSS of one step, MiB", "setting": f"K={k}; csrae+gmm, batch 100, D=40; "
-                     f"{variant}; the step itself added {growth:.0f} MiB", "target": "report", "ratio": peak,
-                     "ratio_min": peak, "ratio_max": peak, "reps": 1, "num_ms": float("nan"), "den_ms": float("nan")})
+        rows.append(
+            {
+                "measure": "(m) peak RSS of one step, MiB",
+                "setting": f"K={k}; csrae+gmm, batch 100, D=40; {variant}; the step itself added {growth:.0f} MiB",
+                "target": "report",
+                "ratio": peak,
+                "ratio_min": peak,
+                "ratio_max": peak,
+                "reps": 1,
+                "num_ms": float("nan"),
+                "den_ms": float("nan"),
+            }
+        )
         print(f"(m) peak RSS, K={k}, {variant}: {peak:.0f} MiB (the step added {growth:.0f} MiB)", flush=True)
     return rows
 
@@ -237,8 +313,10 @@ def bench_threads(reps: int, k: int = 500, steps: int = 3) -> list[dict]:
     """Wall-clock time of the same steps on 2 torch threads vs 1, interleaved (CPU only)."""
     x = torch.bernoulli(torch.rand(100, *SHAPE, generator=torch.Generator().manual_seed(0)))
     rows = []
-    for label, model in ((f"csrae+gmm K={k}", make_model("csrae", "gmm", k, torch.device("cpu"))),
-                         ("vae+standard", make_model("vae", "standard", 1, torch.device("cpu")))):
+    for label, model in (
+        (f"csrae+gmm K={k}", make_model("csrae", "gmm", k, torch.device("cpu"))),
+        ("vae+standard", make_model("vae", "standard", 1, torch.device("cpu"))),
+    ):
         f = step_fn(model, x)
         f()
         t1, t2 = [], []
@@ -250,8 +328,14 @@ def bench_threads(reps: int, k: int = 500, steps: int = 3) -> list[dict]:
                     f()
                 out.append((time.perf_counter() - t0) / steps)
         torch.set_num_threads(1)
-        rows.append({"measure": "(f) step 2 threads / 1 thread", "setting": f"{label}, wall clock, "
-                     f"{os.cpu_count()} cores shared with other jobs", "target": "", **ratio_stats(t2, t1)})
+        rows.append(
+            {
+                "measure": "(f) step 2 threads / 1 thread",
+                "setting": f"{label}, wall clock, {os.cpu_count()} cores shared with other jobs",
+                "target": "",
+                **ratio_stats(t2, t1),
+            }
+        )
         print_row(rows[-1])
     return rows
 
@@ -268,8 +352,14 @@ def bench_naive(device, reps: int, ks) -> list[dict]:
         for _ in range(reps):
             t_n.append(timed(naive, device, steps_naive))
             t_v.append(timed(vec, device, 10))
-        rows.append({"measure": "(b) step naive loop CS / vectorised CS", "setting": f"K={k}, batch 100 (csrae+gmm)",
-                     "target": "", **ratio_stats(t_n, t_v)})
+        rows.append(
+            {
+                "measure": "(b) step naive loop CS / vectorised CS",
+                "setting": f"K={k}, batch 100 (csrae+gmm)",
+                "target": "",
+                **ratio_stats(t_n, t_v),
+            }
+        )
         print_row(rows[-1])
     return rows
 
@@ -282,24 +372,32 @@ def bare_epoch(model, data: DataBundle, batch: int, device, seed: int = 0):
     model.train()
     perm = torch.randperm(n, generator=g)
     for i in range(0, n, batch):
-        xb = torch.bernoulli(x_train[perm[i:i + batch]], generator=g).to(device)
+        xb = torch.bernoulli(x_train[perm[i : i + batch]], generator=g).to(device)
         loss = model.loss_terms(xb).total(1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        val = sum(model.loss_terms(data.val.x[i:i + 500].to(device)).total(1.0).item() * len(data.val.x[i:i + 500])
-                  for i in range(0, data.val.x.shape[0], 500))
+        val = sum(
+            model.loss_terms(data.val.x[i : i + 500].to(device)).total(1.0).item() * len(data.val.x[i : i + 500])
+            for i in range(0, data.val.x.shape[0], 500)
+        )
     return val
 
 
 def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     n_val = n_train // 5  # MNIST: 50k / 10k
-    data = DataBundle("synthetic", Split(torch.rand(n_train, *SHAPE, generator=g), torch.zeros(n_train, dtype=torch.long)),
-                      Split(torch.bernoulli(torch.rand(n_val, *SHAPE, generator=g)), torch.zeros(n_val, dtype=torch.long)),
-                      Split(torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long)), SHAPE, True, 10)
+    data = DataBundle(
+        "synthetic",
+        Split(torch.rand(n_train, *SHAPE, generator=g), torch.zeros(n_train, dtype=torch.long)),
+        Split(torch.bernoulli(torch.rand(n_val, *SHAPE, generator=g)), torch.zeros(n_val, dtype=torch.long)),
+        Split(torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long)),
+        SHAPE,
+        True,
+        10,
+    )
     rows = []
     for label, ckpt in (("defaults (checkpoints + metrics.csv)", True), ("checkpoint=false", False)):
         t_h, t_b = [], []
@@ -307,8 +405,9 @@ def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 model = make_model("csrae", "gmm", 10, device)
                 opt = torch.optim.Adam(model.parameters(), lr=5e-4)
-                s = TrainSettings(epochs=1, batch_size=100, reg_weight=1.0, checkpoint=ckpt, resume=False,
-                                  progress=False)
+                s = TrainSettings(
+                    epochs=1, batch_size=100, reg_weight=1.0, checkpoint=ckpt, resume=False, progress=False
+                )
                 sync(device)
                 t0 = CLOCK()
                 fit(model, data, opt, s, Path(tmp), device)
@@ -322,8 +421,14 @@ def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
             tb = CLOCK() - t0
             if rep:  # the first repetition warms up
                 t_h.append(th), t_b.append(tb)
-        rows.append({"measure": "(c) epoch harness fit / bare loop", "setting": f"{label}; {n_train} train + {n_val} val "
-                     "points, batch 100, csrae+gmm K=10", "target": "<= 1.10" if ckpt else "", **ratio_stats(t_h, t_b)})
+        rows.append(
+            {
+                "measure": "(c) epoch harness fit / bare loop",
+                "setting": f"{label}; {n_train} train + {n_val} val points, batch 100, csrae+gmm K=10",
+                "target": "<= 1.10" if ckpt else "",
+                **ratio_stats(t_h, t_b),
+            }
+        )
         print_row(rows[-1])
     return rows
 
@@ -334,7 +439,7 @@ def per_point_nll(model: Autoencoder, x: torch.Tensor, samples: int, chunk: int,
     logits, p_mu, p_lv = model.prior_components()
     out = []
     for i in range(x.shape[0]):
-        xi = x[i:i + 1].to(device)
+        xi = x[i : i + 1].to(device)
         mu, logvar = model.encode(xi)
         log_w = []
         for start in range(0, samples, chunk):
@@ -358,19 +463,31 @@ def bench_is(device, reps: int, n_points: int, samples: int) -> list[dict]:
         t_v.append(timed(vec, device, 1))
         t_p.append(timed(pp_100, device, 1))
         t_s.append(timed(pp_all, device, 1))
-    rows = [{"measure": "(d) IS-NLL vectorised / per point", "setting": f"S={samples}, {n_points} points; per point in "
-             "chunks of 100 samples (VampPrior / pythae)", "target": "<= 0.10", **ratio_stats(t_v, t_p)},
-            {"measure": "(d') IS-NLL vectorised / per point", "setting": f"S={samples}, {n_points} points; per point, all "
-             f"{samples} samples in one chunk", "target": "", **ratio_stats(t_v, t_s)}]
+    rows = [
+        {
+            "measure": "(d) IS-NLL vectorised / per point",
+            "setting": f"S={samples}, {n_points} points; per point in chunks of 100 samples (VampPrior / pythae)",
+            "target": "<= 0.10",
+            **ratio_stats(t_v, t_p),
+        },
+        {
+            "measure": "(d') IS-NLL vectorised / per point",
+            "setting": f"S={samples}, {n_points} points; per point, all {samples} samples in one chunk",
+            "target": "",
+            **ratio_stats(t_v, t_s),
+        },
+    ]
     for r in rows:
         print_row(r)
     return rows
 
 
 def print_row(r: dict) -> None:
-    print(f"{r['measure']:42s} {r['setting'][:70]:70s} ratio {r['ratio']:.3f} "
-          f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] ({r['num_ms']:.2f} / {r['den_ms']:.2f} ms, {r['reps']} reps)",
-          flush=True)
+    print(
+        f"{r['measure']:42s} {r['setting'][:70]:70s} ratio {r['ratio']:.3f} "
+        f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] ({r['num_ms']:.2f} / {r['den_ms']:.2f} ms, {r['reps']} reps)",
+        flush=True,
+    )
 
 
 def kept_rows(only: str, device) -> list[dict]:
@@ -381,8 +498,10 @@ def kept_rows(only: str, device) -> list[dict]:
     with open(path, newline="") as f:
         old = [r for r in csv.DictReader(f) if r["measure"][1] not in only]
     numeric = ("ratio", "ratio_min", "ratio_max", "num_ms", "den_ms")
-    return [{**r, **{c: float(r[c]) for c in numeric}, "reps": int(r["reps"]), "measured": r.get("measured") or "earlier"}
-            for r in old]
+    return [
+        {**r, **{c: float(r[c]) for c in numeric}, "reps": int(r["reps"]), "measured": r.get("measured") or "earlier"}
+        for r in old
+    ]
 
 
 def write(rows: list[dict], device, threads: int, args) -> None:
@@ -394,30 +513,39 @@ def write(rows: list[dict], device, threads: int, args) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.split()[1::2]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()[1::2]
     if dirty:
         commit += f"` (+ uncommitted changes in {', '.join(dirty)})"
     else:
         commit += "`"
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu}), {threads} torch thread(s)"
-    lines = ["# Speed ratios (one process; median over repetitions, [min, max] spread)", "",
-             f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}, "
-             f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
-             f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
-             f"torch {torch.__version__}",
-             f"- load average when it started (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in LOAD_AT_START)}; ratios "
-             "come from interleaved repetitions in one process",
-             f"- clock: {'process CPU time (one thread; not counting time other jobs hold the core)' if CLOCK is time.process_time else 'wall clock'}",
-             "- num_ms / den_ms: median time of the numerator / denominator (a step, an epoch, or a whole IS-NLL pass)",
-             "- (e) joblib sweep 2 workers / 1 worker: see [sweep_parallel.md](sweep_parallel.md) "
-             "(benchmarks/sweep_parallel.py)", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [
+        "# Speed ratios (one process; median over repetitions, [min, max] spread)",
+        "",
+        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}, "
+        f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
+        f"torch {torch.__version__}",
+        f"- load average when it started (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in LOAD_AT_START)}; ratios "
+        "come from interleaved repetitions in one process",
+        f"- clock: {'process CPU time (one thread; not counting time other jobs hold the core)' if CLOCK is time.process_time else 'wall clock'}",
+        "- num_ms / den_ms: median time of the numerator / denominator (a step, an epoch, or a whole IS-NLL pass)",
+        "- (e) joblib sweep 2 workers / 1 worker: see [sweep_parallel.md](sweep_parallel.md) "
+        "(benchmarks/sweep_parallel.py)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                       for c in cols) + " |")
+        lines.append(
+            "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
+        )
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT / name}.md and .csv")
 
@@ -429,8 +557,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="3 repetitions, smaller workloads")
     ap.add_argument("--only", default="abcdmf", help="which measurements, e.g. 'ad' (m: memory, f: threads)")
-    ap.add_argument("--keep-others", action="store_true",
-                    help="keep the rows of the measurements not rerun from the existing table")
+    ap.add_argument(
+        "--keep-others", action="store_true", help="keep the rows of the measurements not rerun from the existing table"
+    )
     ap.add_argument("--rss-probe", choices=("fused", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--rss-k", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -456,8 +585,13 @@ def main() -> None:
         rows += bench_memory()
     if "f" in args.only and device.type == "cpu":
         rows += bench_threads(reps)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + " " + subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    stamp = (
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        + " "
+        + subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     for r in rows:  # which run each row comes from, since --keep-others mixes runs
         r["measured"] = stamp
     if args.keep_others:

@@ -1,8 +1,9 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""The configuration: the schemas (src/schema.py) registered for Hydra, composition, and validation.
 
-Each YAML file in conf/<group>/ starts from `<group>_schema` in its defaults list, so a value of the
+Each YAML file in conf/<group>/ starts from `/schema/<group>` in its defaults list, so a value of the
 wrong type (`prior.K=abc`) or an unknown key fails at compose time, before any data is loaded.
-Range checks that a type cannot express live in `validate()`, which runs before any work starts.
+Range checks that a type cannot express live in `validate()`, the one place values are checked: the
+command line and the Python entry (`run_experiment(Config())`) both run it before any work starts.
 """
 
 from __future__ import annotations
@@ -10,211 +11,87 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import DictConfig, OmegaConf
+
+from src.schema import (
+    Config,
+    Constraint,
+    CSVariant,
+    DatasetConfig,
+    DatasetName,
+    Device,
+    EvalConfig,
+    Likelihood,
+    LoggerConfig,
+    ModelConfig,
+    ModelName,
+    Network,
+    OptimizerConfig,
+    PriorConfig,
+    PriorInit,
+    PriorName,
+    TrainerConfig,
+)
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
-class ModelName(str, Enum):
-    vae = "vae"
-    csrae = "csrae"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-
-class CSVariant(str, Enum):
-    per_sample = "per_sample"  # mean over the batch of D_CS(q(z|x_b) || p(z))
-    aggregate = "aggregate"  # D_CS(batch mixture (1/B) Σ_b q(z|x_b) || p(z)), GMM <-> GMM
-
-
-class Network(str, Enum):
-    mlp = "mlp"  # VampPrior gated MLP, 300-300
-    relu_mlp = "relu_mlp"  # plain ReLU MLP (VaDE: 500-500-2000), widths from model.hidden_dims
-    conv = "conv"
-
-
-class Constraint(str, Enum):
-    none = "none"  # minimise recon + w · R with the scheduled weight w
-    reconstruction = "reconstruction"  # GECO: minimise R subject to E[recon] <= model.target_recon
-
-
-class Likelihood(str, Enum):
-    bernoulli = "bernoulli"  # binary data
-    gaussian = "gaussian"  # continuous data in [0, 1], dequantised, per-pixel learned variance
-
-
-class PriorName(str, Enum):
-    standard = "standard"
-    gmm = "gmm"
-    vamp = "vamp"
-    net = "net"
-
-
-class MixtureWeights(str, Enum):
-    uniform = "uniform"
-    learned = "learned"
-
-
-class PriorInit(str, Enum):
-    random = "random"
-    kmeans = "kmeans"
-
-
-class DatasetName(str, Enum):
-    digits = "digits"
-    mnist = "mnist"
-    fashion_mnist = "fashion_mnist"
-    cifar10 = "cifar10"
-
-
-class OptimizerName(str, Enum):
-    adam = "adam"
-    sgd = "sgd"
-
-
-class LoggerName(str, Enum):
-    none = "none"
-    tensorboard = "tensorboard"
-    mlflow = "mlflow"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-@dataclass
-class ModelConfig:
-    name: ModelName = ModelName.csrae
-    # β for vae, λ for csrae: the weight of the regulariser after warm-up.
-    reg_weight: float = 1.0
-    variant: CSVariant = CSVariant.per_sample
-    network: Network = Network.mlp
-    latent_dim: int = 40
-    hidden_dim: int = 300
-    likelihood: Likelihood = Likelihood.bernoulli
-    # Encoder log-variance clamp (VampPrior's Hardtanh(-6, 2)).
-    logvar_min: float = -6.0
-    logvar_max: float = 2.0
-    # Hidden widths of the mlp / relu_mlp encoder (the decoder mirrors them); null = [hidden_dim, hidden_dim].
-    hidden_dims: Optional[List[int]] = None
-    # GECO (docs/PROTOCOLS.md): the regulariser's weight becomes 1/λ, λ a Lagrange multiplier of
-    # E[recon] <= target_recon (nats per data point), updated every step; reg_weight is its start.
-    constraint: Constraint = Constraint.none
-    target_recon: Optional[float] = None  # κ
-    geco_alpha: float = 0.99  # moving average of the constraint
-    geco_rate: float = 1.0e-4  # ν: log λ moves by ν · C_ma per step (C in nats per data point)
-
-
-@dataclass
-class PriorConfig:
-    name: PriorName = PriorName.gmm
-    K: int = 10
-    weights: MixtureWeights = MixtureWeights.uniform
-    logvar_min: float = -6.0
-    logvar_max: float = 2.0
-    init: PriorInit = PriorInit.random
-    init_scale: float = 1.0  # std of the random initial component means
-    init_logvar: float = 0.0
-    kmeans_epoch: int = 10  # kmeans init: refit the components after this many epochs
-    kmeans_samples: int = 2000  # ... on the posterior means of this many training points
-    train: bool = True  # False freezes the prior's parameters
-    code_dim: int = 16  # net prior: size of the learnable component codes
-    hidden_dim: int = 64  # net prior: hidden width of the code -> (mean, logvar) network
-
-
-@dataclass
-class DatasetConfig:
-    name: DatasetName = DatasetName.digits
-    root: str = "data"
-    download: bool = False
-    binarize: bool = True
-    eval_binarize_seed: int = 777
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    max_train: Optional[int] = None
-    max_eval: Optional[int] = None
-
-
-@dataclass
-class OptimizerConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    nesterov: bool = False
-
-
-@dataclass
-class TrainerConfig:
-    epochs: int = 100
-    batch_size: int = 100
-    warmup_epochs: int = 20  # linear warm-up of the regulariser weight, 0 = none
-    pretrain_epochs: int = 0  # autoencoder pretraining (reconstruction only) before training, VaDE-style
-    patience: int = 20  # early stopping on the validation loss, 0 = never stop early
-    seed: int = 0
-    device: Device = Device.auto
-    threads: int = 0  # torch CPU threads, 0 = torch's default
-    checkpoint: bool = True
-    resume: bool = True  # continue from checkpoints/last.pt when the run dir has one
-    progress: bool = True  # tqdm bar per epoch on a terminal
-    compile: bool = False  # torch.compile the training step (compile time reported apart, not in epoch times)
-
-
-@dataclass
-class EvalConfig:
-    is_samples: int = 500  # S for the importance-sampled NLL (5000 for the literature protocol)
-    is_chunk: int = 500  # samples per chunk, bounds memory
-    is_batch: int = 500  # test points evaluated at once
-    clustering: bool = True
-    n_images: int = 64
-    images: bool = True
-    fewlabel: bool = True  # few-label accuracies (fewlabel_* in results.json)
-    fewlabel_seed: int = 0  # the labelled subsets; the same for every run, so runs compare paired
-
-
-@dataclass
-class LoggerConfig:
-    """Optional experiment tracker (src/trackers.py); never part of a checkpoint's identity."""
-    name: LoggerName = LoggerName.none
-    dir: Optional[str] = None  # tensorboard: event-file dir, null = <run dir>/tensorboard
-    tracking_uri: str = "sqlite:///outputs/mlflow/mlflow.db"  # mlflow: a store or a server URL
-    experiment: str = "csrae-sweeps"  # mlflow experiment name
-    run_name: Optional[str] = None  # mlflow run name, null = the run dir's name
-
-
-@dataclass
-class Config:
-    model: ModelConfig = MISSING
-    prior: PriorConfig = MISSING
-    dataset: DatasetConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    eval: EvalConfig = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    sweep: Optional[Any] = None  # named sweep files put their notes here
-    tags: list = field(default_factory=list)
+#: The config groups and their schemas; each YAML option starts from `/schema/<group>@_here_`.
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "prior": PriorConfig,
+    "dataset": DatasetConfig,
+    "optimizer": OptimizerConfig,
+    "trainer": TrainerConfig,
+    "eval": EvalConfig,
+    "logger": LoggerConfig,
+}
 
 
 def register_configs() -> None:
+    """Register the schemas (in the `schema` group, which no command line selects) and the resolvers the
+    config files use. Every entry point calls this before composing."""
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="prior", name="prior_schema", node=PriorConfig)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
-    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="eval", name="eval_schema", node=EvalConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    # Experiment files (conf/experiment/) override any group; their values are checked by the schemas above.
+    cs.store(group="schema", name="config", node=Config)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group="schema", name=group, node=schema)
+    if not OmegaConf.has_resolver("config_groups"):  # conf/hydra/help/csrae.yaml
+        OmegaConf.register_new_resolver("config_groups", config_groups)
+    from src.sweeps.jobs import parallel_trials  # conf/optuna_study.yaml: n_jobs: ${parallel_trials:...}
+
+    if not OmegaConf.has_resolver("parallel_trials"):
+        OmegaConf.register_new_resolver("parallel_trials", parallel_trials)
+
+
+def option_names(group: str) -> list[str]:
+    """The options of a config group: its files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def config_groups() -> str:
+    """'group: option, option' per line for every group a command line selects from (--help)."""
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{g}: {', '.join(option_names(g))}" for g in groups)
+
+
+def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config `python -m src.run <overrides>` trains (with its `hydra` node when `hydra` is true):
+    the Python way to select options, e.g. compose_config("model=vae", "prior=vamp")."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -243,8 +120,12 @@ def validate(cfg: Any) -> None:
     for group in ("model", "prior", "dataset", "optimizer", "trainer", "eval"):
         for key, v in _floats(getattr(cfg, group), f"{group}."):
             _require(math.isfinite(v), f"{key} must be a finite number, got {v}")
-    for key, seed in (("trainer.seed", t.seed), ("dataset.split_seed", d.split_seed),
-                      ("dataset.eval_binarize_seed", d.eval_binarize_seed), ("eval.fewlabel_seed", e.fewlabel_seed)):
+    for key, seed in (
+        ("trainer.seed", t.seed),
+        ("dataset.split_seed", d.split_seed),
+        ("dataset.eval_binarize_seed", d.eval_binarize_seed),
+        ("eval.fewlabel_seed", e.fewlabel_seed),
+    ):
         _require(0 <= seed <= MAX_SEED, f"{key} must be in [0, {MAX_SEED}], got {seed}")
     _require(p.K >= 1, f"prior.K must be >= 1, got {p.K}")
     _require(m.latent_dim >= 1, f"model.latent_dim must be >= 1, got {m.latent_dim}")
@@ -260,49 +141,68 @@ def validate(cfg: Any) -> None:
     _require(t.warmup_epochs >= 0, f"trainer.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _require(t.patience >= 0, f"trainer.patience must be >= 0, got {t.patience}")
     cpus = os.cpu_count() or 1
-    _require(0 <= t.threads <= cpus, f"trainer.threads must be in [0, {cpus}] (0: torch's default; this machine "
-                                     f"has {cpus} CPUs), got {t.threads}")
+    _require(
+        0 <= t.threads <= cpus,
+        f"trainer.threads must be in [0, {cpus}] (0: torch's default; this machine has {cpus} CPUs), got {t.threads}",
+    )
     _require(e.is_samples >= 1, f"eval.is_samples must be >= 1, got {e.is_samples}")
     _require(e.is_chunk >= 1 and e.is_batch >= 1, "eval.is_chunk and eval.is_batch must be >= 1")
     # Early stopping, the best checkpoint and the validation NLL all need a validation split.
-    _require(0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
-             "dataset.val_fraction and dataset.test_fraction must be in (0, 1) and sum to < 1")
+    _require(
+        0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+        "dataset.val_fraction and dataset.test_fraction must be in (0, 1) and sum to < 1",
+    )
     _require(d.max_train is None or d.max_train >= 1, "dataset.max_train must be >= 1 or null")
     _require(d.max_eval is None or d.max_eval >= 1, "dataset.max_eval must be >= 1 or null")
     _require(t.pretrain_epochs >= 0, f"trainer.pretrain_epochs must be >= 0, got {t.pretrain_epochs}")
-    _require(m.hidden_dims is None or (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1),
-             f"model.hidden_dims must be null or a non-empty list of widths >= 1, got {m.hidden_dims}")
+    _require(
+        m.hidden_dims is None or (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1),
+        f"model.hidden_dims must be null or a non-empty list of widths >= 1, got {m.hidden_dims}",
+    )
     if m.network == Network.relu_mlp:
         _require(m.hidden_dims is not None, "model.network=relu_mlp needs model.hidden_dims (e.g. [500,500,2000])")
     if m.constraint == Constraint.reconstruction:
-        _require(m.target_recon is not None and m.target_recon > 0,
-                 "model.constraint=reconstruction needs model.target_recon > 0 (nats per data point)")
+        _require(
+            m.target_recon is not None and m.target_recon > 0,
+            "model.constraint=reconstruction needs model.target_recon > 0 (nats per data point)",
+        )
         _require(m.reg_weight > 0, "model.constraint=reconstruction needs model.reg_weight > 0 (the starting weight)")
         _require(0 <= m.geco_alpha < 1, f"model.geco_alpha must be in [0, 1), got {m.geco_alpha}")
         _require(m.geco_rate > 0, f"model.geco_rate must be > 0, got {m.geco_rate}")
     _require(p.code_dim >= 1 and p.hidden_dim >= 1, "prior.code_dim and prior.hidden_dim must be >= 1")
     if p.init == PriorInit.kmeans and p.name == PriorName.gmm:
-        _require(p.kmeans_samples >= p.K, f"prior.kmeans_samples={p.kmeans_samples} must be >= prior.K={p.K} "
-                                          "(the k-means refit needs at least one point per component)")
+        _require(
+            p.kmeans_samples >= p.K,
+            f"prior.kmeans_samples={p.kmeans_samples} must be >= prior.K={p.K} "
+            "(the k-means refit needs at least one point per component)",
+        )
     if t.device == Device.cuda:
         import torch
 
-        _require(torch.cuda.is_available(), "trainer.device=cuda but CUDA is not available here; "
-                                            "use trainer.device=auto or cpu")
+        _require(
+            torch.cuda.is_available(),
+            "trainer.device=cuda but CUDA is not available here; use trainer.device=auto or cpu",
+        )
     if m.variant == CSVariant.aggregate:
         _require(m.name == ModelName.csrae, "model.variant=aggregate applies to model=csrae only")
     if p.name == PriorName.standard:
         _require(p.K == 1, f"prior=standard has one component; got prior.K={p.K} (use prior=gmm)")
     if d.name == DatasetName.cifar10:
-        _require(m.likelihood == Likelihood.gaussian,
-                 "dataset=cifar10 is continuous RGB: use model.likelihood=gaussian (and model.network=conv)")
+        _require(
+            m.likelihood == Likelihood.gaussian,
+            "dataset=cifar10 is continuous RGB: use model.likelihood=gaussian (and model.network=conv)",
+        )
     elif d.binarize:
-        _require(m.likelihood == Likelihood.bernoulli,
-                 f"dataset={d.name.value} is binarised: use model.likelihood=bernoulli")
+        _require(
+            m.likelihood == Likelihood.bernoulli, f"dataset={d.name.value} is binarised: use model.likelihood=bernoulli"
+        )
     need, limit = estimate_step_bytes(cfg), memory_limit_bytes()
-    _require(need <= limit, f"prior.K={p.K}, model.latent_dim={m.latent_dim}, trainer.batch_size={t.batch_size}: "
-                            f"one training step needs an estimated {need / 2**30:.3g} GiB, more than the "
-                            f"{limit / 2**30:.3g} GiB of memory here; use smaller values")
+    _require(
+        need <= limit,
+        f"prior.K={p.K}, model.latent_dim={m.latent_dim}, trainer.batch_size={t.batch_size}: "
+        f"one training step needs an estimated {need / 2**30:.3g} GiB, more than the "
+        f"{limit / 2**30:.3g} GiB of memory here; use smaller values",
+    )
 
 
 def estimate_step_bytes(cfg: Any) -> int:
@@ -318,8 +218,9 @@ def estimate_step_bytes(cfg: Any) -> int:
     widths = list(m.hidden_dims or [m.hidden_dim, m.hidden_dim])  # the decoder mirrors the encoder
     inner = sum(a * z for a, z in zip(widths, widths[1:]))
     networks = 2 * (pixels * widths[0] + inner) + 3 * widths[-1] * latent + widths[0] * pixels
-    prior = {PriorName.vamp: k * pixels,
-             PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(p.name, 2 * k * latent)
+    prior = {PriorName.vamp: k * pixels, PriorName.net: k * p.code_dim + 2 * p.hidden_dim * latent}.get(
+        p.name, 2 * k * latent
+    )
     pairs = b * k * latent + (b * b * latent if m.variant == CSVariant.aggregate else 0)
     return 4 * (4 * (networks + prior) + 4 * pairs + 4 * b * pixels)
 
@@ -337,8 +238,7 @@ def memory_limit_bytes() -> int:
 def unknown_keys(cfg: Any) -> list[str]:
     """One warning per key that no schema declares (`+trainer.epoch=50` adds a key nothing reads),
     with the closest declared key when there is one."""
-    schemas = {"model": ModelConfig, "prior": PriorConfig, "dataset": DatasetConfig, "optimizer": OptimizerConfig,
-               "trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
+    schemas = GROUP_SCHEMAS
     if not hasattr(cfg, "keys"):  # the dataclass schema itself has no extra keys
         return []
     nodes = [("", Config, [k for k in cfg.keys() if k != "hydra"])]

@@ -17,30 +17,116 @@ FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
 
 #: Keys of results.json, in the order the file lists them.
-RESULT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
-               "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
-               "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-               "val_acc", "is_samples", "train_seconds", "compile_seconds", "eval_seconds", "n_params", "device",
-               "error", "constraint", "target_recon", "pretrain_epochs", "n_test", *FEWLABEL_KEYS]
+RESULT_KEYS = [
+    "status",
+    "model",
+    "prior",
+    "K",
+    "dataset",
+    "seed",
+    "reg_weight",
+    "latent_dim",
+    "variant",
+    "network",
+    "weights",
+    "lr",
+    "epochs",
+    "epochs_run",
+    "best_epoch",
+    "stopped_early",
+    "test_nll",
+    "test_nll_sem",
+    "test_recon",
+    "test_reg",
+    "val_nll",
+    "acc",
+    "nmi",
+    "ari",
+    "acc_mapping",
+    "n_clusters_used",
+    "val_acc",
+    "is_samples",
+    "train_seconds",
+    "compile_seconds",
+    "eval_seconds",
+    "n_params",
+    "device",
+    "error",
+    "constraint",
+    "target_recon",
+    "pretrain_epochs",
+    "n_test",
+    *FEWLABEL_KEYS,
+]
 
 #: The configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {
-    "model": "model.name", "prior": "prior.name", "K": "prior.K", "dataset": "dataset.name",
-    "reg_weight": "model.reg_weight", "latent_dim": "model.latent_dim", "variant": "model.variant",
-    "network": "model.network", "weights": "prior.weights", "lr": "optimizer.lr", "epochs": "trainer.epochs",
-    "is_samples": "eval.is_samples", "seed": "trainer.seed", "constraint": "model.constraint",
-    "target_recon": "model.target_recon", "pretrain_epochs": "trainer.pretrain_epochs",
+    "model": "model.name",
+    "prior": "prior.name",
+    "K": "prior.K",
+    "dataset": "dataset.name",
+    "reg_weight": "model.reg_weight",
+    "latent_dim": "model.latent_dim",
+    "variant": "model.variant",
+    "network": "model.network",
+    "weights": "prior.weights",
+    "lr": "optimizer.lr",
+    "epochs": "trainer.epochs",
+    "is_samples": "eval.is_samples",
+    "seed": "trainer.seed",
+    "constraint": "model.constraint",
+    "target_recon": "model.target_recon",
+    "pretrain_epochs": "trainer.pretrain_epochs",
 }
 
 #: results.json keys that must be numbers (or null) for a run to count; the integer ones must fit int64.
-INT_KEYS = ["K", "seed", "latent_dim", "epochs", "epochs_run", "best_epoch", "n_clusters_used", "is_samples",
-            "n_params", "job_num", "trial", "n_test", "pretrain_epochs"]
-FLOAT_KEYS = ["reg_weight", "lr", "test_nll", "test_nll_sem", "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari",
-              "val_acc", "train_seconds", "eval_seconds", "compile_seconds", "target_recon", *FEWLABEL_KEYS]
+INT_KEYS = [
+    "K",
+    "seed",
+    "latent_dim",
+    "epochs",
+    "epochs_run",
+    "best_epoch",
+    "n_clusters_used",
+    "is_samples",
+    "n_params",
+    "job_num",
+    "trial",
+    "n_test",
+    "pretrain_epochs",
+]
+FLOAT_KEYS = [
+    "reg_weight",
+    "lr",
+    "test_nll",
+    "test_nll_sem",
+    "test_recon",
+    "test_reg",
+    "val_nll",
+    "acc",
+    "nmi",
+    "ari",
+    "val_acc",
+    "train_seconds",
+    "eval_seconds",
+    "compile_seconds",
+    "target_recon",
+    *FEWLABEL_KEYS,
+]
 
 #: metrics.csv: one row per training epoch.
-METRIC_COLUMNS = ["epoch", "train_loss", "train_recon", "train_reg", "val_loss", "val_recon", "val_reg",
-                  "reg_weight", "lr", "seconds"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_recon",
+    "train_reg",
+    "val_loss",
+    "val_recon",
+    "val_reg",
+    "reg_weight",
+    "lr",
+    "seconds",
+]
 #: pretrain_metrics.csv: the autoencoder pretraining epochs (reconstruction only), numbered 1..pretrain_epochs.
 PRETRAIN_COLUMNS = ["epoch", "train_recon", "val_recon", "lr", "seconds"]
 

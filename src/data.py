@@ -24,17 +24,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-__all__ = ["DataError", "Split", "DataBundle", "DATASETS", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
+__all__ = ["DataError", "Split", "DataBundle", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 # torchvision's on-disk layout (torchvision 0.29: MNIST reads only the *uncompressed* IDX files in
@@ -48,8 +48,15 @@ _IDX_FILES = (
 )
 _TV_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _CIFAR_FOLDER = "cifar-10-batches-py"
-_CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                "test_batch", "batches.meta")
+_CIFAR_FILES = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+    "test_batch",
+    "batches.meta",
+)
 
 # (train, val) sizes carved out of the official training set; val is its tail.
 _TRAIN_VAL = {"mnist": (50_000, 10_000), "fashion_mnist": (50_000, 10_000), "cifar10": (45_000, 5_000)}
@@ -88,22 +95,13 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 # config access
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    value = getattr(cfg, key, default)
-    return default if value is None and default is not None else value
-
-
 def _name(cfg: Any) -> str:
-    raw = getattr(cfg, "name", None)
-    name = str(getattr(raw, "value", raw))
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset.name={name!r}; choose one of {', '.join(DATASETS)}")
-    return name
+    return str(getattr(cfg.name, "value", cfg.name))
 
 
 def _root(cfg: Any) -> Path:
     """cfg.root as an absolute path; a relative root is taken from the directory the run started in."""
-    root = os.path.expanduser(str(_get(cfg, "root", "data")))
+    root = os.path.expanduser(str(cfg.root))
     if not os.path.isabs(root):
         try:  # under Hydra this is the launch directory even if the job changed its cwd
             from hydra.utils import to_absolute_path
@@ -112,14 +110,6 @@ def _root(cfg: Any) -> Path:
         except Exception:  # pragma: no cover - hydra missing or not usable here
             root = os.path.abspath(root)
     return Path(root)
-
-
-def _cap(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise DataError(f"dataset.{key} must be a positive integer or null, got {value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,16 +132,7 @@ def check_available(cfg: Any) -> None:
     Checks the name and, when ``download`` is false, that torchvision's files exist under ``root``.
     """
     name = _name(cfg)
-    _cap(_get(cfg, "max_train", None), "max_train")
-    _cap(_get(cfg, "max_eval", None), "max_eval")
-    if name == "digits":
-        val_f, test_f = float(_get(cfg, "val_fraction", 0.1)), float(_get(cfg, "test_fraction", 0.2))
-        if not (0.0 <= val_f < 1.0 and 0.0 <= test_f < 1.0 and val_f + test_f < 1.0):
-            raise DataError(
-                f"dataset.val_fraction={val_f} and dataset.test_fraction={test_f} must be in [0, 1) and sum to < 1"
-            )
-        return
-    if bool(_get(cfg, "download", False)):
+    if name == "digits" or cfg.download:
         return
     root = _root(cfg)
     if name in _TV_FOLDER:
@@ -166,7 +147,8 @@ def check_available(cfg: Any) -> None:
             extra = (
                 f" (found {len(gz)} .gz archive(s) there: torchvision reads only the uncompressed files; "
                 "gunzip them; download=true also extracts the official archives without fetching them again)"
-                if gz else ""
+                if gz
+                else ""
             )
             raise _missing_files_error(name, root, f"{_TV_FOLDER[name]}/raw", missing, extra)
     else:  # cifar10
@@ -218,15 +200,16 @@ def _load_digits(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, in
     x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
     y = torch.as_tensor(d.target, dtype=torch.int64)
     n = x.shape[0]
-    n_test = int(round(float(_get(cfg, "test_fraction", 0.2)) * n))
-    n_val = int(round(float(_get(cfg, "val_fraction", 0.1)) * n))
+    n_test, n_val = round(cfg.test_fraction * n), round(cfg.val_fraction * n)
     if n - n_test - n_val < 1:
         raise DataError(f"digits: val_fraction and test_fraction leave no training images out of {n}")
     if n_val < 1 or n_test < 1:
-        raise DataError(f"digits: dataset.val_fraction and dataset.test_fraction must each keep at least one of "
-                        f"the {n} images (got {n_val} validation, {n_test} test)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(_get(cfg, "split_seed", 0))))
-    i_test, i_val, i_train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+        raise DataError(
+            f"digits: dataset.val_fraction and dataset.test_fraction must each keep at least one of "
+            f"the {n} images (got {n_val} validation, {n_test} test)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    i_test, i_val, i_train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     return (
         (x[i_train], y[i_train]),
         (x[i_val], y[i_val]),
@@ -244,8 +227,9 @@ def _train_val_sizes(name: str, n: int, root: Path) -> tuple[int, int]:
     val = (n * n_val) // (n_train + n_val)
     if val < 1 or n - val < 1:
         raise DataError(f"{name}: the training file under {root} holds only {n} image(s); cannot split off validation")
-    log.warning("%s: %d training images under %s (not %d): using the last %d as validation",
-                name, n, root, n_train + n_val, val)
+    log.warning(
+        "%s: %d training images under %s (not %d): using the last %d as validation", name, n, root, n_train + n_val, val
+    )
     return n - val, val
 
 
@@ -268,13 +252,17 @@ def _idx_count(path: Path, dims: int) -> int:
     magic = int.from_bytes(header[:4], "big")
     if magic != _IDX_MAGIC[dims]:
         hint = "a gzip archive: gunzip it" if header[:2] == b"\x1f\x8b" else "a wrong or swapped file?"
-        raise DataError(f"{path} is not an IDX {kind} file: its magic number is 0x{magic:08x}, expected "
-                        f"0x{_IDX_MAGIC[dims]:08x} ({hint})")
-    shape = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+        raise DataError(
+            f"{path} is not an IDX {kind} file: its magic number is 0x{magic:08x}, expected "
+            f"0x{_IDX_MAGIC[dims]:08x} ({hint})"
+        )
+    shape = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     expected = 4 + 4 * dims + math.prod(shape)
     if size != expected:
-        raise DataError(f"{path} is damaged: its header promises {shape[0]} {kind}s ({expected} bytes) but the file "
-                        f"holds {size} bytes")
+        raise DataError(
+            f"{path} is damaged: its header promises {shape[0]} {kind}s ({expected} bytes) but the file "
+            f"holds {size} bytes"
+        )
     return shape[0]
 
 
@@ -284,8 +272,10 @@ def _check_idx_files(name: str, raw: Path) -> None:
     for images, labels in (_IDX_FILES[:2], _IDX_FILES[2:]):
         n_images, n_labels = _idx_count(raw / images, 3), _idx_count(raw / labels, 1)
         if n_images != n_labels:
-            raise DataError(f"{name}: {raw / images} holds {n_images} images but {raw / labels} holds {n_labels} "
-                            "labels; the files do not belong together")
+            raise DataError(
+                f"{name}: {raw / images} holds {n_images} images but {raw / labels} holds {n_labels} "
+                "labels; the files do not belong together"
+            )
 
 
 def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable, tuple[int, int, int]]:
@@ -293,7 +283,7 @@ def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     root = _root(cfg)
-    download = bool(_get(cfg, "download", False))
+    download = bool(cfg.download)
     raw = root / _TV_FOLDER[name] / "raw"
     if all((raw / f).is_file() for f in _IDX_FILES):
         _check_idx_files(name, raw)
@@ -306,7 +296,7 @@ def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable
     n_train, n_val = _train_val_sizes(name, x.shape[0], root)
     return (
         (x[:n_train], y[:n_train]),
-        (x[n_train:n_train + n_val], y[n_train:n_train + n_val]),
+        (x[n_train : n_train + n_val], y[n_train : n_train + n_val]),
         (te.data.unsqueeze(1), torch.as_tensor(te.targets)),
         lambda t: t.to(torch.float32) / 255.0,
         IMAGE_SHAPES[name],
@@ -317,7 +307,7 @@ def _load_cifar10(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, i
     from torchvision import datasets
 
     root = _root(cfg)
-    download = bool(_get(cfg, "download", False))
+    download = bool(cfg.download)
     try:
         tr = datasets.CIFAR10(root=str(root), train=True, download=download)
         te = datasets.CIFAR10(root=str(root), train=False, download=download)
@@ -331,7 +321,7 @@ def _load_cifar10(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, i
     n_train, n_val = _train_val_sizes("cifar10", x.shape[0], root)
     return (
         (x[:n_train], y[:n_train]),
-        (x[n_train:n_train + n_val], y[n_train:n_train + n_val]),
+        (x[n_train : n_train + n_val], y[n_train : n_train + n_val]),
         (chw(te.data), torch.as_tensor(te.targets, dtype=torch.int64)),
         lambda t: t.to(torch.float32) / 255.0,
         IMAGE_SHAPES["cifar10"],
@@ -339,7 +329,9 @@ def _load_cifar10(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, i
 
 
 def load_dataset(cfg: Any) -> DataBundle:
-    """Load ``cfg.name`` as in-memory train / val / test tensors (see the module docstring)."""
+    """Load ``cfg.name`` as in-memory train / val / test tensors (see the module docstring).
+
+    ``cfg`` is a validated dataset config (src.config.validate checks the fractions and caps)."""
     check_available(cfg)
     name = _name(cfg)
     if name == "digits":
@@ -348,11 +340,15 @@ def load_dataset(cfg: Any) -> DataBundle:
         train, val, test, to_float, shape = _load_mnist_like(cfg, name)
     else:
         train, val, test, to_float, shape = _load_cifar10(cfg)
-    binary = name != "cifar10" and bool(_get(cfg, "binarize", True))
+    binary = name != "cifar10" and bool(cfg.binarize)
     tr, va, te = _split_eval(
-        train, val, test, to_float, binary,
-        eval_seed=int(_get(cfg, "eval_binarize_seed", 777)),
-        max_train=_cap(_get(cfg, "max_train", None), "max_train"),
-        max_eval=_cap(_get(cfg, "max_eval", None), "max_eval"),
+        train,
+        val,
+        test,
+        to_float,
+        binary,
+        eval_seed=cfg.eval_binarize_seed,
+        max_train=cfg.max_train,
+        max_eval=cfg.max_eval,
     )
     return DataBundle(name=name, train=tr, val=va, test=te, image_shape=shape, binary=binary, n_classes=10)

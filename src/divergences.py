@@ -98,8 +98,12 @@ def log_mixture_self_integral(logits: Tensor | None, mu: Tensor, logvar: Tensor)
 
 
 def log_mixture_cross_integral(
-    logits_a: Tensor | None, mu_a: Tensor, logvar_a: Tensor,
-    logits_b: Tensor | None, mu_b: Tensor, logvar_b: Tensor,
+    logits_a: Tensor | None,
+    mu_a: Tensor,
+    logvar_a: Tensor,
+    logits_b: Tensor | None,
+    mu_b: Tensor,
+    logvar_b: Tensor,
 ) -> Tensor:
     """log ∫ p_a(x) p_b(x) dx for two diagonal mixtures (scalar)."""
     lw_a = log_weights(logits_a, mu_a.shape[0], mu_a)
@@ -141,8 +145,12 @@ def cs_divergence(
 
 
 def cs_divergence_mixtures(
-    logits_a: Tensor | None, mu_a: Tensor, logvar_a: Tensor,
-    logits_b: Tensor | None, mu_b: Tensor, logvar_b: Tensor,
+    logits_a: Tensor | None,
+    mu_a: Tensor,
+    logvar_a: Tensor,
+    logits_b: Tensor | None,
+    mu_b: Tensor,
+    logvar_b: Tensor,
 ) -> Tensor:
     """D_CS between two diagonal Gaussian mixtures (scalar); logits None means uniform weights."""
     cross = log_mixture_cross_integral(logits_a, mu_a, logvar_a, logits_b, mu_b, logvar_b)
@@ -181,14 +189,16 @@ def log_mixture_density_matmul(z: Tensor, logits: Tensor | None, mu: Tensor, log
     return torch.logsumexp(lw + log_n, dim=-1).to(z.dtype).reshape(shape)
 
 
-def kl_monte_carlo(z: Tensor, mu: Tensor, logvar: Tensor, prior_logits: Tensor | None,
-                   prior_mu: Tensor, prior_logvar: Tensor) -> Tensor:
+def kl_monte_carlo(
+    z: Tensor, mu: Tensor, logvar: Tensor, prior_logits: Tensor | None, prior_mu: Tensor, prior_logvar: Tensor
+) -> Tensor:
     """One-sample (per z) Monte-Carlo KL: log q(z|x) - log p(z), for priors with no closed form."""
     return log_normal(z, mu, logvar) - log_mixture_density(z, prior_logits, prior_mu, prior_logvar)
 
 
-def component_log_responsibilities(mu: Tensor, logvar: Tensor, prior_logits: Tensor | None,
-                                   prior_mu: Tensor, prior_logvar: Tensor) -> Tensor:
+def component_log_responsibilities(
+    mu: Tensor, logvar: Tensor, prior_logits: Tensor | None, prior_mu: Tensor, prior_logvar: Tensor
+) -> Tensor:
     """Score of each component for each encoding: log π_k + log N(μ(x) | μ_k, σ²(x) + σ_k²), [B, K].
 
     Its argmax over k is the clustering assignment (docs/PROTOCOLS.md)."""

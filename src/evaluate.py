@@ -1,4 +1,6 @@
-"""Evaluation: importance-sampled NLL, clustering metrics, and pictures.
+"""Evaluation: importance-sampled NLL, clustering metrics, and pictures; `evaluate_model` is the
+evaluation every run ends with, and `python -m src.evaluate RUN_DIR` repeats it on a finished run
+(src/finished_runs.py).
 
 Importance-sampled log-likelihood (Burda et al.; the VampPrior protocol):
 
@@ -11,16 +13,22 @@ reported as the positive number -log p(x) in nats.
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Optional
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from src.contract import FEWLABEL_N
+from src.contract import FEWLABEL_KEYS, FEWLABEL_N
+from src.data import DataBundle
 from src.divergences import log_mixture_density_matmul, log_normal
 from src.models import Autoencoder
+from src.train import NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 
 # The importance-sampling noise comes in blocks of NOISE_POINTS points x NOISE_SAMPLES samples, each
@@ -40,8 +48,9 @@ def _mix64(*values: int) -> int:
     return h
 
 
-def importance_noise(seed: int, first_index: int, n_points: int, start: int, n: int, dim: int,
-                     device: torch.device | str = "cpu") -> Tensor:
+def importance_noise(
+    seed: int, first_index: int, n_points: int, start: int, n: int, dim: int, device: torch.device | str = "cpu"
+) -> Tensor:
     """Standard normal noise for samples start..start+n-1 of points first_index..first_index+n_points-1
     of an evaluation set, as [n, n_points, dim] float32 on device.
 
@@ -59,10 +68,11 @@ def importance_noise(seed: int, first_index: int, n_points: int, start: int, n: 
         for sb in range(s0, s1):
             g.manual_seed(_mix64(seed, pb, sb))
             rows, cols = (sb - s0) * NOISE_SAMPLES, (pb - p0) * NOISE_POINTS
-            buf[rows:rows + NOISE_SAMPLES, cols:cols + NOISE_POINTS] = torch.randn(
-                NOISE_SAMPLES, NOISE_POINTS, dim, generator=g, device=device)
+            buf[rows : rows + NOISE_SAMPLES, cols : cols + NOISE_POINTS] = torch.randn(
+                NOISE_SAMPLES, NOISE_POINTS, dim, generator=g, device=device
+            )
     i, j = start - s0 * NOISE_SAMPLES, first_index - p0 * NOISE_POINTS
-    return buf[i:i + n, j:j + n_points]
+    return buf[i : i + n, j : j + n_points]
 
 
 def _draw_seed() -> int:
@@ -74,8 +84,9 @@ CPU_MAX_ROWS = 10_000  # decoder rows per importance-sampling chunk on CPU
 
 
 @torch.no_grad()
-def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk: int, seed: Optional[int] = None,
-                           first_index: int = 0) -> Tensor:
+def importance_log_weights(
+    model: Autoencoder, x: Tensor, n_samples: int, chunk: int, seed: int | None = None, first_index: int = 0
+) -> Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for s = 1..S, as [S, B].
 
     The noise of x[b] is importance_noise(seed, first_index + b, ...): x[b] is point first_index + b
@@ -100,9 +111,15 @@ def importance_log_weights(model: Autoencoder, x: Tensor, n_samples: int, chunk:
 
 
 @torch.no_grad()
-def importance_sampled_nll(model: Autoencoder, x: Tensor, n_samples: int = 500, chunk: int = 500,
-                           batch: int = 500, device: Optional[torch.device] = None,
-                           seed: Optional[int] = None) -> Tensor:
+def importance_sampled_nll(
+    model: Autoencoder,
+    x: Tensor,
+    n_samples: int = 500,
+    chunk: int = 500,
+    batch: int = 500,
+    device: torch.device | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """Per-point NLL estimate -log p(x) in nats, [N]; x is evaluated `batch` points at a time.
 
     For a given seed the result does not depend on `batch` or `chunk` (see importance_noise);
@@ -113,11 +130,13 @@ def importance_sampled_nll(model: Autoencoder, x: Tensor, n_samples: int = 500, 
     model.eval()
     nll = []
     for start in range(0, x.shape[0], batch):
-        xb = x[start:start + batch].to(device)
+        xb = x[start : start + batch].to(device)
         chunk_b = max(1, min(chunk, (chunk * 500) // max(1, xb.shape[0])))  # bound S_chunk·B
         if device.type == "cpu":  # past ~10k rows per decoder call the [rows, pixels] temporaries only cost
             # memory and cache misses on CPU (benchmarks/speed.py); keep whole noise blocks
-            chunk_b = min(chunk_b, max(NOISE_SAMPLES, CPU_MAX_ROWS // max(1, xb.shape[0]) // NOISE_SAMPLES * NOISE_SAMPLES))
+            chunk_b = min(
+                chunk_b, max(NOISE_SAMPLES, CPU_MAX_ROWS // max(1, xb.shape[0]) // NOISE_SAMPLES * NOISE_SAMPLES)
+            )
         log_w = importance_log_weights(model, xb, n_samples, chunk_b, seed=seed, first_index=start)
         nll.append(-(torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu())
     return torch.cat(nll)
@@ -130,7 +149,7 @@ def loss_terms_mean(model: Autoencoder, x: Tensor, batch: int = 500, device=None
     model.eval()
     recon, reg, n = 0.0, 0.0, 0
     for start in range(0, x.shape[0], batch):
-        terms = model.loss_terms(x[start:start + batch].to(device))
+        terms = model.loss_terms(x[start : start + batch].to(device))
         recon += terms.recon.sum().item()
         reg += terms.reg.sum().item()
         n += terms.recon.shape[0]
@@ -141,20 +160,96 @@ def loss_terms_mean(model: Autoencoder, x: Tensor, batch: int = 500, device=None
 def assign_components(model: Autoencoder, x: Tensor, batch: int = 1000, device=None) -> np.ndarray:
     device = device or next(model.parameters()).device
     model.eval()
-    return torch.cat([model.assign_components(x[i:i + batch].to(device)).cpu()
-                      for i in range(0, x.shape[0], batch)]).numpy()
+    return torch.cat(
+        [model.assign_components(x[i : i + batch].to(device)).cpu() for i in range(0, x.shape[0], batch)]
+    ).numpy()
 
 
 @torch.no_grad()
 def posterior_means(model: Autoencoder, x: Tensor, batch: int = 1000, device=None) -> np.ndarray:
     device = device or next(model.parameters()).device
     model.eval()
-    return torch.cat([model.encode(x[i:i + batch].to(device))[0].cpu() for i in range(0, x.shape[0], batch)]).numpy()
+    return torch.cat([model.encode(x[i : i + batch].to(device))[0].cpu() for i in range(0, x.shape[0], batch)]).numpy()
+
+
+def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir: Path, device) -> dict:
+    """The metrics of results.json for the model's current weights: test and validation NLL (S = ev.is_samples),
+    the test loss terms, clustering and few-label accuracies where asked for, pictures in out_dir.
+
+    ev is an eval config (src.config.EvalConfig). Its noise is seeded with seed + 1 (seed: the run's
+    trainer.seed), so the same weights and eval settings give the same numbers on the same device.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(seed + 1)  # evaluation noise independent of how training went
+    log.info(
+        "evaluating: S=%d importance samples on %d test and %d validation points",
+        ev.is_samples,
+        len(data.test.x),
+        len(data.val.x),
+    )
+    is_kwargs = dict(n_samples=ev.is_samples, chunk=ev.is_chunk, batch=ev.is_batch, device=device)
+    test_nll = importance_sampled_nll(model, data.test.x, **is_kwargs)
+    val_nll = importance_sampled_nll(model, data.val.x, **is_kwargs).mean().item()
+    test_recon, test_reg = loss_terms_mean(model, data.test.x, device=device)
+    out = {
+        "test_nll": test_nll.mean().item(),
+        "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
+        "test_recon": test_recon,
+        "test_reg": test_reg,
+        "val_nll": val_nll,
+        "acc": None,
+        "nmi": None,
+        "ari": None,
+        "acc_mapping": None,
+        "n_clusters_used": None,
+        "val_acc": None,
+        "n_test": len(test_nll),
+        **{k: None for k in FEWLABEL_KEYS},
+    }
+    if not math.isfinite(val_nll):
+        raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
+
+    clusters = None
+    if (ev.clustering or ev.fewlabel) and model.prior.K > 1:
+        clusters = assign_components(model, data.test.x, device=device)
+    if ev.clustering and model.prior.K > 1:
+        out.update(clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
+        # Validation ACC: what a sweep may select on (test ACC stays untouched by model selection).
+        out["val_acc"] = cluster_accuracy(
+            data.val.y.numpy(), assign_components(model, data.val.x, device=device), model.prior.K
+        )[0]
+    if ev.fewlabel:
+        out.update(_fewlabel(model, data, clusters, ev.fewlabel_seed, device))
+    if ev.images:
+        out["images"] = write_images(
+            model, data.test.x, data.test.y, out_dir, ev.n_images, seed=seed, clusters=clusters
+        )
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _fewlabel(model: Autoencoder, data: DataBundle, test_clusters, seed: int, device) -> dict:
+    """Few-label accuracies (fewlabel_metrics) from posterior means of the training set, binarised
+    once with a fixed seed like the test set (the same inputs for every run)."""
+    x_train = data.train.x
+    if data.binary:
+        x_train = torch.bernoulli(x_train, generator=torch.Generator().manual_seed(seed))
+    train_comps = assign_components(model, x_train, device=device) if test_clusters is not None else None
+    return fewlabel_metrics(
+        posterior_means(model, x_train, device=device),
+        data.train.y.numpy(),
+        posterior_means(model, data.test.x, device=device),
+        data.test.y.numpy(),
+        train_comps=train_comps,
+        test_comps=test_clusters,
+        seed=seed,
+    )
 
 
 # --- clustering -------------------------------------------------------------------------------
 
-def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray, n_components: Optional[int] = None) -> tuple[float, str]:
+
+def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray, n_components: int | None = None) -> tuple[float, str]:
     """Accuracy of a clustering against labels, and the mapping used.
 
     With at most as many mixture components as classes, clusters are matched one-to-one to classes
@@ -175,7 +270,7 @@ def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray, n_components: Opt
     return float(counts[rows, cols].sum() / len(y)), "hungarian"
 
 
-def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: Optional[int] = None) -> dict:
+def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: int | None = None) -> dict:
     """ACC (with its mapping), NMI and ARI of component assignments against labels."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -192,8 +287,7 @@ def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: O
 # --- few labels (Kingma et al. 2014, M1) -----------------------------------------------------
 
 
-
-def fewlabel_subset(labels: np.ndarray, n: int, seed: int = 0) -> Optional[np.ndarray]:
+def fewlabel_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray | None:
     """Indices of n training points per class, fixed by seed; None when a class has fewer than n.
 
     One seeded permutation per class, of which the first n are taken: the subsets for growing n are
@@ -210,8 +304,9 @@ def fewlabel_subset(labels: np.ndarray, n: int, seed: int = 0) -> Optional[np.nd
     return np.sort(np.concatenate(picked))
 
 
-def fewlabel_logistic_accuracy(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
-                               test_labels: np.ndarray) -> float:
+def fewlabel_logistic_accuracy(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray
+) -> float:
     """Test accuracy of a logistic regression (standardised features) fitted on the labelled points."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -222,8 +317,9 @@ def fewlabel_logistic_accuracy(train_feats: np.ndarray, train_labels: np.ndarray
     return float(clf.score(test_feats, test_labels))
 
 
-def fewlabel_component_accuracy(train_comps: np.ndarray, train_labels: np.ndarray, test_comps: np.ndarray,
-                                test_labels: np.ndarray) -> float:
+def fewlabel_component_accuracy(
+    train_comps: np.ndarray, train_labels: np.ndarray, test_comps: np.ndarray, test_labels: np.ndarray
+) -> float:
     """Test accuracy when each mixture component predicts the majority label of the labelled points it
     receives; a component that receives none predicts the labelled points' overall majority."""
     train_labels = np.asarray(train_labels)
@@ -238,9 +334,16 @@ def fewlabel_component_accuracy(train_comps: np.ndarray, train_labels: np.ndarra
     return float(np.mean(predicted == np.asarray(test_labels)))
 
 
-def fewlabel_metrics(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
-                     test_labels: np.ndarray, train_comps: Optional[np.ndarray] = None,
-                     test_comps: Optional[np.ndarray] = None, seed: int = 0, ns=FEWLABEL_N) -> dict:
+def fewlabel_metrics(
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    test_feats: np.ndarray,
+    test_labels: np.ndarray,
+    train_comps: np.ndarray | None = None,
+    test_comps: np.ndarray | None = None,
+    seed: int = 0,
+    ns=FEWLABEL_N,
+) -> dict:
     """fewlabel_lr_<n> and fewlabel_comp_<n> for each n: accuracies with n labelled training points per
     class. Null where not applicable: comp without mixture components, either when a class has < n points."""
     out = {}
@@ -257,6 +360,7 @@ def fewlabel_metrics(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
 
 # --- pictures ---------------------------------------------------------------------------------
 
+
 def save_grid(images: Tensor, path, nrow: int) -> None:
     """Save a grid of images; small images (8×8 digits) are enlarged so the PNG is readable."""
     from torchvision.utils import save_image
@@ -269,8 +373,15 @@ def save_grid(images: Tensor, path, nrow: int) -> None:
 
 
 @torch.no_grad()
-def write_images(model: Autoencoder, x_test: Tensor, y_test: Tensor, out_dir, n_images: int = 64,
-                 seed: int = 0, clusters: Optional[np.ndarray] = None) -> list[str]:
+def write_images(
+    model: Autoencoder,
+    x_test: Tensor,
+    y_test: Tensor,
+    out_dir,
+    n_images: int = 64,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+) -> list[str]:
     """samples.png, components.png, reconstructions.png, latent_scatter.png; returns the file names."""
     import matplotlib
 
@@ -311,8 +422,9 @@ def write_images(model: Autoencoder, x_test: Tensor, y_test: Tensor, out_dir, n_
     panels = [("label", y_test.numpy())] + ([("component", clusters)] if clusters is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
     for ax, (title, colour) in zip(axes[0], panels):
-        sc = ax.scatter(coords[:, 0], coords[:, 1], c=colour, cmap="tab10" if colour.max() < 10 else "tab20",
-                        s=6, alpha=0.8)
+        sc = ax.scatter(
+            coords[:, 0], coords[:, 1], c=colour, cmap="tab10" if colour.max() < 10 else "tab20", s=6, alpha=0.8
+        )
         ax.set_title(f"test posterior means, coloured by {title}")
         ax.set_xlabel(f"{axis}1")
         ax.set_ylabel(f"{axis}2")
@@ -323,3 +435,9 @@ def write_images(model: Autoencoder, x_test: Tensor, y_test: Tensor, out_dir, n_
     plt.close(fig)
     written.append("latent_scatter.png")
     return written
+
+
+if __name__ == "__main__":  # python -m src.evaluate RUN_DIR [overrides]: re-evaluate a finished run
+    from src.finished_runs import main
+
+    raise SystemExit(main())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Optional
+from typing import Any
 
 MISSING = "–"  # what a table or sentence shows for null, NaN or a value that is not finite
 
 
-def number(v: Any, digits: Optional[int] = None) -> str:
+def number(v: Any, digits: int | None = None) -> str:
     """`digits` decimals (or the shortest form, `%g`, when None) for a float; str() for anything else;
     MISSING for None, NaN, ±inf and pandas' NA."""
     if v is None or str(v) in ("<NA>", "NaT"):
@@ -27,3 +27,26 @@ def p_value(p: float) -> str:
     if p is None or not math.isfinite(p):
         return "p n/a"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def headline(r: dict, digits: int = 2) -> str:
+    """The one-line summary of a results.json (or a re-evaluation's) record, as the commands print it."""
+    n_test = f", {r['n_test']} points" if r.get("n_test") is not None else ""
+    parts = [
+        f"test NLL {number(r.get('test_nll'), digits)} ± {number(r.get('test_nll_sem'), digits)} nats "
+        f"(S={r.get('is_samples')}{n_test})",
+        f"val NLL {number(r.get('val_nll'), digits)}",
+    ]
+    if r.get("acc") is not None:
+        parts.append(
+            f"ACC {number(r['acc'], 3)} ({r.get('acc_mapping')}) NMI {number(r.get('nmi'), 3)} "
+            f"ARI {number(r.get('ari'), 3)}"
+        )
+    timing = []
+    if r.get("epochs_run") is not None:  # a re-evaluation has no training of its own
+        timing += [f"{r['epochs_run']} epochs", f"training {number(r.get('train_seconds'), 1)}s"]
+    timing.append(f"evaluation {number(r.get('eval_seconds'), 1)}s")
+    parts.append(", ".join(timing))
+    if r.get("non_finite"):
+        parts.append(f"not finite: {', '.join(f'{k}={v}' for k, v in r['non_finite'].items())}")
+    return " | ".join(parts)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 W_MIN, W_MAX = 1e-3, 1e3
 
@@ -39,7 +38,7 @@ def _clamp(log_lambda: float) -> float:
     return min(max(log_lambda, -math.log(W_MAX)), -math.log(W_MIN))
 
 
-def geco_update(log_lambda: float, c_ma: Optional[float], recon: float, settings: GecoSettings) -> tuple[float, float]:
+def geco_update(log_lambda: float, c_ma: float | None, recon: float, settings: GecoSettings) -> tuple[float, float]:
     """One step: (log λ, C_ma) after a batch whose mean reconstruction term was `recon`."""
     c = recon - settings.target
     c_ma = c if c_ma is None else settings.alpha * c_ma + (1.0 - settings.alpha) * c

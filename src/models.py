@@ -42,8 +42,15 @@ class LossTerms:
 
 
 class Autoencoder(nn.Module):
-    def __init__(self, encoder: Encoder, decoder: Decoder, prior: Prior, objective: str = "cs",
-                 variant: str = "per_sample", likelihood: str = "bernoulli"):
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        prior: Prior,
+        objective: str = "cs",
+        variant: str = "per_sample",
+        likelihood: str = "bernoulli",
+    ):
         super().__init__()
         if objective not in ("kl", "cs"):
             raise ValueError(f"objective must be 'kl' or 'cs', got {objective!r}")
@@ -123,8 +130,9 @@ class Autoencoder(nn.Module):
         return component_log_responsibilities(mu, logvar, logits, p_mu, p_logvar).argmax(1)
 
     @torch.no_grad()
-    def sample(self, n: int, component: Tensor | None = None,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, component: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Decoder means for n prior draws (component picked from the mixture unless given)."""
         z, k = self.prior.sample(n, self.encoder, component=component, generator=generator)
         return self.mean_image(self.decode(z)), k
@@ -136,8 +144,15 @@ def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Auto
     likelihood = value(model_cfg.likelihood)
     n_params = 1 if likelihood == "bernoulli" else 2
     hidden = list(getattr(model_cfg, "hidden_dims", None) or [model_cfg.hidden_dim, model_cfg.hidden_dim])
-    encoder, decoder = build_networks(value(model_cfg.network), image_shape, model_cfg.latent_dim,
-                                      hidden, n_params, model_cfg.logvar_min, model_cfg.logvar_max)
+    encoder, decoder = build_networks(
+        value(model_cfg.network),
+        image_shape,
+        model_cfg.latent_dim,
+        hidden,
+        n_params,
+        model_cfg.logvar_min,
+        model_cfg.logvar_max,
+    )
     prior = build_prior(prior_cfg, model_cfg.latent_dim, image_shape)
     objective = "kl" if value(model_cfg.name) == "vae" else "cs"
     return Autoencoder(encoder, decoder, prior, objective, value(model_cfg.variant), likelihood)
@@ -145,4 +160,3 @@ def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Auto
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -15,7 +15,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -52,8 +52,9 @@ def _build(compiler: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
-                       timeout=300)
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=300
+        )
         os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache dir from loading it
         os.replace(tmp, path)  # atomic: concurrent builders each leave a complete file
     finally:
@@ -61,7 +62,7 @@ def _build(compiler: str, path: Path) -> None:
             os.unlink(tmp)
 
 
-@lru_cache(maxsize=None)
+@cache
 def library() -> ctypes.CDLL | None:
     """The loaded library, built first if this machine has none cached; None when it cannot be built."""
     if os.environ.get("CSRAE_NATIVE", "1") == "0":
@@ -82,8 +83,10 @@ def library() -> ctypes.CDLL | None:
         log.warning("native mixture loops unavailable (%s); using the tiled torch code", str(detail).strip()[:300])
         return None
     for s in _SUFFIX.values():
-        for name, args in ((f"row_scores_{s}", [_P, _P, _P, _P, _I, _I, _I, _I, _P]),
-                           (f"row_grads_{s}", [_P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P])):
+        for name, args in (
+            (f"row_scores_{s}", [_P, _P, _P, _P, _I, _I, _I, _I, _P]),
+            (f"row_grads_{s}", [_P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P]),
+        ):
             getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
         fn = getattr(lib, f"pairs_{s}")
         fn.argtypes = [_P, _P, _P, _I, _I, _D, ctypes.c_int, _I, _P, _P, _P]
@@ -95,8 +98,9 @@ def usable(*tensors: Tensor) -> bool:
     """True when the native loops can take these tensors (every one on the CPU, all of one float dtype:
     the C code reads each buffer as that dtype) and the library loads. CSRAE_NATIVE is read once."""
     dtype = tensors[0].dtype
-    return (dtype in _SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
-            and library() is not None)
+    return (
+        dtype in _SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors) and library() is not None
+    )
 
 
 def _check(rows: Tensor, *others: Tensor) -> None:
@@ -137,7 +141,9 @@ def row_grads(x: Tensor, xv: Tensor, m: Tensor, v: Tensor, w: Tensor, n: int) ->
         raise ValueError("native pair sums: weights of shape [rows, components] and the rows' dtype expected")
     (a, d), k = x.shape, m.shape[0]
     ra, ta, rb, tb = x.new_zeros(a, d), x.new_zeros(a, d), x.new_zeros(k, d), x.new_zeros(k, d)
-    _fn("row_grads", x)(_ptr(x), _ptr(xv), _ptr(m), _ptr(v), _ptr(w), a, k, d, n, _ptr(ra), _ptr(ta), _ptr(rb), _ptr(tb))
+    _fn("row_grads", x)(
+        _ptr(x), _ptr(xv), _ptr(m), _ptr(v), _ptr(w), a, k, d, n, _ptr(ra), _ptr(ta), _ptr(rb), _ptr(tb)
+    )
     return ra, ta, rb, tb
 
 
@@ -150,12 +156,15 @@ def pairs(m: Tensor, v: Tensor, lw: Tensor, shift: float, need_grad: bool, n: in
     if lw.shape != (k,):
         raise ValueError("native pair sums: one log-weight per component expected")
     g_lw, g_r, g_t = m.new_zeros(k), m.new_zeros(k, d), m.new_zeros(k, d)
-    total = _fn("pairs", m)(_ptr(m), _ptr(v), _ptr(lw), k, d, float(shift), int(need_grad), n,
-                            _ptr(g_lw), _ptr(g_r), _ptr(g_t))
+    total = _fn("pairs", m)(
+        _ptr(m), _ptr(v), _ptr(lw), k, d, float(shift), int(need_grad), n, _ptr(g_lw), _ptr(g_r), _ptr(g_t)
+    )
     return total, g_lw, g_r, g_t
 
 
 if __name__ == "__main__":  # `python -m src.native` (make install runs it): build now, say where it is
     logging.basicConfig(format="%(message)s")
     lib = library()
-    print(f"native mixture loops: {lib._name}" if lib else "native mixture loops: not built; the tiled torch code is used")
+    print(
+        f"native mixture loops: {lib._name}" if lib else "native mixture loops: not built; the tiled torch code is used"
+    )

@@ -90,9 +90,13 @@ def _relu_decoder_body(latent_dim: int, widths: list[int], n_out: int) -> nn.Mod
 def _conv_encoder_body(image_shape: tuple[int, int, int], hidden: int) -> tuple[nn.Module, int]:
     c, h, w = image_shape
     body = nn.Sequential(
-        nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), hidden), nn.ReLU(),
+        nn.Conv2d(c, 32, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, 2, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * (h // 4) * (w // 4), hidden),
+        nn.ReLU(),
     )
     return body, hidden
 
@@ -100,17 +104,27 @@ def _conv_encoder_body(image_shape: tuple[int, int, int], hidden: int) -> tuple[
 def _conv_decoder_body(image_shape: tuple[int, int, int], latent_dim: int, hidden: int, n_params: int) -> nn.Module:
     c, h, w = image_shape
     return nn.Sequential(
-        nn.Linear(latent_dim, hidden), nn.ReLU(),
-        nn.Linear(hidden, 64 * (h // 4) * (w // 4)), nn.ReLU(),
+        nn.Linear(latent_dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 64 * (h // 4) * (w // 4)),
+        nn.ReLU(),
         nn.Unflatten(1, (64, h // 4, w // 4)),
-        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1),
+        nn.ReLU(),
         nn.ConvTranspose2d(32, n_params * c, 4, 2, 1),
         nn.Flatten(),
     )
 
 
-def build_networks(network: str, image_shape: tuple[int, int, int], latent_dim: int, hidden: int | list[int],
-                   n_params: int, logvar_min: float, logvar_max: float) -> tuple[Encoder, Decoder]:
+def build_networks(
+    network: str,
+    image_shape: tuple[int, int, int],
+    latent_dim: int,
+    hidden: int | list[int],
+    n_params: int,
+    logvar_min: float,
+    logvar_max: float,
+) -> tuple[Encoder, Decoder]:
     """Encoder and decoder for `network` in {"mlp", "relu_mlp", "conv"}; n_params outputs per pixel.
 
     `hidden`: the encoder's hidden widths for the MLPs (the decoder mirrors them; an int h means [h, h]);

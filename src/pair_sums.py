@@ -112,8 +112,8 @@ class RowLSE(torch.autograd.Function):
         if x_logvar is None:
             xt, mt, inv_b = x.T.contiguous(), mu.T.contiguous(), torch.exp(-logvar).T.contiguous()
             for i in range(0, a, step):
-                diff = xt[:, i:i + step, None] - mt[:, None, :]
-                scores[i:i + step] = (diff * inv_b[:, None, :]).mul_(diff).sum(0)
+                diff = xt[:, i : i + step, None] - mt[:, None, :]
+                scores[i : i + step] = (diff * inv_b[:, None, :]).mul_(diff).sum(0)
             scores.add_(logvar.sum(-1) + d * LOG_2PI).mul_(-0.5)
             saved = (xt, mt, inv_b)
         else:
@@ -126,7 +126,7 @@ class RowLSE(torch.autograd.Function):
                 xa, va = _scaled(x, x_logvar, c)
                 mb, vb = _scaled(mu, logvar, c)
                 for i in range(0, a, step):
-                    scores[i:i + step] = _block_terms(xa[:, i:i + step], va[:, i:i + step], mb, vb)[0]
+                    scores[i : i + step] = _block_terms(xa[:, i : i + step], va[:, i : i + step], mb, vb)[0]
             scores.add_(c.sum() + d * LOG_2PI).mul_(-0.5)
             saved = (xa, va, mb, vb, c)
         scores += lw
@@ -146,9 +146,9 @@ class RowLSE(torch.autograd.Function):
             xt, mt, inv_b = saved
             g_x, g_mu, g_lv = torch.empty_like(xt), torch.zeros_like(mt), torch.zeros_like(mt)
             for i in range(0, a, step):
-                diff = xt[:, i:i + step, None] - mt[:, None, :]
-                wr = (diff * inv_b[:, None, :]).mul_(w[i:i + step])  # w·(x−μ)/v
-                g_x[:, i:i + step] = -wr.sum(2)
+                diff = xt[:, i : i + step, None] - mt[:, None, :]
+                wr = (diff * inv_b[:, None, :]).mul_(w[i : i + step])  # w·(x−μ)/v
+                g_x[:, i : i + step] = -wr.sum(2)
                 g_mu += wr.sum(1)
                 g_lv += wr.mul_(diff).sum(1)
             g_lv = 0.5 * (g_lv.T - w.sum(0)[:, None])
@@ -161,9 +161,9 @@ class RowLSE(torch.autograd.Function):
         g_x, g_xv = torch.empty_like(xa), torch.empty_like(xa)
         g_mu, g_v = torch.zeros_like(mb), torch.zeros_like(mb)
         for i in range(0, a, step):
-            _, inv, r = _block_terms(xa[:, i:i + step], va[:, i:i + step], mb, vb)
-            ra, rb, ta, tb = _weighted_grads(w[i:i + step], inv, r)
-            g_x[:, i:i + step], g_xv[:, i:i + step] = ra, ta
+            _, inv, r = _block_terms(xa[:, i : i + step], va[:, i : i + step], mb, vb)
+            ra, rb, ta, tb = _weighted_grads(w[i : i + step], inv, r)
+            g_x[:, i : i + step], g_xv[:, i : i + step] = ra, ta
             g_mu -= rb
             g_v += tb
         return (g_x.T * scale, -0.5 * (va * g_xv).T, w.sum(0), g_mu.T * scale, -0.5 * (vb * g_v).T)
@@ -195,7 +195,7 @@ class PairLSE(torch.autograd.Function):
             j = min(i + step, k)
             scores, inv, r = _block_terms(ms[:, i:j], vs[:, i:j], ms[:, i:], vs[:, i:])
             w = _flush_tiny(scores.mul_(-0.5).add_(lw[i:j, None] + lw[None, i:] + (const - top)).exp_())
-            w[:, j - i:] *= 2.0  # pairs across the diagonal stand for (a, b) and (b, a)
+            w[:, j - i :] *= 2.0  # pairs across the diagonal stand for (a, b) and (b, a)
             total += w.sum()
             if need_grad:
                 g_lw[i:j] += w.sum(1)

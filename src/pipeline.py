@@ -7,37 +7,27 @@ a run directory, so tests and notebooks can call it directly.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from src import evaluate, rundir, trackers
-from src.contract import FEWLABEL_KEYS, key_config, write_results
+from src.checkpoints import CheckpointError, fingerprint, load_best_weights
 from src.config import ConfigError, unknown_keys, validate
+from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
 from src.models import build_model, count_parameters
-from src.train import (
-    CheckpointError,
-    CompileError,
-    NonFiniteLossError,
-    TrainSettings,
-    build_optimizer,
-    fingerprint,
-    fit,
-    load_best_weights,
-    resolve_device,
-)
+from src.train import CompileError, NonFiniteLossError, TrainSettings, build_optimizer, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def _value(v: Any) -> Any:  # an enum by its name
     return getattr(v, "value", v)
+
 
 # Errors whose message is the whole story for the user: no traceback needed.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
@@ -57,11 +47,20 @@ def _model_identity(model: dict) -> dict:
     return {k: v for k, v in model.items() if k not in drop}
 
 
+def _prior_identity(prior: dict) -> dict:
+    """The prior settings a checkpoint depends on. `init` shapes a gmm prior only: other priors record
+    "random" whatever it says, so a setting they never read cannot set their checkpoints apart."""
+    return prior if prior.get("name") == "gmm" else {**prior, "init": "random"}
+
+
 def _settings(cfg) -> TrainSettings:
     t, p, m = cfg.trainer, cfg.prior, cfg.model
     kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
-    to_plain = lambda c: OmegaConf.to_container(OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
-                                                resolve=True, enum_to_str=True)
+    to_plain = lambda c: OmegaConf.to_container(
+        OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
+        resolve=True,
+        enum_to_str=True,
+    )
     # Where the files live and whether they may be downloaded do not change what a checkpoint means;
     # the optimizer, batch size, warm-up and pretraining do (the saved optimizer state would silently
     # override a new learning rate). trainer.epochs and patience may change on resume: that is how
@@ -72,16 +71,37 @@ def _settings(cfg) -> TrainSettings:
         schedule["pretrain_epochs"] = t.pretrain_epochs
     geco = None
     if _value(m.constraint) == "reconstruction":
-        geco = GecoSettings(target=float(m.target_recon), alpha=float(m.geco_alpha), rate=float(m.geco_rate),
-                            start_weight=float(m.reg_weight))
+        geco = GecoSettings(
+            target=float(m.target_recon),
+            alpha=float(m.geco_alpha),
+            rate=float(m.geco_rate),
+            start_weight=float(m.reg_weight),
+        )
     return TrainSettings(
-        epochs=t.epochs, batch_size=t.batch_size, reg_weight=m.reg_weight, warmup_epochs=t.warmup_epochs,
-        patience=t.patience, seed=t.seed, checkpoint=t.checkpoint, resume=t.resume, progress=t.progress,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        reg_weight=m.reg_weight,
+        warmup_epochs=t.warmup_epochs,
+        patience=t.patience,
+        seed=t.seed,
+        checkpoint=t.checkpoint,
+        resume=t.resume,
+        progress=t.progress,
         # With pretraining, a kmeans-initialised GMM is refitted once, at its end (VaDE), not at kmeans_epoch.
-        kmeans_epoch=p.kmeans_epoch if kmeans and not t.pretrain_epochs else None, kmeans_samples=p.kmeans_samples,
-        pretrain_epochs=t.pretrain_epochs, compile=t.compile, refit_after_pretraining=kmeans, geco=geco,
-        fingerprint=fingerprint(_model_identity(to_plain(m)), to_plain(p), data_identity, t.seed,
-                                to_plain(cfg.optimizer), schedule),
+        kmeans_epoch=p.kmeans_epoch if kmeans and not t.pretrain_epochs else None,
+        kmeans_samples=p.kmeans_samples,
+        pretrain_epochs=t.pretrain_epochs,
+        compile=t.compile,
+        refit_after_pretraining=kmeans,
+        geco=geco,
+        fingerprint=fingerprint(
+            _model_identity(to_plain(m)),
+            _prior_identity(to_plain(p)),
+            data_identity,
+            t.seed,
+            to_plain(cfg.optimizer),
+            schedule,
+        ),
     )
 
 
@@ -98,7 +118,7 @@ def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
     return settings
 
 
-def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
+def run_experiment(cfg, run_dir: Path, extra: dict | None = None) -> float:
     """Train and evaluate one configuration in run_dir; returns the validation NLL (finite).
 
     Writes results.json with status running → completed | failed | interrupted. Raises on failure
@@ -115,7 +135,7 @@ def run_experiment(cfg, run_dir: Path, extra: Optional[dict] = None) -> float:
             rundir.unlock(run_dir)
 
 
-def _run(cfg, run_dir: Path, extra: Optional[dict]) -> float:
+def _run(cfg, run_dir: Path, extra: dict | None) -> float:
     results: dict = {"status": "running", **(extra or {})}
     _preflight(cfg, run_dir, results)
     tracker = trackers.Tracker()
@@ -130,8 +150,9 @@ def _run(cfg, run_dir: Path, extra: Optional[dict]) -> float:
         write_results(run_dir, results)
         return results["val_nll"]
     except KeyboardInterrupt:
-        results.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM); rerun with "
-                                                   f"hydra.run.dir={run_dir} to resume")
+        results.update(
+            status="interrupted", error=f"interrupted (Ctrl-C or SIGTERM); rerun with hydra.run.dir={run_dir} to resume"
+        )
         write_results(run_dir, results)
         raise
     except Exception as e:
@@ -165,8 +186,11 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         resolve_device(cfg.trainer.device)
         check_available(cfg.dataset)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
-            log.warning("prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
-                        settings.kmeans_epoch, settings.epochs)
+            log.warning(
+                "prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
+                settings.kmeans_epoch,
+                settings.epochs,
+            )
     except Exception as e:
         if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
             write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
@@ -178,58 +202,30 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
-    log.info("%s + %s prior (K=%d) on %s: %d train / %d val / %d test, %d parameters, device %s",
-             _value(cfg.model.name), _value(cfg.prior.name), cfg.prior.K, data.name, len(data.train.x),
-             len(data.val.x), len(data.test.x), count_parameters(model), device)
+    log.info(
+        "%s + %s prior (K=%d) on %s: %d train / %d val / %d test, %d parameters, device %s",
+        _value(cfg.model.name),
+        _value(cfg.prior.name),
+        cfg.prior.K,
+        data.name,
+        len(data.train.x),
+        len(data.val.x),
+        len(data.test.x),
+        count_parameters(model),
+        device,
+    )
 
     settings = _settings(cfg)
     state = fit(model, data, optimizer, settings, run_dir, device, on_epoch)
     load_best_weights(model, run_dir, settings.fingerprint, state.best_epoch)
 
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.trainer.seed + 1)  # evaluation noise independent of how training went
-    ev = cfg.eval
-    is_kwargs = dict(n_samples=ev.is_samples, chunk=ev.is_chunk, batch=ev.is_batch, device=device)
-    test_nll = evaluate.importance_sampled_nll(model, data.test.x, **is_kwargs)
-    val_nll = evaluate.importance_sampled_nll(model, data.val.x, **is_kwargs).mean().item()
-    test_recon, test_reg = evaluate.loss_terms_mean(model, data.test.x, device=device)
-    out = {
-        "epochs_run": state.epoch, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
-        "test_nll": test_nll.mean().item(), "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
-        "test_recon": test_recon, "test_reg": test_reg, "val_nll": val_nll, "train_seconds": state.train_seconds,
+    return {
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.train_seconds,
         "compile_seconds": state.compile_seconds if cfg.trainer.compile else None,
-        "n_params": count_parameters(model), "device": str(device),
-        "acc": None, "nmi": None, "ari": None, "acc_mapping": None, "n_clusters_used": None, "val_acc": None,
-        "n_test": len(test_nll), **{k: None for k in FEWLABEL_KEYS},
+        "n_params": count_parameters(model),
+        "device": str(device),
+        **evaluate.evaluate_model(model, data, cfg.eval, cfg.trainer.seed, run_dir, device),
     }
-    if not math.isfinite(val_nll):
-        raise NonFiniteLossError(f"validation NLL is not finite ({val_nll}); the model diverged")
-
-    clusters = None
-    if (ev.clustering or ev.fewlabel) and model.prior.K > 1:
-        clusters = evaluate.assign_components(model, data.test.x, device=device)
-    if ev.clustering and model.prior.K > 1:
-        out.update(evaluate.clustering_metrics(data.test.y.numpy(), clusters, model.prior.K))
-        # Validation ACC: what a sweep may select on (test ACC stays untouched by model selection).
-        val_clusters = evaluate.assign_components(model, data.val.x, device=device)
-        out["val_acc"] = evaluate.cluster_accuracy(data.val.y.numpy(), val_clusters, model.prior.K)[0]
-    if ev.fewlabel:
-        out.update(_fewlabel(model, data, clusters, ev.fewlabel_seed, device))
-    if ev.images:
-        out["images"] = evaluate.write_images(model, data.test.x, data.test.y, run_dir, ev.n_images,
-                                              seed=cfg.trainer.seed, clusters=clusters)
-    out["eval_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def _fewlabel(model, data, test_clusters, seed: int, device) -> dict:
-    """Few-label accuracies (evaluate.fewlabel_metrics) from posterior means of the training set,
-    binarised once with a fixed seed like the test set (the same inputs for every run)."""
-    x_train = data.train.x
-    if data.binary:
-        x_train = torch.bernoulli(x_train, generator=torch.Generator().manual_seed(seed))
-    train_comps = evaluate.assign_components(model, x_train, device=device) if test_clusters is not None else None
-    return evaluate.fewlabel_metrics(
-        evaluate.posterior_means(model, x_train, device=device), data.train.y.numpy(),
-        evaluate.posterior_means(model, data.test.x, device=device), data.test.y.numpy(),
-        train_comps=train_comps, test_comps=test_clusters, seed=seed)

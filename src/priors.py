@@ -12,35 +12,38 @@ prior exposes `components(encoder)`; the others ignore the argument.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
 from src.divergences import log_mixture_density
 
-Components = tuple[Optional[Tensor], Tensor, Tensor]
+Components = tuple[Tensor | None, Tensor, Tensor]
 
 
 class Prior(nn.Module):
     K: int
     latent_dim: int
 
-    def components(self, encoder: Optional[nn.Module] = None) -> Components:
+    def components(self, encoder: nn.Module | None = None) -> Components:
         raise NotImplementedError
 
-    def log_prob(self, z: Tensor, encoder: Optional[nn.Module] = None) -> Tensor:
+    def log_prob(self, z: Tensor, encoder: nn.Module | None = None) -> Tensor:
         return log_mixture_density(z, *self.components(encoder))
 
-    def mixture_weights(self, encoder: Optional[nn.Module] = None) -> Tensor:
+    def mixture_weights(self, encoder: nn.Module | None = None) -> Tensor:
         logits, mu, _ = self.components(encoder)
         if logits is None:
             return torch.full((mu.shape[0],), 1.0 / mu.shape[0], device=mu.device)
         return torch.softmax(logits, dim=-1)
 
     @torch.no_grad()
-    def sample(self, n: int, encoder: Optional[nn.Module] = None, component: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self,
+        n: int,
+        encoder: nn.Module | None = None,
+        component: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Draw n latents: pick a component (from the weights unless given), then sample from it."""
         logits, mu, logvar = self.components(encoder)
         if component is None:
@@ -62,13 +65,21 @@ class StandardNormal(Prior):
         return None, self.mu, self.logvar
 
 
-def _weight_logits(k: int, learned: bool) -> Optional[nn.Parameter]:
+def _weight_logits(k: int, learned: bool) -> nn.Parameter | None:
     return nn.Parameter(torch.zeros(k)) if learned else None
 
 
 class GaussianMixture(Prior):
-    def __init__(self, K: int, latent_dim: int, learned_weights: bool = False, init_scale: float = 1.0,
-                 init_logvar: float = 0.0, logvar_min: float = -6.0, logvar_max: float = 2.0):
+    def __init__(
+        self,
+        K: int,
+        latent_dim: int,
+        learned_weights: bool = False,
+        init_scale: float = 1.0,
+        init_logvar: float = 0.0,
+        logvar_min: float = -6.0,
+        logvar_max: float = 2.0,
+    ):
         super().__init__()
         self.K, self.latent_dim = K, latent_dim
         self.logvar_min, self.logvar_max = logvar_min, logvar_max
@@ -80,7 +91,7 @@ class GaussianMixture(Prior):
         return self.logits, self.mu, self.raw_logvar.clamp(self.logvar_min, self.logvar_max)
 
     @torch.no_grad()
-    def fit_to_codes(self, codes: Tensor, code_vars: Optional[Tensor] = None, seed: int = 0) -> None:
+    def fit_to_codes(self, codes: Tensor, code_vars: Tensor | None = None, seed: int = 0) -> None:
         """Refit the components to the encoder's aggregate posterior, VaDE-style.
 
         A diagonal GMM (scikit-learn) is fitted to the posterior means `codes` [N, D]. With the
@@ -109,8 +120,15 @@ class GaussianMixture(Prior):
 class VampPrior(Prior):
     """Pseudo-inputs u_k = clamp(w_k, 0, 1) in data space; components are the encoder's q(z|u_k)."""
 
-    def __init__(self, K: int, latent_dim: int, image_shape: tuple[int, int, int], learned_weights: bool = False,
-                 init_mean: float = 0.05, init_std: float = 0.01):
+    def __init__(
+        self,
+        K: int,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        learned_weights: bool = False,
+        init_mean: float = 0.05,
+        init_std: float = 0.01,
+    ):
         super().__init__()
         self.K, self.latent_dim = K, latent_dim
         # VampPrior's initialisation of the pseudo-inputs: N(0.05, 0.01), then Hardtanh(0, 1).
@@ -131,8 +149,16 @@ class VampPrior(Prior):
 class NetPrior(Prior):
     """Learnable codes e_k → MLP → (μ_k, log σ²_k): the means and variances are produced by a network."""
 
-    def __init__(self, K: int, latent_dim: int, code_dim: int = 16, hidden_dim: int = 64,
-                 learned_weights: bool = False, logvar_min: float = -6.0, logvar_max: float = 2.0):
+    def __init__(
+        self,
+        K: int,
+        latent_dim: int,
+        code_dim: int = 16,
+        hidden_dim: int = 64,
+        learned_weights: bool = False,
+        logvar_min: float = -6.0,
+        logvar_max: float = 2.0,
+    ):
         super().__init__()
         self.K, self.latent_dim = K, latent_dim
         self.codes = nn.Parameter(torch.randn(K, code_dim))
@@ -156,8 +182,9 @@ def build_prior(cfg, latent_dim: int, image_shape: tuple[int, int, int]) -> Prio
     if name == "standard":
         prior: Prior = StandardNormal(latent_dim)
     elif name == "gmm":
-        prior = GaussianMixture(cfg.K, latent_dim, learned, cfg.init_scale, cfg.init_logvar, cfg.logvar_min,
-                                cfg.logvar_max)
+        prior = GaussianMixture(
+            cfg.K, latent_dim, learned, cfg.init_scale, cfg.init_logvar, cfg.logvar_min, cfg.logvar_max
+        )
     elif name == "vamp":
         prior = VampPrior(cfg.K, latent_dim, image_shape, learned)
     elif name == "net":

@@ -2,7 +2,7 @@
 
 Thin on purpose: compose the config, hand it to the pipeline, return the objective for sweepers
 (the validation NLL; a sweep's `sweep.objectives` may list other results.json keys, see
-src/sweeps.py). Known user errors print one line and exit non-zero in a single run; in a multirun
+src/sweeps/jobs.py). Known user errors print one line and exit non-zero in a single run; in a multirun
 they are raised so the sweeper records the job as failed and goes on.
 """
 
@@ -19,10 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import rundir, sweeps
-from src.config import register_configs
+from src import rundir
+from src.config import compose_config, register_configs
 from src.contract import RESULT_KEYS
+from src.formatting import headline
 from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
+from src.sweeps import jobs
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -53,17 +55,17 @@ def main(cfg: DictConfig) -> float | list[float]:
         pass
     extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
     if multirun:  # sweep name, Optuna study / trial / params; CPU share when jobs run side by side
-        extra.update(sweeps.job_record(cfg, hc, list(hc.overrides.task)))
-        threads = sweeps.job_threads(cfg.trainer.threads, hc)
+        extra.update(jobs.job_record(cfg, hc, list(hc.overrides.task)))
+        threads = jobs.job_threads(cfg.trainer.threads, hc)
         if threads:
             cfg.trainer.threads = threads
             log.info("trainer.threads=%d (this job's share of the CPUs under %s)", threads, hc.launcher._target_)
     try:
         if multirun:
-            sweeps.check_objectives(cfg, RESULT_KEYS)
+            jobs.check_objectives(cfg, RESULT_KEYS)
         val_nll = run_experiment(cfg, run_dir, extra)
-        value = sweeps.objective(cfg, run_dir, val_nll) if multirun else val_nll
-    except (*USER_ERRORS, sweeps.ObjectiveError) as e:
+        value = jobs.objective(cfg, run_dir, val_nll) if multirun else val_nll
+    except (*USER_ERRORS, jobs.ObjectiveError) as e:
         log.error("%s", e)
         if multirun:
             raise
@@ -87,16 +89,7 @@ def main(cfg: DictConfig) -> float | list[float]:
 def _print_headline(run_dir: Path) -> None:
     import json
 
-    r = json.loads((run_dir / "results.json").read_text())
-    num = lambda key, fmt: "n/a" if r.get(key) is None else format(r[key], fmt)  # noqa: E731 - null: not finite
-    parts = [f"test NLL {num('test_nll', '.2f')} ± {num('test_nll_sem', '.2f')} nats (S={r['is_samples']})",
-             f"val NLL {num('val_nll', '.2f')}"]
-    if r.get("acc") is not None:
-        parts.append(f"ACC {r['acc']:.3f} ({r['acc_mapping']}) NMI {num('nmi', '.3f')} ARI {num('ari', '.3f')}")
-    parts.append(f"{r['epochs_run']} epochs, training {r['train_seconds']:.1f}s, evaluation {r['eval_seconds']:.1f}s")
-    if r.get("non_finite"):
-        parts.append(f"not finite: {', '.join(f'{k}={v}' for k, v in r['non_finite'].items())}")
-    print("  " + " | ".join(parts))
+    print("  " + headline(json.loads((run_dir / "results.json").read_text())))
 
 
 def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
@@ -109,19 +102,17 @@ def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
     """
     if any(a.startswith("-") or _sweep_syntax(a) or a.lstrip("+~").startswith("sweep") for a in argv):
         return None
-    from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
     try:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-            return compose("config", overrides=argv, return_hydra_config=True)
+        return compose_config(*argv, hydra=True)
     except Exception as e:  # noqa: BLE001 - every composition error is the user's input
         first = lambda x: next((ln.strip() for ln in str(x).splitlines() if ln.strip()), type(x).__name__)  # noqa
         msg = first(e).rstrip(".")
         if e.__cause__ is not None:
             msg += f": {first(e.__cause__)}"
         if isinstance(e, MissingConfigException) and e.options:
-            msg += "; choose one of " + ", ".join(o for o in e.options if not o.endswith("_schema"))
+            msg += "; choose one of " + ", ".join(e.options)
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
 
@@ -175,7 +166,7 @@ def _claim_run_dir(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if (bad := sweeps.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
+    if (bad := jobs.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
         print(f"error: {bad}", file=sys.stderr)
         sys.exit(2)
     composed = _check_single_run_overrides(sys.argv[1:])

@@ -15,7 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from src.train import CheckpointError, TrainSettings, load_checkpoint
+from src.checkpoints import load_checkpoint
+from src.train import TrainSettings
 
 LOCK_FILE = ".lock"
 
@@ -43,8 +44,9 @@ def lock(run_dir: Path, create: bool = True) -> bool:
         holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
         pid = f" (pid {holder})" if holder.isdigit() else ""
-        raise RunDirError(f"run dir {run_dir} is in use by another process{pid}; wait for it to end "
-                          "or use another hydra.run.dir") from None
+        raise RunDirError(
+            f"run dir {run_dir} is in use by another process{pid}; wait for it to end or use another hydra.run.dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held[key] = fd
@@ -72,14 +74,22 @@ def check(run_dir: Path, settings: TrainSettings) -> None:
         if best.exists():
             load_checkpoint(best, settings.fingerprint)
         if settings.epochs < done:
-            raise RunDirError(f"{last} has already trained {done} epochs: trainer.epochs={settings.epochs} cannot "
-                              f"shorten the run; set trainer.epochs>={done} or use a new hydra.run.dir")
+            raise RunDirError(
+                f"{last} has already trained {done} epochs: trainer.epochs={settings.epochs} cannot "
+                f"shorten the run; set trainer.epochs>={done} or use a new hydra.run.dir"
+            )
         return
     held = holdings(run_dir)
     if held:
-        why = "trainer.resume=false will not overwrite it" if not settings.resume else "there is no checkpoints/last.pt to resume from"
-        raise RunDirError(f"run dir {run_dir} already holds a run ({', '.join(held)}) and {why}; use a new "
-                          "hydra.run.dir, or move those files away to start over in this one")
+        why = (
+            "trainer.resume=false will not overwrite it"
+            if not settings.resume
+            else "there is no checkpoints/last.pt to resume from"
+        )
+        raise RunDirError(
+            f"run dir {run_dir} already holds a run ({', '.join(held)}) and {why}; use a new "
+            "hydra.run.dir, or move those files away to start over in this one"
+        )
 
 
 SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", ".optuna", ".submitit")
@@ -102,8 +112,11 @@ def holdings(run_dir: Path) -> list[str]:
                 held.append(f"{name} with {rows} epoch(s)")
     held += [f"{name} (a sweep)" for name in SWEEP_MARKERS if (run_dir / name).exists()]
     if run_dir.is_dir():
-        held += [f"{c.name}/results.json (a sweep's job)" for c in sorted(run_dir.iterdir())
-                 if c.is_dir() and (c / "results.json").is_file()][:1]
+        held += [
+            f"{c.name}/results.json (a sweep's job)"
+            for c in sorted(run_dir.iterdir())
+            if c.is_dir() and (c / "results.json").is_file()
+        ][:1]
     results = run_dir / "results.json"
     if results.is_file():
         try:

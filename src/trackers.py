@@ -27,8 +27,11 @@ MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KI
 
 
 def _numbers(d: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in d.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -73,8 +76,9 @@ class TensorBoardTracker(Tracker):
 
 
 class MLflowTracker(Tracker):
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, config: dict, config_yaml: str,
-                 run_dir: Path):
+    def __init__(
+        self, tracking_uri: str, experiment: str, run_name: str, config: dict, config_yaml: str, run_dir: Path
+    ):
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
@@ -84,13 +88,15 @@ class MLflowTracker(Tracker):
             experiment_id = found.experiment_id
         else:  # beside a local SQLite store, not in the working directory (MLflow's default)
             local = tracking_uri.startswith("sqlite:///")
-            artifacts = (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri() if local else None
+            artifacts = (
+                (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "artifacts").as_uri() if local else None
+            )
             experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
         run = self.client.create_run(experiment_id, run_name=run_name, tags={"run_dir": str(run_dir)})
         self.run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
         self.step = 0
 
@@ -117,15 +123,24 @@ def open_tracker(cfg, run_dir: Path) -> Tracker:
     from omegaconf import OmegaConf
 
     logger = OmegaConf.select(cfg, "logger", default=None) if OmegaConf.is_config(cfg) else getattr(cfg, "logger", None)
-    name = getattr(getattr(logger, "name", None), "value", getattr(logger, "name", None)) if logger is not None else None
+    name = (
+        getattr(getattr(logger, "name", None), "value", getattr(logger, "name", None)) if logger is not None else None
+    )
     if name in (None, "none"):
         return Tracker()
-    container = OmegaConf.to_container(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg,
-                                       resolve=True, enum_to_str=True)
+    container = OmegaConf.to_container(
+        OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True, enum_to_str=True
+    )
     config_yaml = OmegaConf.to_yaml(container)
     if name == "tensorboard":
         return TensorBoardTracker(Path(logger.dir) if logger.dir else run_dir / "tensorboard", config_yaml)
     if name == "mlflow":
-        return MLflowTracker(str(logger.tracking_uri), str(logger.experiment), logger.run_name or run_dir.name,
-                             container, config_yaml, run_dir)
+        return MLflowTracker(
+            str(logger.tracking_uri),
+            str(logger.experiment),
+            logger.run_name or run_dir.name,
+            container,
+            config_yaml,
+            run_dir,
+        )
     raise ValueError(f"unknown logger {name!r}")

@@ -1,4 +1,4 @@
-"""The training loop: warm-up, early stopping, metrics.csv, checkpoints and exact resume.
+"""The training loop: warm-up, early stopping, metrics.csv, checkpoints (src/checkpoints.py) and exact resume.
 
 Everything random in training draws from two sources whose states are checkpointed every epoch:
 a dedicated torch.Generator (shuffling, dynamic binarisation, dequantisation) and torch's global
@@ -9,20 +9,18 @@ exactly as the uninterrupted run would have (same device, same thread count).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
-import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
-from torch import nn
 
+from src.checkpoints import load_checkpoint, restore, save_checkpoint
 from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS
 from src.data import DataBundle
 from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
@@ -32,13 +30,8 @@ from src.priors import GaussianMixture
 log = logging.getLogger(__name__)
 
 
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, step and term."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or belongs to another configuration."""
 
 
 class CompileError(RuntimeError):
@@ -55,13 +48,14 @@ class TrainState:
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # trainer.compile: time spent compiling, not counted in train_seconds
     pretrain_epoch: int = 0  # pretraining epochs completed
-    geco_log_lambda: Optional[float] = None  # GECO multiplier state (src/geco.py), None until training starts
-    geco_c_ma: Optional[float] = None
+    geco_log_lambda: float | None = None  # GECO multiplier state (src/geco.py), None until training starts
+    geco_c_ma: float | None = None
 
 
 @dataclass
 class TrainSettings:
     """What the loop needs from trainer / optimizer / prior configs (plain values, no Hydra)."""
+
     epochs: int
     batch_size: int
     reg_weight: float
@@ -71,11 +65,11 @@ class TrainSettings:
     checkpoint: bool = True
     resume: bool = True
     progress: bool = True
-    kmeans_epoch: Optional[int] = None  # refit a GaussianMixture prior after this epoch
+    kmeans_epoch: int | None = None  # refit a GaussianMixture prior after this epoch
     kmeans_samples: int = 2000
     pretrain_epochs: int = 0  # reconstruction-only epochs before training
     refit_after_pretraining: bool = False  # refit a GaussianMixture prior to the pretrained encoder's codes
-    geco: Optional[GecoSettings] = None  # the reconstruction constraint; None = the scheduled weight
+    geco: GecoSettings | None = None  # the reconstruction constraint; None = the scheduled weight
     fingerprint: str = ""  # identifies the configuration a checkpoint belongs to
     compile: bool = False  # torch.compile the training step's forward and backward
 
@@ -85,8 +79,13 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+        )
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -106,72 +105,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --- checkpoints --------------------------------------------------------------------------------
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState, generator: torch.Generator,
-                    fingerprint: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": asdict(state),
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "rng_generator": generator.get_state(),
-        "fingerprint": fingerprint,
-    }, path)
-
-
-def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> dict:
-    """Read a checkpoint safely (weights_only) and check it belongs to this configuration."""
-    fix = "use a new run dir (hydra.run.dir=...); this one keeps the run that wrote it"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} ({_why_unreadable(path, e)}); {fix}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "state" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this harness; {fix}")
-    if fingerprint is not None and ckpt.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"checkpoint {path} was written for a different configuration (model, prior, dataset, "
-                              f"seed, optimizer, batch size or warm-up); {fix}")
-    return ckpt
-
-
-def _why_unreadable(path: Path, e: Exception) -> str:
-    """One line on why torch.load failed, without torch's advice to load with weights_only=False
-    (which would execute whatever the file contains)."""
-    if path.stat().st_size == 0:
-        return "the file is empty"
-    text = str(e)
-    if "weights_only" in text or "Weights only load failed" in text:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        what = f" ({found.group(1)})" if found else ""
-        return f"it holds Python objects{what} that a safe (weights_only) load refuses to run"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
-    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
-
-
-def _restore(ckpt: dict, path: Path, model: nn.Module, optimizer, generator: torch.Generator) -> TrainState:
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not match this model ({str(e).splitlines()[0][:200]}); "
-                              "use a new run dir or trainer.resume=false") from None
-    torch.set_rng_state(ckpt["rng_torch"])
-    if ckpt["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
-    generator.set_state(ckpt["rng_generator"])
-    return TrainState(**ckpt["state"])
-
-
 # --- metrics.csv --------------------------------------------------------------------------------
+
 
 def _prepare_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
     """Keep only rows of completed (checkpointed) epochs, so each epoch appears exactly once."""
@@ -198,16 +133,21 @@ def _append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) 
 
 # --- the loop -----------------------------------------------------------------------------------
 
+
 def _check_finite(terms, epoch: int, step: int) -> None:
     recon, reg = terms.recon.mean(), terms.reg.mean()
     bad = [name for name, v in (("reconstruction", recon), ("regulariser", reg)) if not torch.isfinite(v)]
     if bad:
-        kept = (f"the last good checkpoint is checkpoints/last.pt (epoch {epoch - 1})" if epoch > 1
-                else "no checkpoint was written (first epoch)")
+        kept = (
+            f"the last good checkpoint is checkpoints/last.pt (epoch {epoch - 1})"
+            if epoch > 1
+            else "no checkpoint was written (first epoch)"
+        )
         raise NonFiniteLossError(
             f"non-finite {' and '.join(bad)} term at epoch {epoch}, step {step} "
             f"(reconstruction={recon.item():.4g}, regulariser={reg.item():.4g}); training stopped, {kept}; "
-            "try a smaller optimizer.lr")
+            "try a smaller optimizer.lr"
+        )
 
 
 def _prepare_batch(x: torch.Tensor, binary: bool, generator: torch.Generator, device) -> torch.Tensor:
@@ -223,7 +163,7 @@ def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -
     model.eval()
     recon = reg = 0.0
     for i in range(0, x.shape[0], batch):
-        t = model.loss_terms(x[i:i + batch].to(device))
+        t = model.loss_terms(x[i : i + batch].to(device))
         recon += t.recon.sum().item()
         reg += t.reg.sum().item()
     return recon / x.shape[0], reg / x.shape[0]
@@ -231,10 +171,10 @@ def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -
 
 @torch.no_grad()
 def _refit_mixture(model: Autoencoder, x: torch.Tensor, n: int, seed: int, optimizer, device) -> None:
-    """VaDE-style initialisation: fit the mixture to the encoder's aggregate posterior (GaussianMixture.fit_to_codes)."""
+    """VaDE-style initialisation: fit the mixture to the encoder's aggregate posterior (fit_to_codes)."""
     model.eval()
     n = min(n, x.shape[0])  # the first n training images, in chunks of 1000
-    posteriors = [model.encode(x[i:min(i + 1000, n)].to(device)) for i in range(0, n, 1000)]
+    posteriors = [model.encode(x[i : min(i + 1000, n)].to(device)) for i in range(0, n, 1000)]
     codes = torch.cat([mu for mu, _ in posteriors])
     code_vars = torch.cat([logvar.exp() for _, logvar in posteriors])
     model.prior.fit_to_codes(codes, code_vars, seed=seed)
@@ -252,12 +192,23 @@ def _compiled_graphs() -> int:
 
 def _compile_failed(e: Exception) -> CompileError:
     first = (str(e).strip().splitlines() or [""])[0][:200]
-    return CompileError(f"trainer.compile=true but torch.compile does not work here ({type(e).__name__}: {first}); "
-                        "use trainer.compile=false")
+    return CompileError(
+        f"trainer.compile=true but torch.compile does not work here ({type(e).__name__}: {first}); "
+        "use trainer.compile=false"
+    )
 
 
-def _train_epoch(model: Autoencoder, data: DataBundle, optimizer, generator: torch.Generator, settings: TrainSettings,
-                 device, desc: str, step_loss, compiled: bool = False) -> tuple[list[float], float]:
+def _train_epoch(
+    model: Autoencoder,
+    data: DataBundle,
+    optimizer,
+    generator: torch.Generator,
+    settings: TrainSettings,
+    device,
+    desc: str,
+    step_loss,
+    compiled: bool = False,
+) -> tuple[list[float], float]:
     """One pass over the shuffled training set. step_loss(x, step) -> (loss, recon [B], reg [B] or None).
     Returns the epoch's means of loss, recon and reg, and the seconds its steps spent compiling
     (compiled=True: step_loss calls a torch.compile'd function; a failure before any graph is built
@@ -271,9 +222,10 @@ def _train_epoch(model: Autoencoder, data: DataBundle, optimizer, generator: tor
     bar = None
     if settings.progress and sys.stderr.isatty():
         from tqdm import tqdm
+
         bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
     for step in range(steps):
-        idx = perm[step * settings.batch_size:(step + 1) * settings.batch_size]
+        idx = perm[step * settings.batch_size : (step + 1) * settings.batch_size]
         x = _prepare_batch(x_train[idx], data.binary, generator, device)
         if compiled:
             t_step, graphs = time.perf_counter(), _compiled_graphs()
@@ -290,8 +242,9 @@ def _train_epoch(model: Autoencoder, data: DataBundle, optimizer, generator: tor
         if compiled and _compiled_graphs() != graphs:
             compiling += time.perf_counter() - t_step
         optimizer.step()
-        sums += torch.tensor([loss.item(), recon.mean().item(), 0.0 if reg is None else reg.mean().item()],
-                             dtype=torch.float64) * len(idx)
+        sums += torch.tensor(
+            [loss.item(), recon.mean().item(), 0.0 if reg is None else reg.mean().item()], dtype=torch.float64
+        ) * len(idx)
         if bar is not None:
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -303,11 +256,22 @@ def _train_epoch(model: Autoencoder, data: DataBundle, optimizer, generator: tor
 @torch.no_grad()
 def _validation_recon(model: Autoencoder, x: torch.Tensor, batch: int, device) -> float:
     model.eval()
-    return sum(model.reconstruction(x[i:i + batch].to(device)).sum().item() for i in range(0, x.shape[0], batch)) / x.shape[0]
+    return (
+        sum(model.reconstruction(x[i : i + batch].to(device)).sum().item() for i in range(0, x.shape[0], batch))
+        / x.shape[0]
+    )
 
 
-def _pretrain(model: Autoencoder, data: DataBundle, optimizer, settings: TrainSettings, state: TrainState,
-              generator: torch.Generator, run_dir: Path, device) -> None:
+def _pretrain(
+    model: Autoencoder,
+    data: DataBundle,
+    optimizer,
+    settings: TrainSettings,
+    state: TrainState,
+    generator: torch.Generator,
+    run_dir: Path,
+    device,
+) -> None:
     """Autoencoder pretraining (reconstruction only), then the prior refit to the pretrained codes (VaDE).
 
     Each epoch is checkpointed like a training epoch (state.pretrain_epoch counts them) and logged to
@@ -323,15 +287,24 @@ def _pretrain(model: Autoencoder, data: DataBundle, optimizer, settings: TrainSe
     def step_loss(x, step):
         recon = model.reconstruction(x)
         if not torch.isfinite(recon.mean()):
-            raise NonFiniteLossError(f"non-finite reconstruction term in pretraining epoch {epoch}, step {step}; "
-                                     "try a smaller optimizer.lr")
+            raise NonFiniteLossError(
+                f"non-finite reconstruction term in pretraining epoch {epoch}, step {step}; try a smaller optimizer.lr"
+            )
         return recon.mean(), recon, None
 
     while state.pretrain_epoch < settings.pretrain_epochs:
         epoch = state.pretrain_epoch + 1
         t0 = time.perf_counter()
-        tr, _ = _train_epoch(model, data, optimizer, generator, settings, device,
-                             f"pretrain {epoch}/{settings.pretrain_epochs}", step_loss)
+        tr, _ = _train_epoch(
+            model,
+            data,
+            optimizer,
+            generator,
+            settings,
+            device,
+            f"pretrain {epoch}/{settings.pretrain_epochs}",
+            step_loss,
+        )
         val_recon = _validation_recon(model, data.val.x, 500, device)
         if epoch == settings.pretrain_epochs:
             if settings.refit_after_pretraining and isinstance(model.prior, GaussianMixture):
@@ -339,16 +312,38 @@ def _pretrain(model: Autoencoder, data: DataBundle, optimizer, settings: TrainSe
             optimizer.state.clear()
         seconds = time.perf_counter() - t0
         state.pretrain_epoch, state.train_seconds = epoch, state.train_seconds + seconds
-        _append_metrics(metrics, {"epoch": epoch, "train_recon": tr[1], "val_recon": val_recon,
-                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}, PRETRAIN_COLUMNS)
+        _append_metrics(
+            metrics,
+            {
+                "epoch": epoch,
+                "train_recon": tr[1],
+                "val_recon": val_recon,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+            },
+            PRETRAIN_COLUMNS,
+        )
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
-        log.info("pretrain epoch %d/%d  train recon %.3f  val recon %.3f  %.1fs", epoch, settings.pretrain_epochs,
-                 tr[1], val_recon, seconds)
+        log.info(
+            "pretrain epoch %d/%d  train recon %.3f  val recon %.3f  %.1fs",
+            epoch,
+            settings.pretrain_epochs,
+            tr[1],
+            val_recon,
+            seconds,
+        )
 
 
-def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, settings: TrainSettings,
-        run_dir: Path, device: torch.device, on_epoch: Optional[Callable[[dict], None]] = None) -> TrainState:
+def fit(
+    model: Autoencoder,
+    data: DataBundle,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    run_dir: Path,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainState:
     """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
     resumable from run_dir/checkpoints/last.pt.
 
@@ -359,7 +354,7 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
     generator = torch.Generator().manual_seed(settings.seed)
     state = TrainState()
     if settings.resume and last.exists():
-        state = _restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator)
+        state = TrainState(**restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator))
         log.info("resumed from %s after epoch %d", last, state.epoch)
     _pretrain(model, data, optimizer, settings, state, generator, run_dir, device)
     _prepare_metrics(metrics, state.epoch)
@@ -372,20 +367,37 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
         epoch = state.epoch + 1
         t0 = time.perf_counter()
 
-        def step_loss(x, step):
+        def step_loss(x, step, epoch=epoch):  # called within this epoch only
             terms = loss_terms(x)
             _check_finite(terms, epoch, step)
             if geco is None:
-                return terms.total(regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)), \
-                    terms.recon, terms.reg
+                return (
+                    terms.total(regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)),
+                    terms.recon,
+                    terms.reg,
+                )
             loss = terms.total(effective_weight(state.geco_log_lambda))
-            state.geco_log_lambda, state.geco_c_ma = geco_update(state.geco_log_lambda, state.geco_c_ma,
-                                                                 terms.recon.mean().item(), geco)
+            state.geco_log_lambda, state.geco_c_ma = geco_update(
+                state.geco_log_lambda, state.geco_c_ma, terms.recon.mean().item(), geco
+            )
             return loss, terms.recon, terms.reg
 
-        tr, compiling = _train_epoch(model, data, optimizer, generator, settings, device,
-                                     f"epoch {epoch}/{settings.epochs}", step_loss, compiled=settings.compile)
-        if settings.kmeans_epoch is not None and epoch == settings.kmeans_epoch and isinstance(model.prior, GaussianMixture):
+        tr, compiling = _train_epoch(
+            model,
+            data,
+            optimizer,
+            generator,
+            settings,
+            device,
+            f"epoch {epoch}/{settings.epochs}",
+            step_loss,
+            compiled=settings.compile,
+        )
+        if (
+            settings.kmeans_epoch is not None
+            and epoch == settings.kmeans_epoch
+            and isinstance(model.prior, GaussianMixture)
+        ):
             _refit_mixture(model, data.train.x, settings.kmeans_samples, settings.seed, optimizer, device)
             # The objective changed under the model: earlier validation losses no longer compare.
             state.best_val, state.bad_epochs = math.inf, 0
@@ -399,8 +411,10 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
         val_recon, val_reg = _validation_terms(model, data.val.x, 500, device)
         val_loss = val_recon + settings.reg_weight * val_reg
         if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch} "
-                                     f"(reconstruction={val_recon:.4g}, regulariser={val_reg:.4g})")
+            raise NonFiniteLossError(
+                f"non-finite validation loss at epoch {epoch} "
+                f"(reconstruction={val_recon:.4g}, regulariser={val_reg:.4g})"
+            )
         seconds = time.perf_counter() - t0 - compiling
         state.epoch, state.train_seconds = epoch, state.train_seconds + seconds
         if compiling:
@@ -414,37 +428,39 @@ def fit(model: Autoencoder, data: DataBundle, optimizer: torch.optim.Optimizer, 
             state.bad_epochs += 1
         if settings.patience and state.bad_epochs >= settings.patience:
             state.stopped_early = True
-        row = dict(zip(METRIC_COLUMNS, [epoch, tr[0], tr[1], tr[2], val_loss, val_recon, val_reg, weight,
-                                        optimizer.param_groups[0]["lr"], seconds]))
+        row = dict(
+            zip(
+                METRIC_COLUMNS,
+                [
+                    epoch,
+                    tr[0],
+                    tr[1],
+                    tr[2],
+                    val_loss,
+                    val_recon,
+                    val_reg,
+                    weight,
+                    optimizer.param_groups[0]["lr"],
+                    seconds,
+                ],
+            )
+        )
         _append_metrics(metrics, row)
         if on_epoch is not None:
             on_epoch(row)
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
-        log.info("epoch %d/%d  train %.3f (recon %.3f, reg %.4f, w %.3g)  val %.3f  best %d  %.1fs%s",
-                 epoch, settings.epochs, tr[0], tr[1], tr[2], weight, val_loss, state.best_epoch, seconds,
-                 "  early stop" if state.stopped_early else "")
+        log.info(
+            "epoch %d/%d  train %.3f (recon %.3f, reg %.4f, w %.3g)  val %.3f  best %d  %.1fs%s",
+            epoch,
+            settings.epochs,
+            tr[0],
+            tr[1],
+            tr[2],
+            weight,
+            val_loss,
+            state.best_epoch,
+            seconds,
+            "  early stop" if state.stopped_early else "",
+        )
     return state
-
-
-def load_best_weights(model: nn.Module, run_dir: Path, fingerprint: str, best_epoch: Optional[int] = None) -> bool:
-    """Load checkpoints/best.pt into the model when it is this run's best epoch; True if loaded.
-
-    A best.pt of another configuration is an error. One of an earlier epoch (a resume with
-    trainer.checkpoint=false found a better epoch it did not save) is left alone with a warning:
-    the model keeps its final weights, as a run without checkpoints does.
-    """
-    best = run_dir / "checkpoints" / "best.pt"
-    if not best.exists():
-        return False
-    ckpt = load_checkpoint(best, fingerprint)
-    if best_epoch is not None and ckpt["state"]["epoch"] != best_epoch:
-        log.warning("%s holds epoch %d, not the best epoch %d (not saved: trainer.checkpoint=false); "
-                    "evaluating the final weights", best, ckpt["state"]["epoch"], best_epoch)
-        return False
-    model.load_state_dict(ckpt["model"])
-    return True
-
-
-def fingerprint(*configs) -> str:
-    return json.dumps(configs, sort_keys=True, default=str)

@@ -16,9 +16,15 @@ def subprocess_env(**extra: str) -> dict:
     # REPO/tests too: some sweep tests hand Hydra a hook defined in a test module (tests.test_sweeps),
     # which imports this module as `cli`.
     path = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path,
-               MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=path,
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
     env.pop("HYDRA_FULL_ERROR", None)
     env.update(extra)
     return env

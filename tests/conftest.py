@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pytest
-from cli import subprocess_env
 import torch
+from cli import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 if str(REPO) not in sys.path:  # `import src` also when pytest is started from elsewhere
     sys.path.insert(0, str(REPO))
 
-# The settings every quick run uses (docs/CONTRACT.md, "Quick settings for tests").
-TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false",
-        "eval.is_samples=10", "eval.images=false"]
+# The settings every quick run uses: conf/debug/smoke.yaml, on the CPU, without a progress bar.
+TINY = ["debug=smoke", "trainer.device=cpu", "trainer.progress=false"]
 
 torch.set_num_threads(1)
 
@@ -37,14 +36,9 @@ def with_tiny(overrides: Iterable[str]) -> list[str]:
 
 def compose_config(*overrides: str, tiny: bool = True, return_hydra_config: bool = False):
     """Compose conf/config.yaml (with its schemas) exactly as `python -m src.run` would."""
-    from hydra import compose, initialize_config_dir
+    from src import config
 
-    from src.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=with_tiny(overrides) if tiny else list(overrides),
-                       return_hydra_config=return_hydra_config)
+    return config.compose_config(*(with_tiny(overrides) if tiny else overrides), hydra=return_hydra_config)
 
 
 @pytest.fixture
@@ -82,8 +76,9 @@ def run_cli(tmp_path, cli_env) -> Callable:
     cwd.mkdir(exist_ok=True)
 
     def run(run_dir: Path, *overrides: str, tiny: bool = True, timeout: float = 300):
-        return subprocess.run(cli_command(run_dir, overrides, tiny), cwd=cwd, env=cli_env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            cli_command(run_dir, overrides, tiny), cwd=cwd, env=cli_env, capture_output=True, text=True, timeout=timeout
+        )
 
     run.cwd = cwd
     return run

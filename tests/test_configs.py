@@ -9,14 +9,14 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import CONF, compose_config
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config
 from src.config import ConfigError, validate
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep"))
-# Experiment files are `# @package _global_` (whole protocols): tests/test_experiments.py covers them.
-OPTIONS = [(g, f.stem) for g in GROUPS if g != "experiment" for f in sorted((CONF / g).glob("*.yaml"))]
+# Experiment and debug files are `# @package _global_` (whole protocols, shortcuts): tested apart.
+OPTIONS = [(g, f.stem) for g in GROUPS if g not in ("experiment", "debug") for f in sorted((CONF / g).glob("*.yaml"))]
 LAUNCHERS = sorted(f.stem for f in (CONF / "hydra" / "launcher").glob("*.yaml"))
 
 # What an option needs from the other groups to be a valid experiment.
@@ -24,9 +24,12 @@ NEEDS = {("dataset", "cifar10"): ["model.likelihood=gaussian", "model.network=co
 
 
 def test_the_groups_and_options_are_the_documented_ones():
-    assert GROUPS == ["dataset", "eval", "experiment", "logger", "model", "optimizer", "prior", "trainer"]
-    assert {f.stem for f in (CONF / "experiment").glob("*.yaml")} == {"mnist_density", "mnist_clustering",
-                                                                      "digits_smoke"}
+    assert GROUPS == ["dataset", "debug", "eval", "experiment", "logger", "model", "optimizer", "prior", "trainer"]
+    assert {f.stem for f in (CONF / "experiment").glob("*.yaml")} == {
+        "mnist_density",
+        "mnist_clustering",
+        "digits_smoke",
+    }
     assert {o for g, o in OPTIONS if g == "logger"} == {"none", "tensorboard", "mlflow"}
     assert {o for g, o in OPTIONS if g == "model"} == {"vae", "csrae"}
     assert {o for g, o in OPTIONS if g == "prior"} == {"standard", "gmm", "vamp", "net"}
@@ -50,11 +53,84 @@ def test_every_option_composes_and_validates(group, option):
         assert getattr(got, "value", got) == value, (key, got, value)
 
 
+def test_the_python_default_is_the_command_line_default(tmp_path):
+    """`run_experiment(Config())` trains what `python -m src.run` trains: the same values, the same
+    checkpoint identity."""
+    import subprocess
+    import sys
+
+    import yaml
+    from cli import subprocess_env
+
+    from src.contract import key_config
+    from src.pipeline import config_fingerprint
+    from src.schema import Config
+
+    out = subprocess.run(
+        [sys.executable, "-m", "src.run", "--cfg", "job"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    cli = yaml.safe_load(out)
+    api = OmegaConf.to_container(OmegaConf.structured(Config()), enum_to_str=True)
+    assert cli == api
+    composed = compose_config(tiny=False)
+    assert key_config(Config()) == key_config(composed)
+    assert config_fingerprint(Config()) == config_fingerprint(composed)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_option_files_select_and_override_only(group, option):
+    """An option file sets only what differs from the schema's default (src/schema.py is the one
+    source of defaults); its `name` is the selection itself."""
+    from src.config import GROUP_SCHEMAS
+
+    default = OmegaConf.to_container(OmegaConf.structured(GROUP_SCHEMAS[group]), enum_to_str=True)
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+    restated = [k for k, v in raw.items() if k not in ("defaults", "name") and default.get(k) == v]
+    assert restated == [], f"conf/{group}/{option}.yaml restates schema defaults: {restated}"
+
+
+def test_debug_smoke_shortens_a_protocol():
+    cfg = compose_config("experiment=mnist_density", "debug=smoke", tiny=False)
+    assert (cfg.trainer.epochs, cfg.trainer.threads, cfg.eval.is_samples, cfg.eval.images) == (1, 1, 10, False)
+    assert cfg.dataset.name.value == "mnist" and cfg.trainer.warmup_epochs == 100  # the protocol otherwise
+    assert compose_config("debug=smoke", "trainer.epochs=3", tiny=False).trainer.epochs == 3  # the command line wins
+
+
+def test_help_lists_only_the_options_a_command_line_selects(tmp_path):
+    import subprocess
+    import sys
+
+    from cli import subprocess_env
+
+    out = subprocess.run(
+        [sys.executable, "-m", "src.run", "--help"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    groups = out.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "model: csrae, vae" in groups and "debug: smoke" in groups and "sweep: csrae_nsga2" in groups
+    assert "schema" not in groups
+
+
 def test_the_default_config():
     cfg = compose_config(tiny=False)
     validate(cfg)
-    assert (cfg.model.name.value, cfg.prior.name.value, cfg.prior.K, cfg.dataset.name.value) == ("csrae", "gmm", 10,
-                                                                                                  "digits")
+    assert (cfg.model.name.value, cfg.prior.name.value, cfg.prior.K, cfg.dataset.name.value) == (
+        "csrae",
+        "gmm",
+        10,
+        "digits",
+    )
     assert cfg.optimizer.name.value == "adam" and cfg.eval.is_samples >= 1
     assert cfg.dataset.download is False
 
@@ -93,12 +169,28 @@ def test_launcher_configs_compose(launcher, monkeypatch):
 
 # --- wrong types fail when the config is composed -----------------------------------------------------
 
-@pytest.mark.parametrize("override", [
-    "prior.K=abc", "prior.K=2.5", "model.latent_dim=1.5", "trainer.epochs=ten", "optimizer.lr=fast",
-    "trainer.device=gpu", "model.name=foo", "model.variant=both", "model.network=rnn", "prior.weights=heavy",
-    "prior.init=zeros", "trainer.checkpoint=maybe", "dataset.max_train=abc", "eval.clustering=perhaps",
-    "prior.unknown_key=1", "trainer.seed=[1,2]",
-])
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "prior.K=abc",
+        "prior.K=2.5",
+        "model.latent_dim=1.5",
+        "trainer.epochs=ten",
+        "optimizer.lr=fast",
+        "trainer.device=gpu",
+        "model.name=foo",
+        "model.variant=both",
+        "model.network=rnn",
+        "prior.weights=heavy",
+        "prior.init=zeros",
+        "trainer.checkpoint=maybe",
+        "dataset.max_train=abc",
+        "eval.clustering=perhaps",
+        "prior.unknown_key=1",
+        "trainer.seed=[1,2]",
+    ],
+)
 def test_wrong_types_fail_at_compose_time(override):
     key = override.split("=")[0]
     with pytest.raises(Exception) as err:
@@ -115,34 +207,39 @@ def test_unknown_group_options_fail_at_compose_time(override):
 
 # --- bad values fail validate with one line -----------------------------------------------------------
 
-@pytest.mark.parametrize("overrides,fragment", [
-    (["prior.K=0"], "prior.K"),
-    (["model.latent_dim=0"], "model.latent_dim"),
-    (["model.hidden_dim=0"], "model.hidden_dim"),
-    (["model.reg_weight=-0.1"], "model.reg_weight"),
-    (["model.logvar_min=3"], "model.logvar_min"),
-    (["prior.logvar_max=-7"], "prior.logvar_min"),
-    (["optimizer.lr=0"], "optimizer.lr"),
-    (["optimizer.lr=-1"], "optimizer.lr"),
-    (["optimizer.weight_decay=-1"], "optimizer.weight_decay"),
-    (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum"),
-    (["trainer.epochs=0"], "trainer.epochs"),
-    (["trainer.batch_size=0"], "trainer.batch_size"),
-    (["trainer.warmup_epochs=-1"], "trainer.warmup_epochs"),
-    (["trainer.patience=-1"], "trainer.patience"),
-    (["trainer.threads=-1"], "trainer.threads"),
-    (["eval.is_samples=0"], "eval.is_samples"),
-    (["eval.is_chunk=0"], "eval.is_chunk"),
-    (["eval.is_batch=0"], "eval.is_batch"),
-    (["dataset.val_fraction=0.5", "dataset.test_fraction=0.5"], "dataset.val_fraction"),
-    (["dataset.test_fraction=0"], "dataset.test_fraction"),
-    (["dataset.max_train=0"], "dataset.max_train"),
-    (["dataset.max_eval=0"], "dataset.max_eval"),
-    (["model=vae", "model.variant=aggregate"], "aggregate"),
-    (["prior=standard", "prior.K=5"], "prior.K"),
-    (["dataset=cifar10"], "model.likelihood=gaussian"),
-    (["model.likelihood=gaussian"], "model.likelihood=bernoulli"),
-])
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["prior.K=0"], "prior.K"),
+        (["model.latent_dim=0"], "model.latent_dim"),
+        (["model.hidden_dim=0"], "model.hidden_dim"),
+        (["model.reg_weight=-0.1"], "model.reg_weight"),
+        (["model.logvar_min=3"], "model.logvar_min"),
+        (["prior.logvar_max=-7"], "prior.logvar_min"),
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["optimizer.weight_decay=-1"], "optimizer.weight_decay"),
+        (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum"),
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["trainer.batch_size=0"], "trainer.batch_size"),
+        (["trainer.warmup_epochs=-1"], "trainer.warmup_epochs"),
+        (["trainer.patience=-1"], "trainer.patience"),
+        (["trainer.threads=-1"], "trainer.threads"),
+        (["eval.is_samples=0"], "eval.is_samples"),
+        (["eval.is_chunk=0"], "eval.is_chunk"),
+        (["eval.is_batch=0"], "eval.is_batch"),
+        (["dataset.val_fraction=0.5", "dataset.test_fraction=0.5"], "dataset.val_fraction"),
+        (["dataset.test_fraction=0"], "dataset.test_fraction"),
+        (["dataset.max_train=0"], "dataset.max_train"),
+        (["dataset.max_eval=-3"], "dataset.max_eval"),
+        (["dataset.max_eval=0"], "dataset.max_eval"),
+        (["model=vae", "model.variant=aggregate"], "aggregate"),
+        (["prior=standard", "prior.K=5"], "prior.K"),
+        (["dataset=cifar10"], "model.likelihood=gaussian"),
+        (["model.likelihood=gaussian"], "model.likelihood=bernoulli"),
+    ],
+)
 def test_bad_values_fail_validation_with_one_line(overrides, fragment):
     cfg = compose_config(*overrides)  # the types are right: composing works
     with pytest.raises(ConfigError) as err:
@@ -152,13 +249,32 @@ def test_bad_values_fail_validation_with_one_line(overrides, fragment):
 
 
 def test_overrides_reach_the_config():
-    cfg = compose_config("prior.K=7", "model.reg_weight=2.5", "model.latent_dim=12", "trainer.epochs=3",
-                         "trainer.batch_size=50", "trainer.seed=4", "trainer.device=cpu", "eval.is_samples=99",
-                         "dataset.root=/x", "dataset.download=true", "dataset.max_train=10", "dataset.max_eval=5",
-                         "optimizer.lr=0.01", tiny=False)
+    cfg = compose_config(
+        "prior.K=7",
+        "model.reg_weight=2.5",
+        "model.latent_dim=12",
+        "trainer.epochs=3",
+        "trainer.batch_size=50",
+        "trainer.seed=4",
+        "trainer.device=cpu",
+        "eval.is_samples=99",
+        "dataset.root=/x",
+        "dataset.download=true",
+        "dataset.max_train=10",
+        "dataset.max_eval=5",
+        "optimizer.lr=0.01",
+        tiny=False,
+    )
     validate(cfg)
-    assert (cfg.prior.K, cfg.model.reg_weight, cfg.model.latent_dim, cfg.trainer.epochs, cfg.trainer.batch_size,
-            cfg.trainer.seed, cfg.eval.is_samples) == (7, 2.5, 12, 3, 50, 4, 99)
+    assert (
+        cfg.prior.K,
+        cfg.model.reg_weight,
+        cfg.model.latent_dim,
+        cfg.trainer.epochs,
+        cfg.trainer.batch_size,
+        cfg.trainer.seed,
+        cfg.eval.is_samples,
+    ) == (7, 2.5, 12, 3, 50, 4, 99)
     assert cfg.trainer.device.value == "cpu" and cfg.dataset.root == "/x" and cfg.dataset.download is True
     assert (cfg.dataset.max_train, cfg.dataset.max_eval, cfg.optimizer.lr) == (10, 5, 0.01)
     assert isinstance(cfg.prior.K, int) and isinstance(cfg.model.reg_weight, float)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import read_results
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)"),
+]
 
 F64 = torch.float64
 
@@ -23,14 +24,21 @@ def test_fused_mixture_terms_on_cuda_match_the_reference():
 
     g = torch.Generator().manual_seed(0)
     k, b, d = 300, 64, 40
-    tensors = [3.0 * torch.randn(b, d, generator=g, dtype=F64), torch.empty(b, d, dtype=F64).uniform_(-6, 2, generator=g),
-               torch.randn(k, generator=g, dtype=F64), 3.0 * torch.randn(k, d, generator=g, dtype=F64),
-               torch.empty(k, d, dtype=F64).uniform_(-6, 2, generator=g)]
+    tensors = [
+        3.0 * torch.randn(b, d, generator=g, dtype=F64),
+        torch.empty(b, d, dtype=F64).uniform_(-6, 2, generator=g),
+        torch.randn(k, generator=g, dtype=F64),
+        3.0 * torch.randn(k, d, generator=g, dtype=F64),
+        torch.empty(k, d, dtype=F64).uniform_(-6, 2, generator=g),
+    ]
     mu, lv, logits, p_mu, p_lv = [t.cuda().requires_grad_(True) for t in tensors]
 
     def value_and_grads():
-        out = (cs_divergence(mu, lv, p_mu, p_lv, logits).sum() + log_mixture_self_integral(logits, p_mu, p_lv)
-               + log_mixture_density(mu, logits, p_mu, p_lv).sum())
+        out = (
+            cs_divergence(mu, lv, p_mu, p_lv, logits).sum()
+            + log_mixture_self_integral(logits, p_mu, p_lv)
+            + log_mixture_density(mu, logits, p_mu, p_lv).sum()
+        )
         return out.detach(), torch.autograd.grad(out, (mu, lv, logits, p_mu, p_lv))
 
     got, got_grads = value_and_grads()
@@ -47,8 +55,15 @@ def test_a_whole_run_on_cuda(model, prior, compose, tmp_path):
     """Training (incl. the k-means refit), IS-NLL, clustering and images, all on trainer.device=cuda."""
     from src.pipeline import run_experiment
 
-    cfg = compose(f"model={model}", f"prior={prior}", "prior.K=10", "trainer.device=cuda", "trainer.epochs=2",
-                  "prior.kmeans_epoch=1", "eval.images=true")
+    cfg = compose(
+        f"model={model}",
+        f"prior={prior}",
+        "prior.K=10",
+        "trainer.device=cuda",
+        "trainer.epochs=2",
+        "prior.kmeans_epoch=1",
+        "eval.images=true",
+    )
     run_experiment(cfg, tmp_path)
     r = read_results(tmp_path)
     assert r["status"] == "completed" and r["device"].startswith("cuda")

@@ -47,12 +47,29 @@ def dashboard(tmp_path):
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name=STUDY, storage=storage)
-    study.optimize(lambda t: (t.suggest_int("prior.K", 1, 50) - 10) ** 2 + t.suggest_float("model.reg_weight", 0.01, 100, log=True),
-                   n_trials=3)
+    study.optimize(
+        lambda t: (
+            (t.suggest_int("prior.K", 1, 50) - 10) ** 2 + t.suggest_float("model.reg_weight", 0.01, 100, log=True)
+        ),
+        n_trials=3,
+    )
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "src.sweeps", "dashboard", f"sweep={STUDY}",
-                             f"hydra.sweeper.storage={storage}", "--port", str(port)],
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.sweeps",
+            "dashboard",
+            f"sweep={STUDY}",
+            f"hydra.sweeper.storage={storage}",
+            "--port",
+            str(port),
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert f"study {STUDY}: 3 complete" in line and f"http://127.0.0.1:{port}/dashboard/studies/" in line, line
@@ -84,12 +101,20 @@ def test_dashboard_serves_on_loopback_only(dashboard):
 def test_dashboard_study_page_renders_in_headless_chromium(dashboard, tmp_path):
     chromium = _chromium()
     common = [chromium, *CHROMIUM_FLAGS, "--window-size=1200,900", "--virtual-time-budget=15000"]
-    dom = subprocess.run([*common, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", dashboard],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*common, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", dashboard],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert STUDY in dom.stdout, f"study name not in the rendered DOM: {dom.stdout[-2000:]} {dom.stderr[-1000:]}"
     shot = tmp_path / "dashboard.png"
-    p = subprocess.run([*common, f"--user-data-dir={tmp_path / 'p2'}", f"--screenshot={shot}", dashboard],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*common, f"--user-data-dir={tmp_path / 'p2'}", f"--screenshot={shot}", dashboard],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), f"no screenshot (exit {p.returncode}): {p.stderr[-2000:]}"
     from PIL import Image
 

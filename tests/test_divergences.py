@@ -1,4 +1,4 @@
-"""Tests for src/divergences.py: the closed-form Cauchy-Schwarz divergence and friends (DESIGN.md §3).
+"""Tests for src/divergences.py: the closed-form Cauchy-Schwarz divergence and friends (docs/MATH.md).
 
 Everything is checked in float64 against closed forms, numerical integration (scipy.integrate.quad in
 1-D, a dense grid in 2-D) and Monte Carlo (D=3), plus the float32 robustness and gradient checks.
@@ -122,8 +122,9 @@ def test_cs_divergence_agrees_with_mixture_version_per_row():
         ref = cs_divergence_mixtures(None, mu[b : b + 1], logvar[b : b + 1], logits, pmu, plogvar)
         torch.testing.assert_close(batch[b], ref, rtol=0, atol=1e-12)
         # weights of the one-component "mixture" are irrelevant
-        ref2 = cs_divergence_mixtures(torch.tensor([3.0], dtype=F64), mu[b : b + 1], logvar[b : b + 1],
-                                      logits, pmu, plogvar)
+        ref2 = cs_divergence_mixtures(
+            torch.tensor([3.0], dtype=F64), mu[b : b + 1], logvar[b : b + 1], logits, pmu, plogvar
+        )
         torch.testing.assert_close(batch[b], ref2, rtol=0, atol=1e-12)
 
 
@@ -176,8 +177,9 @@ def test_invariant_to_permuting_prior_components():
         out = cs_divergence(mu, logvar, pmu[perm], plogvar[perm], logits[perm])
         torch.testing.assert_close(out, base, rtol=1e-12, atol=1e-12)
         perm_a = torch.randperm(3, generator=gen(200 + s))
-        out_mix = cs_divergence_mixtures(qa[0][perm_a], qa[1][perm_a], qa[2][perm_a], logits[perm], pmu[perm],
-                                         plogvar[perm])
+        out_mix = cs_divergence_mixtures(
+            qa[0][perm_a], qa[1][perm_a], qa[2][perm_a], logits[perm], pmu[perm], plogvar[perm]
+        )
         torch.testing.assert_close(out_mix, base_mix, rtol=1e-12, atol=1e-12)
     # and a permutation that is NOT applied consistently to the logits does change the value
     perm = torch.arange(6, -1, -1)
@@ -233,13 +235,16 @@ def test_no_stray_log_k_term(k):
     copies = cs_divergence(mu, logvar, pmu1.expand(k, 3), plogvar1.expand(k, 3))
     torch.testing.assert_close(copies, one, rtol=0, atol=1e-11)
     # any weights over identical copies give the same distribution
-    weighted = cs_divergence(mu, logvar, pmu1.expand(k, 3), plogvar1.expand(k, 3), torch.randn(k, generator=g, dtype=F64))
+    weighted = cs_divergence(
+        mu, logvar, pmu1.expand(k, 3), plogvar1.expand(k, 3), torch.randn(k, generator=g, dtype=F64)
+    )
     torch.testing.assert_close(weighted, one, rtol=0, atol=1e-11)
     # mixture-vs-mixture with K copies on both sides: still zero, still equal to the K=1 value
     qa = random_mixture(g, 1, 3)
     m_one = cs_divergence_mixtures(None, qa[1], qa[2], None, pmu1, plogvar1)
-    m_copies = cs_divergence_mixtures(None, qa[1].expand(k, 3), qa[2].expand(k, 3), None, pmu1.expand(k, 3),
-                                      plogvar1.expand(k, 3))
+    m_copies = cs_divergence_mixtures(
+        None, qa[1].expand(k, 3), qa[2].expand(k, 3), None, pmu1.expand(k, 3), plogvar1.expand(k, 3)
+    )
     torch.testing.assert_close(m_copies, m_one, rtol=0, atol=1e-11)
     self_copies = cs_divergence_mixtures(None, pmu1.expand(k, 3), plogvar1.expand(k, 3), None, pmu1, plogvar1)
     assert abs(self_copies.item()) < 1e-11
@@ -315,7 +320,7 @@ def test_1d_gaussian_vs_mixture_matches_quad():
     for qm, qs in [(0.0, 1.0), (1.1, 0.4), (-3.0, 2.5)]:
         qmu, qlogvar = np.array([[qm]]), np.array([[2 * math.log(qs)]])
 
-        def q(x):
+        def q(x, qmu=qmu, qlogvar=qlogvar):
             return float(np.exp(np_mixture_logpdf(np.array([[x]]), None, qmu, qlogvar))[0])
 
         def p(x):
@@ -373,9 +378,11 @@ def test_1d_integrals_with_uniform_weights_match_quad():
     centers = [0.7, *pmu[:, 0].tolist()]
     tm, tv = _t(pmu, plogvar)
     assert log_mixture_self_integral(None, tm, tv).item() == pytest.approx(
-        quad_log_integral(lambda x: p(x) ** 2, centers), abs=1e-8)
+        quad_log_integral(lambda x: p(x) ** 2, centers), abs=1e-8
+    )
     assert log_mixture_cross_integral(None, *_t(qmu, qlogvar), None, tm, tv).item() == pytest.approx(
-        quad_log_integral(lambda x: q(x) * p(x), centers), abs=1e-8)
+        quad_log_integral(lambda x: q(x) * p(x), centers), abs=1e-8
+    )
 
 
 def _grid_2d(half_width=14.0, n=1001):
@@ -544,8 +551,9 @@ def test_gradcheck_cs_divergence():
     )
     inputs = tuple(t.requires_grad_(True) for t in inputs)
     assert torch.autograd.gradcheck(cs_divergence, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-    assert torch.autograd.gradcheck(lambda a, b, c, e: cs_divergence(a, b, c, e, None), inputs[:4], eps=1e-6,
-                                    atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, e: cs_divergence(a, b, c, e, None), inputs[:4], eps=1e-6, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_gradcheck_cs_divergence_mixtures():
@@ -708,13 +716,20 @@ def test_without_a_compiler_the_tiles_are_used(tmp_path):
     """No C++ compiler (or CSRAE_NATIVE=0): one warning, and the CS divergence still runs (torch tiles)."""
     import subprocess
 
-    code = ("import torch; from src import native, pair_sums, divergences as dv; assert native.library() is None; "
-            "x = torch.randn(3, 4, dtype=torch.float64); assert pair_sums._native_chunk(x[0], (x,)) == 0; "
-            "print(float(dv.cs_divergence(x, x, x, x, None).sum()))")
+    code = (
+        "import torch; from src import native, pair_sums, divergences as dv; assert native.library() is None; "
+        "x = torch.randn(3, 4, dtype=torch.float64); assert pair_sums._native_chunk(x[0], (x,)) == 0; "
+        "print(float(dv.cs_divergence(x, x, x, x, None).sum()))"
+    )
     for env in ({"CXX": str(tmp_path / "no-compiler")}, {"CSRAE_NATIVE": "0"}):
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "CSRAE_CACHE_DIR": str(tmp_path / "cache"), **env},
-                           cwd=Path(__file__).resolve().parents[1])
+        p = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CSRAE_CACHE_DIR": str(tmp_path / "cache"), **env},
+            cwd=Path(__file__).resolve().parents[1],
+        )
         assert p.returncode == 0, p.stderr
         assert math.isfinite(float(p.stdout.split()[-1]))
     assert not list((tmp_path / "cache").glob("*.so"))
@@ -724,14 +739,18 @@ def test_native_chunk_keeps_partial_products_in_double_range():
     # Each factor v_a + v_b lies in [exp(-spread), 2]; a partial product of n factors must stay normal.
     for spread in (0.0, 8.0, 43.0, 354.0):
         n = native.chunk(spread, 64)
-        assert n >= 1 and math.exp(-spread) ** n > 2.3e-308 and 2.0 ** n < 1.7e308
+        assert n >= 1 and math.exp(-spread) ** n > 2.3e-308 and 2.0**n < 1.7e308
 
 
 def _case(g, b, k, d, kind):
     """Random posteriors [b, d] and a K-component mixture; kind picks the hard regime."""
-    spread, lv_lo, lv_hi = {"plain": (2.0, -1.5, 1.0), "far": (60.0, -6.0, 2.0),
-                            "tiny": (0.5, -30.0, -20.0), "huge": (50.0, 15.0, 25.0),
-                            "mixed": (5.0, -12.0, 12.0)}[kind]
+    spread, lv_lo, lv_hi = {
+        "plain": (2.0, -1.5, 1.0),
+        "far": (60.0, -6.0, 2.0),
+        "tiny": (0.5, -30.0, -20.0),
+        "huge": (50.0, 15.0, 25.0),
+        "mixed": (5.0, -12.0, 12.0),
+    }[kind]
     logits = 2.0 * torch.randn(k, generator=g, dtype=F64)
     p_mu = spread * torch.randn(k, d, generator=g, dtype=F64)
     p_lv = torch.empty(k, d, dtype=F64).uniform_(lv_lo, lv_hi, generator=g)
@@ -763,9 +782,20 @@ MIXTURE_TERMS = {
 }
 
 
-@pytest.mark.parametrize("b,k,d,kind", [(5, 1, 1, "plain"), (7, 13, 3, "plain"), (3, 40, 64, "plain"),
-                                        (6, 30, 8, "far"), (4, 25, 16, "tiny"), (4, 25, 16, "huge"),
-                                        (5, 50, 10, "mixed"), (2, 1000, 2, "plain"), (2, 700, 3, "far")])
+@pytest.mark.parametrize(
+    "b,k,d,kind",
+    [
+        (5, 1, 1, "plain"),
+        (7, 13, 3, "plain"),
+        (3, 40, 64, "plain"),
+        (6, 30, 8, "far"),
+        (4, 25, 16, "tiny"),
+        (4, 25, 16, "huge"),
+        (5, 50, 10, "mixed"),
+        (2, 1000, 2, "plain"),
+        (2, 700, 3, "far"),
+    ],
+)
 @pytest.mark.parametrize("term", sorted(MIXTURE_TERMS))
 def test_fused_matches_reference_values_and_gradients(term, b, k, d, kind, backend):
     g = gen(1000 + 7 * k + d)

@@ -1,4 +1,5 @@
-"""Tests for src/evaluate.py: the importance-sampled NLL, clustering metrics and the PNG images.
+"""Tests for src/evaluate.py: the importance-sampled NLL, clustering metrics, the PNG images, and
+re-evaluating a finished run (src/finished_runs.py: load_model, `python -m src.evaluate RUN_DIR`).
 
 The IS-NLL checks are statistical (they compare Monte-Carlo means within a few standard errors), on
 models trained for an epoch on the real digits data.
@@ -6,16 +7,25 @@ models trained for an epoch on the real digits data.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import cli_command, read_results
 
 from src import evaluate
+from src.checkpoints import CheckpointError
+from src.data import load_dataset
 from src.divergences import kl_monte_carlo
+from src.finished_runs import load_model, main, reevaluate
 from src.models import build_model
 from src.train import TrainSettings, build_optimizer, fit
 
@@ -26,15 +36,18 @@ def trained(tmp_path_factory, digits):
     from conftest import compose_config
 
     models = {}
-    for name, overrides in {"vae-standard": ["model=vae", "prior=standard"],
-                            "vae-gmm": ["model=vae", "prior=gmm", "prior.K=5", "prior.weights=learned"],
-                            "csrae-gmm": ["model=csrae", "prior=gmm", "prior.K=5"]}.items():
+    for name, overrides in {
+        "vae-standard": ["model=vae", "prior=standard"],
+        "vae-gmm": ["model=vae", "prior=gmm", "prior.K=5", "prior.weights=learned"],
+        "csrae-gmm": ["model=csrae", "prior=gmm", "prior.K=5"],
+    }.items():
         cfg = compose_config(*overrides)
         torch.manual_seed(0)
         model = build_model(cfg.model, cfg.prior, digits.image_shape)
         opt = build_optimizer(model.parameters(), cfg.optimizer)
-        settings = TrainSettings(epochs=1, batch_size=100, reg_weight=1.0, checkpoint=False, resume=False,
-                                 progress=False)
+        settings = TrainSettings(
+            epochs=1, batch_size=100, reg_weight=1.0, checkpoint=False, resume=False, progress=False
+        )
         fit(model, digits, opt, settings, tmp_path_factory.mktemp(name), torch.device("cpu"))
         models[name] = model.eval()
     return models
@@ -77,7 +90,7 @@ def test_is_nll_with_one_sample_is_the_negative_elbo_in_expectation(name, traine
     if name == "vae-standard":  # the model's own loss (recon + 1 · closed-form KL) is the same quantity
         torch.manual_seed(7)
         own = torch.stack([model.loss_terms(x).total(1.0) for _ in range(400)])
-        assert abs(own.mean().item() - nll1.mean().item()) < 4 * math.sqrt(own.var().item() / 400 + overall_se ** 2)
+        assert abs(own.mean().item() - nll1.mean().item()) < 4 * math.sqrt(own.var().item() / 400 + overall_se**2)
 
 
 @pytest.mark.parametrize("name", ["vae-standard", "csrae-gmm"])
@@ -86,11 +99,10 @@ def test_is_nll_does_not_increase_with_more_samples(name, trained, digits):
     x = digits.test.x
     means, sems = [], []
     for s in (1, 4, 16, 64):
-        runs = torch.stack([evaluate.importance_sampled_nll(model, x, n_samples=s, seed=100 * s + r)
-                            for r in range(3)])
+        runs = torch.stack([evaluate.importance_sampled_nll(model, x, n_samples=s, seed=100 * s + r) for r in range(3)])
         means.append(runs.mean().item())
         sems.append((runs.mean(0).std() / math.sqrt(x.shape[0])).item())
-    for (m_small, m_big), se in zip(zip(means, means[1:]), sems):
+    for m_small, m_big in zip(means, means[1:]):
         assert m_big <= m_small + 1e-3, means  # the bound tightens: NLL goes down (or stays)
     assert means[0] - means[-1] > 3 * sems[0], means  # and clearly so from S=1 to S=64
     assert all(m > 0 for m in means)
@@ -134,14 +146,21 @@ def test_is_nll_matches_a_direct_computation(trained, digits):
     with torch.no_grad():
         mu, logvar = model.encode(x)
         z = mu + torch.exp(0.5 * logvar) * eps  # [s, 5, D]
-        log_w = torch.stack([model.log_likelihood(x, model.decode(z[i])) + model.log_prior(z[i])
-                             - (-0.5 * (math.log(2 * math.pi) + logvar + eps[i] ** 2).sum(-1)) for i in range(s)])
+        log_w = torch.stack(
+            [
+                model.log_likelihood(x, model.decode(z[i]))
+                + model.log_prior(z[i])
+                - (-0.5 * (math.log(2 * math.pi) + logvar + eps[i] ** 2).sum(-1))
+                for i in range(s)
+            ]
+        )
     expected = -(torch.logsumexp(log_w.double(), 0) - math.log(s))
     got = evaluate.importance_sampled_nll(model, x, n_samples=s, chunk=7, batch=2, seed=9)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
 
 
 # --- clustering metrics ---------------------------------------------------------------------------
+
 
 def test_perfect_clustering_under_a_permutation_scores_one():
     rng = np.random.default_rng(0)
@@ -197,15 +216,16 @@ def test_a_single_cluster_scores_zero_nmi_and_ari():
 
 # --- images ---------------------------------------------------------------------------------------
 
+
 def png_size(path) -> tuple[int, int]:
     """(width, height) of a PNG, after checking the signature and the CRC of every chunk."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
     pos, chunks = 8, []
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert zlib.crc32(kind + body) == crc, f"{path.name}: bad CRC in {kind!r}"
         chunks.append(kind)
         pos += 12 + length
@@ -217,11 +237,14 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.parametrize("overrides,k_rows,clusters", [
-    (["prior=gmm", "prior.K=25"], 20, True),  # one row per component, the first 20
-    (["prior=vamp", "prior.K=3"], 3, True),
-    (["prior=standard", "model.latent_dim=1"], 1, False),  # one component; a 1-D latent space
-])
+@pytest.mark.parametrize(
+    "overrides,k_rows,clusters",
+    [
+        (["prior=gmm", "prior.K=25"], 20, True),  # one row per component, the first 20
+        (["prior=vamp", "prior.K=3"], 3, True),
+        (["prior=standard", "model.latent_dim=1"], 1, False),  # one component; a 1-D latent space
+    ],
+)
 def test_images_are_valid_pngs(overrides, k_rows, clusters, compose, digits, tmp_path):
     cfg = compose(*overrides)
     torch.manual_seed(0)
@@ -236,3 +259,155 @@ def test_images_are_valid_pngs(overrides, k_rows, clusters, compose, digits, tmp
     assert png_size(tmp_path / "reconstructions.png") == (16 * cell + 4, 4 * cell + 4)  # 32 pairs, 16 a row
     w, h = png_size(tmp_path / "latent_scatter.png")
     assert h > 100 and w > (2 if clusters else 1) * 400  # one panel per colouring
+
+
+# --- re-evaluating a finished run -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cli_env) -> Path:
+    """A finished one-epoch run (csrae + gmm K=3 on digits, clustering and few-label accuracies on)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = subprocess.run(
+        cli_command(run_dir, ["prior.K=3"]),
+        cwd=tmp_path_factory.mktemp("cwd"),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> Path:
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _cli(run_dir: Path, *overrides: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.evaluate", str(run_dir), *overrides],
+        cwd=run_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, lines
+    return lines[0]
+
+
+def _refused(capsys, *argv) -> str:
+    assert main([str(a) for a in argv]) == 2
+    return _one_line(capsys.readouterr().err)
+
+
+def test_load_model_reproduces_the_runs_own_evaluation(finished, tmp_path):
+    run = load_model(finished)
+    assert run.checkpoint == finished / "checkpoints" / "best.pt" and run.epoch == 1 and not run.model.training
+    got = evaluate.evaluate_model(
+        run.model, load_dataset(run.cfg.dataset), run.cfg.eval, run.cfg.trainer.seed, tmp_path, torch.device("cpu")
+    )
+    r = read_results(finished)
+    # The same weights and eval settings, the same noise (seeded by trainer.seed + 1): the same numbers.
+    for key in (
+        "test_nll",
+        "test_nll_sem",
+        "val_nll",
+        "test_recon",
+        "test_reg",
+        "acc",
+        "val_acc",
+        "fewlabel_lr_10",
+        "fewlabel_comp_10",
+        "n_test",
+    ):
+        assert got[key] == r[key], key
+
+
+def test_the_cli_writes_its_own_file_and_leaves_results_json_alone(run_copy, cli_env):
+    before = (run_copy / "results.json").read_bytes()
+    proc = _cli(run_copy, "eval.is_samples=20", env=cli_env)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_copy / "results.json").read_bytes() == before
+    r = json.loads((run_copy / "eval_is_samples=20.json").read_text())
+    assert r["overrides"] == ["eval.is_samples=20"] and r["is_samples"] == 20 and (r["model"], r["K"]) == ("csrae", 3)
+    assert r["checkpoint"] == "checkpoints/best.pt" and r["checkpoint_epoch"] == 1 and r["n_test"] == 359
+    assert math.isfinite(r["test_nll"]) and r["acc"] is not None and r["eval_seconds"] > 0
+    assert proc.stdout.strip().splitlines() == [proc.stdout.strip()] and "test NLL" in proc.stdout
+    assert "S=20" in proc.stdout and "evaluating: S=20" in proc.stderr
+
+
+def test_a_reevaluation_draws_its_pictures_beside_its_file(run_copy):
+    path, r = reevaluate(
+        run_copy, ["eval.images=true", "eval.fewlabel=false", "eval.clustering=false", "trainer.threads=1"]
+    )
+    assert path == run_copy / "eval_clustering=false_fewlabel=false_images=true.json" and path.is_file()
+    assert r["images"] and all(name.startswith(f"{path.stem}/") and (run_copy / name).is_file() for name in r["images"])
+    assert not (run_copy / "samples.png").exists() and r["acc"] is None and r["fewlabel_lr_10"] is None
+
+
+def test_a_run_without_best_pt_is_loaded_from_last_pt(run_copy):
+    """The run evaluates its final weights when best.pt is missing; so does load_model."""
+    (run_copy / "checkpoints" / "best.pt").unlink()
+    assert load_model(run_copy).checkpoint == run_copy / "checkpoints" / "last.pt"
+
+
+def test_a_key_no_schema_declares_is_kept(run_copy):
+    """A run started with `+trainer.epoch=50` has the key in its config.yaml; its weights still load."""
+    config = run_copy / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "trainer_note: kept\n")
+    config.write_text(config.read_text().replace("trainer:\n", "trainer:\n  epoch: 50\n"))
+    run = load_model(run_copy)
+    assert run.cfg.trainer.epoch == 50 and run.cfg.trainer_note == "kept"
+
+
+def test_refusals_are_one_line_and_write_nothing(run_copy, tmp_path, capsys):
+    before = sorted(p.name for p in run_copy.iterdir())
+    assert "not a run directory (no such directory)" in _refused(capsys, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    assert "no .hydra/config.yaml" in _refused(capsys, tmp_path / "empty")
+    for override in ("model.latent_dim=2", "prior.K=5", "trainer.seed=1", "dataset.name=mnist"):
+        line = _refused(capsys, run_copy, "eval.is_samples=5", override)
+        assert override.split("=")[0] in line and "another model" in line, line
+    assert "eval.is_samples must be >= 1" in _refused(capsys, run_copy, "eval.is_samples=0")
+    assert "is_sample" in _refused(capsys, run_copy, "eval.is_sample=5")
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(run_copy, capsys):
+    config = run_copy / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("  seed: 0\n", "  seed: 1\n"))  # trainer.seed
+    with pytest.raises(CheckpointError, match="different configuration"):
+        load_model(run_copy)
+    assert "different configuration" in _refused(capsys, run_copy, "eval.is_samples=5")
+    shutil.rmtree(run_copy / "checkpoints")
+    assert "no checkpoints/best.pt or last.pt" in _refused(capsys, run_copy)
+
+
+def test_a_run_dir_in_use_is_refused_in_one_line(run_copy, cli_env):
+    """Another process (a run still training) holds the lock: nothing is evaluated."""
+    hold = (
+        "import sys, time; from src import rundir; rundir.lock(sys.argv[1]); print('locked', flush=True); "
+        "time.sleep(120)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(run_copy)], env=cli_env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = _cli(run_copy, env=cli_env)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert proc.returncode == 2
+    line = _one_line(proc.stderr)
+    assert "in use by another process" in line and f"pid {holder.pid}" in line
+    assert not list(run_copy.glob("eval_*"))

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import read_results
+
 from src import train as train_mod
 from src.config import ConfigError, validate
-from src.data import load_dataset
+from src.contract import METRIC_COLUMNS, RESULT_KEYS
 from src.evaluate import (
     fewlabel_component_accuracy,
     fewlabel_logistic_accuracy,
@@ -24,7 +24,6 @@ from src.evaluate import (
 )
 from src.geco import W_MAX, W_MIN, GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import build_model
-from src.contract import METRIC_COLUMNS, RESULT_KEYS
 from src.pipeline import _settings, run_experiment
 from src.priors import GaussianMixture
 from src.train import build_optimizer, fit
@@ -32,9 +31,18 @@ from src.train import build_optimizer, fit
 # The run the MNIST study started before these files existed (/work/runs/mnist_converged/vae_standard_s0),
 # with its exact command-line overrides, and the fingerprint its checkpoints carry (read from its
 # checkpoints/last.pt). experiment=mnist_density must resume it.
-LIVE_RUN = ["model=vae", "prior=standard", "dataset=mnist", "dataset.root=/work/shared/data", "trainer.epochs=2000",
-            "trainer.warmup_epochs=100", "trainer.patience=50", "trainer.threads=1", "trainer.progress=false",
-            "eval.is_samples=5000"]
+LIVE_RUN = [
+    "model=vae",
+    "prior=standard",
+    "dataset=mnist",
+    "dataset.root=/work/shared/data",
+    "trainer.epochs=2000",
+    "trainer.warmup_epochs=100",
+    "trainer.patience=50",
+    "trainer.threads=1",
+    "trainer.progress=false",
+    "eval.is_samples=5000",
+]
 LIVE_RUN_FINGERPRINT = (
     '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
     '"name": "vae", "network": "mlp", "reg_weight": 1.0, "variant": "per_sample"}, {"K": 1, "code_dim": 16, '
@@ -43,7 +51,8 @@ LIVE_RUN_FINGERPRINT = (
     '"weights": "uniform"}, {"binarize": true, "eval_binarize_seed": 777, "max_eval": null, "max_train": null, '
     '"name": "mnist", "split_seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}, 0, {"lr": 0.0005, '
     '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
-    '"warmup_epochs": 100}]')
+    '"warmup_epochs": 100}]'
+)
 # The default config's fingerprint before model.hidden_dims / constraint / trainer.pretrain_epochs existed.
 DEFAULT_FINGERPRINT = (
     '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
@@ -53,7 +62,8 @@ DEFAULT_FINGERPRINT = (
     '"weights": "uniform"}, {"binarize": true, "eval_binarize_seed": 777, "max_eval": null, "max_train": null, '
     '"name": "digits", "split_seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}, 0, {"lr": 0.0005, '
     '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
-    '"warmup_epochs": 10}]')
+    '"warmup_epochs": 10}]'
+)
 
 
 def fp(compose, *overrides: str) -> str:
@@ -62,11 +72,22 @@ def fp(compose, *overrides: str) -> str:
 
 # --- experiment files and checkpoint compatibility -------------------------------------------------
 
+
 def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
     explicit = fp(compose, *LIVE_RUN)
     assert explicit == LIVE_RUN_FINGERPRINT
-    assert fp(compose, "experiment=mnist_density", "model=vae", "prior=standard", "dataset.root=/work/shared/data",
-              "trainer.threads=1", "trainer.progress=false") == explicit
+    assert (
+        fp(
+            compose,
+            "experiment=mnist_density",
+            "model=vae",
+            "prior=standard",
+            "dataset.root=/work/shared/data",
+            "trainer.threads=1",
+            "trainer.progress=false",
+        )
+        == explicit
+    )
 
 
 @pytest.mark.parametrize("experiment", ["mnist_density", "mnist_clustering", "digits_smoke"])
@@ -91,10 +112,15 @@ def test_mnist_density_is_the_vampprior_protocol(compose):
 def test_new_settings_at_their_neutral_default_keep_old_fingerprints(compose):
     assert fp(compose) == DEFAULT_FINGERPRINT
     assert fp(compose, "eval.fewlabel=false", "eval.fewlabel_seed=3") == DEFAULT_FINGERPRINT  # eval is not identity
-    assert fp(compose, "model.geco_rate=0.5", "model.target_recon=12") == DEFAULT_FINGERPRINT  # inert without constraint
-    changed = [fp(compose, "trainer.pretrain_epochs=2"), fp(compose, "model.hidden_dims=[300,300]"),
-               fp(compose, "model.constraint=reconstruction", "model.target_recon=12"),
-               fp(compose, "model.constraint=reconstruction", "model.target_recon=13")]
+    assert (
+        fp(compose, "model.geco_rate=0.5", "model.target_recon=12") == DEFAULT_FINGERPRINT
+    )  # inert without constraint
+    changed = [
+        fp(compose, "trainer.pretrain_epochs=2"),
+        fp(compose, "model.hidden_dims=[300,300]"),
+        fp(compose, "model.constraint=reconstruction", "model.target_recon=12"),
+        fp(compose, "model.constraint=reconstruction", "model.target_recon=13"),
+    ]
     assert DEFAULT_FINGERPRINT not in changed and len(set(changed)) == len(changed)
 
 
@@ -118,13 +144,16 @@ def test_the_default_mlp_is_unchanged_by_the_width_list(compose):
     assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["model.constraint=reconstruction"], "model.target_recon"),
-    (["model.constraint=reconstruction", "model.target_recon=10", "model.geco_alpha=1.0"], "model.geco_alpha"),
-    (["model.network=relu_mlp"], "model.hidden_dims"),
-    (["model.hidden_dims=[]"], "model.hidden_dims"),
-    (["trainer.pretrain_epochs=-1"], "trainer.pretrain_epochs"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.constraint=reconstruction"], "model.target_recon"),
+        (["model.constraint=reconstruction", "model.target_recon=10", "model.geco_alpha=1.0"], "model.geco_alpha"),
+        (["model.network=relu_mlp"], "model.hidden_dims"),
+        (["model.hidden_dims=[]"], "model.hidden_dims"),
+        (["trainer.pretrain_epochs=-1"], "trainer.pretrain_epochs"),
+    ],
+)
 def test_new_settings_are_validated(overrides, words, compose):
     with pytest.raises(ConfigError, match=words):
         validate(compose(*overrides))
@@ -132,8 +161,15 @@ def test_new_settings_are_validated(overrides, words, compose):
 
 def test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end(tmp_path, run_cli):
     run_dir = tmp_path / "run"
-    proc = run_cli(run_dir, "experiment=digits_smoke", "trainer.pretrain_epochs=2", "trainer.epochs=3",
-                   "model.constraint=reconstruction", "model.target_recon=5", tiny=False)
+    proc = run_cli(
+        run_dir,
+        "experiment=digits_smoke",
+        "trainer.pretrain_epochs=2",
+        "trainer.epochs=3",
+        "model.constraint=reconstruction",
+        "model.target_recon=5",
+        tiny=False,
+    )
     assert proc.returncode == 0, proc.stderr
     r = read_results(run_dir)
     assert r["status"] == "completed" and r["constraint"] == "reconstruction" and r["target_recon"] == 5.0
@@ -150,6 +186,7 @@ def test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end(tmp_path, r
 
 # --- pretraining, GECO and exact resume (in process) -----------------------------------------------
 
+
 def _setup(compose, digits, *overrides):
     cfg = compose("trainer.device=cpu", *overrides)
     torch.manual_seed(cfg.trainer.seed)
@@ -163,8 +200,9 @@ def _rows(path):
 
 
 def test_pretraining_trains_the_autoencoder_then_refits_the_gmm(compose, digits, tmp_path, caplog):
-    cfg, model, opt, settings = _setup(compose, digits, "trainer.pretrain_epochs=3", "trainer.epochs=1",
-                                       "prior.kmeans_samples=500")
+    cfg, model, opt, settings = _setup(
+        compose, digits, "trainer.pretrain_epochs=3", "trainer.epochs=1", "prior.kmeans_samples=500"
+    )
     before = model.prior.mu.detach().clone()
     calls = []
     real = GaussianMixture.fit_to_codes
@@ -186,11 +224,16 @@ def test_pretraining_trains_the_autoencoder_then_refits_the_gmm(compose, digits,
     assert not torch.equal(before, model.prior.mu.detach())
 
 
-@pytest.mark.parametrize("overrides, stop_in", [
-    (["trainer.pretrain_epochs=3", "trainer.epochs=2", "prior.kmeans_samples=500"], "pretrain_metrics.csv"),
-    (["model.constraint=reconstruction", "model.target_recon=12", "model.geco_rate=0.01", "trainer.epochs=4"],
-     "metrics.csv"),
-])
+@pytest.mark.parametrize(
+    "overrides, stop_in",
+    [
+        (["trainer.pretrain_epochs=3", "trainer.epochs=2", "prior.kmeans_samples=500"], "pretrain_metrics.csv"),
+        (
+            ["model.constraint=reconstruction", "model.target_recon=12", "model.geco_rate=0.01", "trainer.epochs=4"],
+            "metrics.csv",
+        ),
+    ],
+)
 def test_a_run_stopped_mid_way_resumes_exactly(overrides, stop_in, compose, digits, tmp_path, monkeypatch):
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     for d in (whole, stopped):
@@ -230,7 +273,9 @@ def test_geco_update_moves_the_weight_against_the_constraint():
     up, c_ma = geco_update(log_lam, None, recon=60.0, settings=s)  # C = +10: reconstruction too poor
     assert c_ma == 10.0 and effective_weight(up) == pytest.approx(2.0 * math.exp(-0.1))
     down, c_ma2 = geco_update(up, c_ma, recon=40.0, settings=s)  # C = -10, moving average 0.9·10 − 0.1·10 = 8
-    assert c_ma2 == pytest.approx(8.0) and effective_weight(down) == pytest.approx(effective_weight(up) * math.exp(-0.08))
+    assert c_ma2 == pytest.approx(8.0) and effective_weight(down) == pytest.approx(
+        effective_weight(up) * math.exp(-0.08)
+    )
     lo, hi = log_lam, log_lam
     for _ in range(10_000):
         lo, _ = geco_update(lo, None, recon=1e4, settings=s)
@@ -242,9 +287,17 @@ def test_geco_weight_follows_the_constraint_every_step(compose, digits, tmp_path
     """With α = 0 the multiplier integrates each step's C = recon − κ, so over an epoch
     log(w_e / w_{e-1}) = −ν Σ_steps (recon_step − κ): the weight falls while the reconstruction is worse
     than κ and rises once it is better (κ = 12 is crossed on digits within 25 epochs)."""
-    *_, model, opt, settings = _setup(compose, digits, "model.constraint=reconstruction", "model.target_recon=12",
-                                      "model.geco_rate=0.002", "model.geco_alpha=0", "trainer.epochs=25",
-                                      "trainer.patience=0", "prior.init=random")
+    *_, model, opt, settings = _setup(
+        compose,
+        digits,
+        "model.constraint=reconstruction",
+        "model.target_recon=12",
+        "model.geco_rate=0.002",
+        "model.geco_alpha=0",
+        "trainer.epochs=25",
+        "trainer.patience=0",
+        "prior.init=random",
+    )
     fit(model, digits, opt, settings, tmp_path, torch.device("cpu"))
     rows = _rows(tmp_path / "metrics.csv")
     w = np.log([1.0] + [float(r["reg_weight"]) for r in rows])  # model.reg_weight = 1 is the start
@@ -257,6 +310,7 @@ def test_geco_weight_follows_the_constraint_every_step(compose, digits, tmp_path
 
 
 # --- few labels ------------------------------------------------------------------------------------
+
 
 def test_fewlabel_subsets_are_fixed_nested_and_per_class():
     labels = np.repeat(np.arange(3), [5, 7, 2])
@@ -286,8 +340,14 @@ def test_fewlabel_accuracies_on_known_answers():
 
 def test_results_carry_fewlabel_accuracies(compose, tmp_path):
     """(The gmm case runs through the CLI in test_digits_smoke_runs_pretraining_and_the_constraint_end_to_end.)"""
-    cfg = compose("experiment=digits_smoke", "trainer.epochs=2", "prior=standard", "trainer.device=cpu",
-                  "trainer.threads=1", "trainer.progress=false")
+    cfg = compose(
+        "experiment=digits_smoke",
+        "trainer.epochs=2",
+        "prior=standard",
+        "trainer.device=cpu",
+        "trainer.threads=1",
+        "trainer.progress=false",
+    )
     run_experiment(cfg, tmp_path)
     r = json.loads((tmp_path / "results.json").read_text())
     for n in (1, 10, 100):
@@ -296,6 +356,7 @@ def test_results_carry_fewlabel_accuracies(compose, tmp_path):
 
 
 # --- the MNIST queue (benchmarks/mnist_converged.py) -------------------------------------------------
+
 
 def _queue_module():
     import importlib.util
@@ -317,15 +378,22 @@ def test_the_queue_adopts_the_run_already_in_progress(compose, epochs):
     cmd = q.command(name, experiment, overrides, Path("/runs"), epochs)
     assert (f"trainer.epochs={epochs}" in cmd) == (epochs is not None)
     args = [a for a in cmd[3:] if not a.startswith("hydra.")]
-    cfg = compose(*[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args],
-                  tiny=False)
+    cfg = compose(
+        *[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args], tiny=False
+    )
     assert _settings(cfg).fingerprint == LIVE_RUN_FINGERPRINT
 
 
 def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
     q = _queue_module()
-    monkeypatch.setattr(q, "PLAN", [("smoke_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
-                                    ("later_s0", "digits_smoke", ["model=vae"])])
+    monkeypatch.setattr(
+        q,
+        "PLAN",
+        [
+            ("smoke_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+            ("later_s0", "digits_smoke", ["model=vae"]),
+        ],
+    )
     monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "runs")
     monkeypatch.setattr(q, "TABLE", tmp_path / "results.csv")
     monkeypatch.setattr(q, "PLAN_TABLE", tmp_path / "plan.csv")
@@ -340,8 +408,10 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
     assert (copied / "metrics.csv").exists() and (copied / ".hydra" / "config.yaml").exists()
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == q.COLUMNS and [r["configuration"] for r in rows] == ["digits_smoke:smoke",
-                                                                                 "digits_smoke:later"]
+    assert list(rows[0]) == q.COLUMNS and [r["configuration"] for r in rows] == [
+        "digits_smoke:smoke",
+        "digits_smoke:later",
+    ]
     assert rows[0]["test_nll"] and rows[0]["is_samples"] == "5" and rows[0]["epochs_run"] == "1"
     assert rows[1]["model"] == "vae" and rows[1]["test_nll"] == "" and rows[1]["constraint"] == "none"
     with open(tmp_path / "plan.csv") as f:
@@ -350,8 +420,14 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
 
 def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     q = _queue_module()
-    monkeypatch.setattr(q, "PLAN", [("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
-                                    ("b_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5", "model=vae"])])
+    monkeypatch.setattr(
+        q,
+        "PLAN",
+        [
+            ("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+            ("b_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5", "model=vae"]),
+        ],
+    )
     for name in ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"):
         monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
     monkeypatch.setattr(q, "report", lambda: None)
@@ -360,8 +436,10 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     runs.mkdir()
     q.run_queue(runs, parallel=2, only=None)
     row = q.paired("a_s0", "b_s0", runs, samples=5)
-    per_point = {n: np.asarray(json.loads((runs / n / "paired_eval_s5_seed1234.json").read_text())["per_point_nll"])
-                 for n in ("a_s0", "b_s0")}
+    per_point = {
+        n: np.asarray(json.loads((runs / n / "paired_eval_s5_seed1234.json").read_text())["per_point_nll"])
+        for n in ("a_s0", "b_s0")
+    }
     diff = per_point["a_s0"] - per_point["b_s0"]
     assert row["n_test"] == len(diff) == 359  # every digits test point
     assert row["diff"] == pytest.approx(diff.mean(), abs=1e-3)

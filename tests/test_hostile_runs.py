@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli_command, read_results
 
 QUICK = ["trainer.epochs=2", "prior.K=3"]
@@ -53,16 +52,25 @@ def epochs_in_metrics(run_dir: Path) -> list[int]:
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file of the run dir (the lock file aside: its content is the last holder's pid)."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, cli_env) -> Path:
     """A finished two-epoch run (csrae + gmm K=3 on digits), to copy."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    proc = subprocess.run(cli_command(run_dir, QUICK), cwd=tmp_path_factory.mktemp("cwd"), env=cli_env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cli_command(run_dir, QUICK),
+        cwd=tmp_path_factory.mktemp("cwd"),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -75,6 +83,7 @@ def finished(tiny_run, tmp_path) -> Path:
 
 
 # === WRONG NUMBERS ===================================================================================
+
 
 def test_restart_with_resume_false_is_refused_not_scored_with_the_old_best(finished, run_cli):
     """Case 1: the issue's command printed the first run's test NLL as the new run's."""
@@ -164,12 +173,14 @@ def test_a_nested_non_finite_value_keeps_the_real_error(compose, tmp_path):
 
 # === LOST DATA =======================================================================================
 
+
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, run_cli, cli_env):
     """Case 4: two processes on one run dir ended with a traceback and duplicate epochs."""
     run_dir = tmp_path / "run"
     cmd = cli_command(run_dir, ["trainer.epochs=12", "prior.K=3"])
-    first = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "checkpoints" / "last.pt").exists():
@@ -319,8 +330,10 @@ ONE_LINE = {
     "huge-threads": ([f"trainer.threads={2**40}"], ["trainer.threads", "CPUs"]),
     "huge-K": ([f"prior.K={10**9}", "prior.init=random"], ["prior.K", "GiB", "memory"]),
     "huge-latent-dim": ([f"model.latent_dim={10**9}"], ["model.latent_dim", "GiB", "memory"]),
-    "kmeans-samples-below-K": (["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
-                               ["prior.kmeans_samples", "prior.K"]),
+    "kmeans-samples-below-K": (
+        ["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
+        ["prior.kmeans_samples", "prior.K"],
+    ),
 }
 
 
@@ -366,6 +379,7 @@ def test_mistyped_new_key_warns_with_the_close_match(tmp_path, run_cli):
 
 # --- IDX files (MNIST layout) ------------------------------------------------------------------------
 
+
 def write_idx(path: Path, magic: int, shape: tuple[int, ...]) -> None:
     header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape)
     path.write_bytes(header + bytes(math.prod(shape)))
@@ -383,13 +397,18 @@ def fake_mnist(root: Path, n_train: int = 30, n_train_labels: int = 30, label_ma
 
 def test_idx_image_and_label_counts_differ(tmp_path, run_cli):
     raw = fake_mnist(tmp_path / "data", n_train_labels=29)
-    line = assert_one_line_error(run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
-                                 "30 images", "29 labels")
+    line = assert_one_line_error(
+        run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"), "30 images", "29 labels"
+    )
     assert str(raw / "train-labels-idx1-ubyte") in line
 
 
 def test_idx_file_with_a_wrong_magic_number(tmp_path, run_cli):
     raw = fake_mnist(tmp_path / "data", label_magic=0x1F8B0808)  # a gzip archive under the plain name
-    assert_one_line_error(run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
-                          str(raw / "train-labels-idx1-ubyte"), "magic number is 0x1f8b0808", "0x00000801", "gunzip")
-
+    assert_one_line_error(
+        run_cli(tmp_path / "run", "dataset=mnist", f"dataset.root={tmp_path / 'data'}"),
+        str(raw / "train-labels-idx1-ubyte"),
+        "magic number is 0x1f8b0808",
+        "0x00000801",
+        "gunzip",
+    )

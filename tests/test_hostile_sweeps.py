@@ -31,25 +31,48 @@ import pytest
 from cli import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["trainer.epochs=1", "eval.is_samples=10", "eval.images=false", "trainer.progress=false",
-        "trainer.threads=1", "trainer.device=cpu"]
+TINY = [
+    "trainer.epochs=1",
+    "eval.is_samples=10",
+    "eval.images=false",
+    "trainer.progress=false",
+    "trainer.threads=1",
+    "trainer.device=cpu",
+]
 SWEEP_NAMES = ["csrae_nsga2", "csrae_optuna", "prior_families", "vae_optuna", "vae_vs_csrae"]
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
+
 def python(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
-def optuna_sweep(tmp_path: Path, *overrides: str, storage: str | None = None, n_trials: int = 2,
-                 name: str = "vae_optuna", sweep_dir: str = "sweep") -> list[str]:
+def optuna_sweep(
+    tmp_path: Path,
+    *overrides: str,
+    storage: str | None = None,
+    n_trials: int = 2,
+    name: str = "vae_optuna",
+    sweep_dir: str = "sweep",
+) -> list[str]:
     """The arguments of `python -m src.run -m sweep=NAME ...` with the study and sweep dir in tmp_path."""
     storage = storage or f"sqlite:///{tmp_path / 'study.db'}"
-    return ["-m", "src.run", "-m", f"sweep={name}", f"hydra.sweeper.n_trials={n_trials}",
-            f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / sweep_dir}", *TINY, *overrides]
+    return [
+        "-m",
+        "src.run",
+        "-m",
+        f"sweep={name}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={tmp_path / sweep_dir}",
+        *TINY,
+        *overrides,
+    ]
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
@@ -80,8 +103,7 @@ def two_runs(tmp_path_factory) -> Path:
     """A real grid of two jobs whose `tags` are lists (`-m 'tags=[],[baseline]'`): the base of the
     report cases, which copy it and break one thing each."""
     base = tmp_path_factory.mktemp("hostile")
-    p = python("-m", "src.run", "-m", "tags=[],[baseline]", *TINY, f"hydra.sweep.dir={base / 'grid'}",
-               cwd=base / "cwd")
+    p = python("-m", "src.run", "-m", "tags=[],[baseline]", *TINY, f"hydra.sweep.dir={base / 'grid'}", cwd=base / "cwd")
     assert p.returncode == 0, p.stderr[-3000:]
     return base / "grid"
 
@@ -96,6 +118,7 @@ def copy_runs(two_runs: Path, dest: Path) -> Path:
 
 
 # --- 1. nothing a user has is lost --------------------------------------------------------------
+
 
 def test_report_named_after_its_own_run_dir_deletes_nothing(two_runs, tmp_path):
     """`python -m src.report X --out PARENT --name X`, twice: the second call used to delete the run's
@@ -141,6 +164,7 @@ def test_report_refuses_a_non_empty_dir_it_did_not_write(two_runs, tmp_path):
 
 # --- 2. numbers belong to the command: sweep names, bad runs in a report -------------------------
 
+
 @pytest.mark.parametrize("name", ["csrae_optun", "nope"])
 def test_misspelt_sweep_name_runs_nothing(tmp_path, name):
     """`-m sweep=csrae_optun` used to exit 0 after one default job without Optuna (the config's
@@ -153,7 +177,7 @@ def test_misspelt_sweep_name_runs_nothing(tmp_path, name):
 
 def test_list_values_of_known_options_are_not_refused():
     """`experiment=[digits_smoke]` composes in Hydra; the name check must look inside the list."""
-    from src.sweeps import unknown_sweep
+    from src.sweeps.jobs import unknown_sweep
 
     assert unknown_sweep(["experiment=[digits_smoke]"]) is None
     assert unknown_sweep(["+experiment=[digits_smoke,mnist_density]", "sweep=vae_optuna"]) is None
@@ -186,7 +210,7 @@ def test_report_of_runs_with_list_valued_tags(two_runs, tmp_path):
     p = report(two_runs, tmp_path / "reports")
     assert p.returncode == 0, p.stderr[-3000:]
     runs = pd.read_csv(tmp_path / "reports" / "rep" / "runs.csv")
-    assert sorted(runs["cfg.tags"]) == ["[\"baseline\"]", "[]"] and (runs["status"] == "completed").all()
+    assert sorted(runs["cfg.tags"]) == ['["baseline"]', "[]"] and (runs["status"] == "completed").all()
 
 
 @pytest.mark.parametrize("key", ["test_nll", "fewlabel_lr_10"])
@@ -209,8 +233,13 @@ def test_report_survives_a_failed_run_with_a_huge_seed(two_runs, tmp_path):
     """A failed run of trainer.seed=2**70 anywhere in the tree: the report stopped on an int64 cast."""
     d = copy_runs(two_runs, tmp_path / "runs")
     shutil.copytree(d / "0", d / "deep" / "er" / "huge_seed")
-    edit_results(d / "deep" / "er" / "huge_seed", status="failed", seed=2**70, test_nll=None,
-                 error="ConfigError: trainer.seed out of range")
+    edit_results(
+        d / "deep" / "er" / "huge_seed",
+        status="failed",
+        seed=2**70,
+        test_nll=None,
+        error="ConfigError: trainer.seed out of range",
+    )
     p = report(d, tmp_path / "reports")
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stderr.splitlines() if ln.startswith("excluded: deep/er/huge_seed (failed)"))
@@ -230,12 +259,13 @@ def test_report_survives_a_config_yaml_that_is_not_a_mapping(two_runs, tmp_path)
 
 # --- 3. one line, exit 2, no traceback ------------------------------------------------------------
 
+
 def _garbage(path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 20)
 
 
 def _corrupt(path: Path) -> None:  # a real study database cut in half
-    from src.sweeps import ensure_study
+    from src.sweeps.storage import ensure_study
 
     ensure_study(f"sqlite:///{path}", "vae_optuna", ["minimize"])
     data = path.read_bytes()
@@ -249,7 +279,7 @@ def test_sweep_on_a_broken_study_file(tmp_path, kind):
     db = tmp_path / "study.db"
     storage = f"sqlite:///{db}"
     if kind == "read-only":  # mode=ro: read-only even for root, which ignores file permissions
-        from src.sweeps import ensure_study
+        from src.sweeps.storage import ensure_study
 
         ensure_study(storage, "vae_optuna", ["minimize"])
         storage = f'"sqlite:///file:{db}?mode=ro&uri=true"'
@@ -265,29 +295,34 @@ def test_sweep_on_a_broken_study_file(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["garbage", "corrupt"])
 @pytest.mark.parametrize("command", ["create", "show", "export", "close-stale"])
 def test_sweeps_cli_on_a_broken_study_file(tmp_path, capsys, kind, command):
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     db = tmp_path / "study.db"
     (_garbage if kind == "garbage" else _corrupt)(db)
     capsys.readouterr()
-    assert main([command, "sweep=vae_optuna", f"hydra.sweeper.storage=sqlite:///{db}",
-                 "--out", str(tmp_path / "t.csv")]) == 2
+    assert (
+        main([command, "sweep=vae_optuna", f"hydra.sweeper.storage=sqlite:///{db}", "--out", str(tmp_path / "t.csv")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: study storage") and err.count("\n") == 1 and "not a readable SQLite" in err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["show", "sweep=vae_optuna", "prior.K=abc"], ["prior.K=abc"]),
-    (["shw", "sweep=vae_optuna"], ["invalid choice: 'shw'"]),
-    (["close-stale", "sweep=vae_optuna", "--older-than", "-5"], ["--older-than"]),
-    (["close-stale", "sweep=vae_optuna", "--older-than", "soon"], ["--older-than"]),
-    (["show", "sweep=vae_optun"], ["unknown sweep vae_optun", "vae_optuna"]),
-    (["show", "sweep=vae_vs_csrae"], ["no Optuna storage", "vae_optuna"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["show", "sweep=vae_optuna", "prior.K=abc"], ["prior.K=abc"]),
+        (["shw", "sweep=vae_optuna"], ["invalid choice: 'shw'"]),
+        (["close-stale", "sweep=vae_optuna", "--older-than", "-5"], ["--older-than"]),
+        (["close-stale", "sweep=vae_optuna", "--older-than", "soon"], ["--older-than"]),
+        (["show", "sweep=vae_optun"], ["unknown sweep vae_optun", "vae_optuna"]),
+        (["show", "sweep=vae_vs_csrae"], ["no Optuna storage", "vae_optuna"]),
+    ],
+)
 def test_sweeps_cli_bad_arguments(capsys, argv, words):
     """Bad overrides or arguments to `python -m src.sweeps`: tracebacks (composition errors) or
     argparse's usage block before; an unknown sweep did not list the names."""
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     try:
         code = main(argv)
@@ -301,7 +336,7 @@ def test_sweeps_cli_bad_arguments(capsys, argv, words):
 
 def test_sweeps_cli_show_does_not_create_a_study_file(tmp_path, capsys):
     """`show` with a mistyped storage path used to create an empty database there."""
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     missing = tmp_path / "typo" / "study.db"
     assert main(["show", "sweep=vae_optuna", f"hydra.sweeper.storage=sqlite:///{missing}"]) == 2
@@ -311,7 +346,8 @@ def test_sweeps_cli_show_does_not_create_a_study_file(tmp_path, capsys):
 
 def test_sweeps_cli_export_into_a_directory(tmp_path, capsys):
     """`export --out DIR` ended in a traceback (IsADirectoryError); now one line."""
-    from src.sweeps import ensure_study, main
+    from src.sweeps.cli import main
+    from src.sweeps.storage import ensure_study
 
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"
     ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "vae_optuna", ["minimize"])
@@ -344,16 +380,16 @@ def test_sweep_in_which_every_trial_fails(tmp_path):
 SECRET_URLS = [
     "postgresql://alice:hunter2secret@db.example.org:5432/optuna",
     "postgresql://alice@corp.example.org:hunter2secret@db.example.org/optuna",  # @ in the user name
-    "postgresql://db.example.org/optuna?user=alice&password=hunter2secret",     # password in the query
+    "postgresql://db.example.org/optuna?user=alice&password=hunter2secret",  # password in the query
     "mysql+pymysql://alice:hunter2secret@db/optuna?ssl=true",
-    "postgresql://alice:hun@ter2secret@db/optuna",                              # unencoded @ in the password
-    "postgresql//alice:hunter2secret@db/optuna",                                # not a URL SQLAlchemy parses
+    "postgresql://alice:hun@ter2secret@db/optuna",  # unencoded @ in the password
+    "postgresql//alice:hunter2secret@db/optuna",  # not a URL SQLAlchemy parses
 ]
 
 
 @pytest.mark.parametrize("url", SECRET_URLS)
 def test_storage_password_is_never_shown(url):
-    from src.sweeps import masked, scrub
+    from src.sweeps.storage import masked, scrub
 
     for text in (masked(url), scrub(f"could not connect to {url}", url)):
         assert "hunter2" not in text and "ter2secret" not in text and "***" in text, text
@@ -362,7 +398,7 @@ def test_storage_password_is_never_shown(url):
 
 def test_sweeps_cli_never_prints_the_storage_password(tmp_path, capsys):
     """A password in the query string was printed by `create` (the old mask only knew user:pw@)."""
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     url = f"sqlite:///{tmp_path / 'study.db'}?password=hunter2secret"
     assert main(["create", "sweep=vae_optuna", f'hydra.sweeper.storage="{url}"']) == 0
@@ -398,12 +434,19 @@ def test_report_md_escapes_html_from_runs(two_runs, tmp_path):
 
 # --- 5. concurrency and signals -----------------------------------------------------------------------
 
+
 def _start_long_sweep(tmp_path: Path) -> subprocess.Popen:
     """A 2-trial sweep whose first trial trains long enough to be caught running (job 0 started)."""
     args = optuna_sweep(tmp_path, "trainer.epochs=300", "trainer.patience=1000")
     (tmp_path / "cwd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path / "cwd", env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=tmp_path / "cwd",
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     job = tmp_path / "sweep" / "0" / "results.json"
     while time.time() < deadline and not (job.exists() and "running" in job.read_text()):
@@ -418,7 +461,7 @@ def _start_long_sweep(tmp_path: Path) -> subprocess.Popen:
 def test_close_stale_leaves_a_running_sweep_alone(tmp_path, capsys):
     """`close-stale --older-than 0` while a sweep runs used to FAIL its running trial (and the sweep
     then crashed telling the study). Now only trials whose sweep process is gone are closed."""
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"
     proc = _start_long_sweep(tmp_path)
@@ -437,7 +480,8 @@ def test_close_stale_leaves_a_running_sweep_alone(tmp_path, capsys):
 def test_close_stale_asks_before_closing_trials_it_cannot_check(tmp_path):
     """A RUNNING trial of a sweep on another host: its process cannot be checked from here, so it is
     left alone (with a warning in the CLI) unless --force says no sweep runs it."""
-    from src.sweeps import close_stale, ensure_study
+    from src.sweeps.storage import ensure_study
+    from src.sweeps.trials import close_stale
 
     study = ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "s", ["minimize"])
     t = study.ask()
@@ -451,15 +495,17 @@ def test_close_stale_asks_before_closing_trials_it_cannot_check(tmp_path):
 def test_close_stale_never_takes_values_of_another_studys_trial(tmp_path):
     """A job dir whose results.json belongs to another study with the same trial number: its values
     were recorded as this trial's (COMPLETE with another study's val_nll)."""
-    from src.sweeps import close_stale, ensure_study
+    from src.sweeps.storage import ensure_study
+    from src.sweeps.trials import close_stale
 
     study = ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "mine", ["minimize"])
     t = study.ask()
     t.set_user_attr("sweep_dir", str(tmp_path))
     t.set_user_attr("job_num", 0)
     (tmp_path / "0").mkdir()
-    (tmp_path / "0" / "results.json").write_text(json.dumps({"status": "completed", "study": "theirs", "trial": 0,
-                                                              "val_nll": 1.0}))
+    (tmp_path / "0" / "results.json").write_text(
+        json.dumps({"status": "completed", "study": "theirs", "trial": 0, "val_nll": 1.0})
+    )
     assert close_stale(study, 0, force=True) == {"complete": [], "fail": [0], "alive": [], "unverified": []}
 
 
@@ -480,11 +526,10 @@ def test_signal_stops_a_sweep_cleanly(tmp_path, sig):
     assert json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())["status"] == "interrupted"
 
 
-
 def test_sweep_that_flips_the_direction_of_an_existing_study(tmp_path):
     """A rerun with hydra.sweeper.direction=maximize on a study created to minimize: a traceback
     (ValueError: Cannot overwrite study direction). Now one line that says what to do."""
-    from src.sweeps import ensure_study
+    from src.sweeps.storage import ensure_study
 
     ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "vae_optuna", ["minimize"])
     p = python(*optuna_sweep(tmp_path, "hydra.sweeper.direction=maximize"), cwd=tmp_path / "cwd", timeout=120)
@@ -497,7 +542,7 @@ def test_a_second_signal_cannot_cut_the_interrupt_bookkeeping_short(monkeypatch)
     (`kill PID; kill PID`) raised KeyboardInterrupt there: a traceback and the trial left RUNNING."""
     from omegaconf import OmegaConf
 
-    from src import sweeps
+    from src.sweeps import sweeper as sweeper_module
 
     seen = {}
 
@@ -508,11 +553,11 @@ def test_a_second_signal_cannot_cut_the_interrupt_bookkeeping_short(monkeypatch)
         seen.update(term=signal.getsignal(signal.SIGTERM), int=signal.getsignal(signal.SIGINT))
         return 130
 
-    sweeper = object.__new__(sweeps.OptunaSweeper)
+    sweeper = object.__new__(sweeper_module.OptunaSweeper)
     sweeper._config = OmegaConf.create({"hydra": {"sweep": {"dir": "unused"}}})
-    monkeypatch.setattr(sweeps, "_sweeper_settings", lambda cfg: None)
-    monkeypatch.setattr(sweeps._PluginOptunaSweeper, "sweep", interrupted)
-    monkeypatch.setattr(sweeps.OptunaSweeper, "_stopped", stopped)
+    monkeypatch.setattr(sweeper_module, "sweeper_settings", lambda cfg: None)
+    monkeypatch.setattr(sweeper_module.OptunaSweeper.__bases__[0], "sweep", interrupted)  # the plugin's sweeper
+    monkeypatch.setattr(sweeper_module.OptunaSweeper, "_stopped", stopped)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as stop:

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from src import evaluate
+from src.contract import RESULT_KEYS
 from src.divergences import kl_monte_carlo, kl_standard_normal
 from src.models import Autoencoder, build_model
-from src.contract import RESULT_KEYS
 from src.pipeline import run_experiment
 from src.priors import GaussianMixture, NetPrior, StandardNormal, VampPrior
 from src.train import TrainSettings, build_optimizer, fit
@@ -46,9 +46,20 @@ PRIOR_CLASS = {"standard": StandardNormal, "gmm": GaussianMixture, "vamp": VampP
 
 
 def settings(cfg, epochs: int = 1, kmeans_epoch=None, **kw) -> TrainSettings:
-    base = dict(epochs=epochs, batch_size=cfg.trainer.batch_size, reg_weight=cfg.model.reg_weight, warmup_epochs=0,
-                patience=0, seed=cfg.trainer.seed, checkpoint=True, resume=False, progress=False,
-                kmeans_epoch=kmeans_epoch, kmeans_samples=cfg.prior.kmeans_samples, fingerprint="test")
+    base = dict(
+        epochs=epochs,
+        batch_size=cfg.trainer.batch_size,
+        reg_weight=cfg.model.reg_weight,
+        warmup_epochs=0,
+        patience=0,
+        seed=cfg.trainer.seed,
+        checkpoint=True,
+        resume=False,
+        progress=False,
+        kmeans_epoch=kmeans_epoch,
+        kmeans_samples=cfg.prior.kmeans_samples,
+        fingerprint="test",
+    )
     base.update(kw)
     return TrainSettings(**base)
 
@@ -176,20 +187,28 @@ def test_conv_network_rejects_sizes_not_divisible_by_four(compose):
 
 # --- the k-means (VaDE-style) initialisation of the GMM prior -------------------------------------
 
+
 def _train_gmm(cfg, digits, run_dir, epochs, kmeans_epoch):
     model = built(cfg, digits)
     run_dir.mkdir()
     opt = build_optimizer(model.parameters(), cfg.optimizer)
-    state = fit(model, digits, opt, settings(cfg, epochs=epochs, kmeans_epoch=kmeans_epoch), run_dir,
-                torch.device("cpu"))
+    state = fit(
+        model, digits, opt, settings(cfg, epochs=epochs, kmeans_epoch=kmeans_epoch), run_dir, torch.device("cpu")
+    )
     return model, state
 
 
 def test_kmeans_init_refits_the_gmm_at_kmeans_epoch(compose, digits, tmp_path):
     from sklearn.mixture import GaussianMixture as SkGMM
 
-    cfg = compose("model=csrae", "prior=gmm", "prior.init=kmeans", "prior.kmeans_samples=600", "prior.K=5",
-                  "prior.weights=learned")
+    cfg = compose(
+        "model=csrae",
+        "prior=gmm",
+        "prior.init=kmeans",
+        "prior.kmeans_samples=600",
+        "prior.K=5",
+        "prior.weights=learned",
+    )
     plain, _ = _train_gmm(cfg, digits, tmp_path / "plain", epochs=1, kmeans_epoch=None)
     later, _ = _train_gmm(cfg, digits, tmp_path / "later", epochs=1, kmeans_epoch=2)
     refit, state = _train_gmm(cfg, digits, tmp_path / "refit", epochs=1, kmeans_epoch=1)
@@ -248,6 +267,7 @@ def test_kmeans_refit_happens_through_the_config(compose, tmp_path, caplog):
 
 # --- KL: closed form vs Monte Carlo ---------------------------------------------------------------
 
+
 def test_kl_closed_form_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(6, 5, generator=g, dtype=torch.float64)
@@ -275,14 +295,16 @@ def test_vae_standard_closed_form_kl_equals_the_expected_monte_carlo_kl_of_the_m
         mu, logvar = closed_model.encode(x)
         closed = closed_model.regulariser(mu, logvar, mu)  # z is ignored by the closed form
         torch.manual_seed(0)
-        draws = torch.stack([mc_model.regulariser(mu, logvar, closed_model.reparameterise(mu, logvar))
-                             for _ in range(4000)])
+        draws = torch.stack(
+            [mc_model.regulariser(mu, logvar, closed_model.reparameterise(mu, logvar)) for _ in range(4000)]
+        )
     assert torch.allclose(closed, kl_standard_normal(mu, logvar))
     sem = draws.std(0) / math.sqrt(draws.shape[0])
     assert torch.all((draws.mean(0) - closed).abs() < 4 * sem + 1e-4), (draws.mean(0), closed, sem)
 
 
 # --- sampling and component assignment --------------------------------------------------------------
+
 
 def _separated_gmm(K=4, D=2, logits=None) -> GaussianMixture:
     prior = GaussianMixture(K, D, learned_weights=logits is not None)

@@ -20,7 +20,7 @@ from cli import subprocess_env
 from servers import postgres_url, unavailable
 from test_sweeps import _command, results, states
 
-HOW = "`eval \"$(bash .ci/postgres.sh start)\"` (as root), which sets CSRAE_TEST_PG_URL and PGPASSFILE"
+HOW = '`eval "$(bash .ci/postgres.sh start)"` (as root), which sets CSRAE_TEST_PG_URL and PGPASSFILE'
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,25 @@ def new_study(url: str, request) -> str:
     return name
 
 
-def worker(url: str, study: str, sweep_dir: Path, n_trials: int, cwd: Path, epochs: int = 1, sweep: str = "csrae_optuna"):
-    args = [f"sweep={sweep}", f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study}",
-            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={sweep_dir}"]
+def worker(
+    url: str, study: str, sweep_dir: Path, n_trials: int, cwd: Path, epochs: int = 1, sweep: str = "csrae_optuna"
+):
+    args = [
+        f"sweep={sweep}",
+        f"hydra.sweeper.storage={url}",
+        f"hydra.sweeper.study_name={study}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(_command(*args, epochs=epochs), cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        _command(*args, epochs=epochs),
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +108,13 @@ def test_report_reads_the_shared_study(two_workers, tmp_path):
     import optuna
 
     url, name, workers = two_workers
-    p = subprocess.run([sys.executable, "-m", "src.report", str(workers), "--out", str(tmp_path), "--name", "pg",
-                        "--quiet"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "src.report", str(workers), "--out", str(tmp_path), "--name", "pg", "--quiet"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     md = (tmp_path / "pg" / "report.md").read_text()
     assert md.count(f"## Optuna study {name}") == 2 and md.count("3 trials (3 completed, 0 failed)") == 2
@@ -132,9 +150,23 @@ def test_killed_workers_trial_is_closed_by_close_stale(pg_url, tmp_path, request
     study = optuna.load_study(study_name=name, storage=pg_url)
     assert {t.number: t.state.name for t in study.trials}[1] == "RUNNING"
 
-    p = subprocess.run([sys.executable, "-m", "src.sweeps", "close-stale", "sweep=vae_optuna",
-                        f"hydra.sweeper.storage={pg_url}", f"hydra.sweeper.study_name={name}", "--older-than", "0"],
-                       env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.sweeps",
+            "close-stale",
+            "sweep=vae_optuna",
+            f"hydra.sweeper.storage={pg_url}",
+            f"hydra.sweeper.study_name={name}",
+            "--older-than",
+            "0",
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "stale RUNNING trials closed" in p.stdout
     study = optuna.load_study(study_name=name, storage=pg_url)

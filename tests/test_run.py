@@ -18,16 +18,58 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import cli_command, read_results
 
-CONTRACT_KEYS = ["status", "model", "prior", "K", "dataset", "seed", "reg_weight", "latent_dim", "variant", "network",
-                 "weights", "lr", "epochs", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem",
-                 "test_recon", "test_reg", "val_nll", "acc", "nmi", "ari", "acc_mapping", "n_clusters_used",
-                 "is_samples", "train_seconds", "eval_seconds", "n_params", "device", "error", "run_dir", "job_num",
-                 "overrides", "images"]
-METRIC_COLUMNS = ["epoch", "train_loss", "train_recon", "train_reg", "val_loss", "val_recon", "val_reg", "reg_weight",
-                  "lr", "seconds"]
+CONTRACT_KEYS = [
+    "status",
+    "model",
+    "prior",
+    "K",
+    "dataset",
+    "seed",
+    "reg_weight",
+    "latent_dim",
+    "variant",
+    "network",
+    "weights",
+    "lr",
+    "epochs",
+    "epochs_run",
+    "best_epoch",
+    "stopped_early",
+    "test_nll",
+    "test_nll_sem",
+    "test_recon",
+    "test_reg",
+    "val_nll",
+    "acc",
+    "nmi",
+    "ari",
+    "acc_mapping",
+    "n_clusters_used",
+    "is_samples",
+    "train_seconds",
+    "eval_seconds",
+    "n_params",
+    "device",
+    "error",
+    "run_dir",
+    "job_num",
+    "overrides",
+    "images",
+]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_recon",
+    "train_reg",
+    "val_loss",
+    "val_recon",
+    "val_reg",
+    "reg_weight",
+    "lr",
+    "seconds",
+]
 IMAGES = ["samples.png", "components.png", "reconstructions.png", "latent_scatter.png"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,6 +95,7 @@ def assert_nothing_outside(tmp_path: Path, run_dir: Path, cwd: Path) -> None:
 
 # --- the contract ------------------------------------------------------------------------------------
 
+
 def test_a_run_writes_the_contract(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     overrides = ["trainer.epochs=2", "prior.K=4", "eval.images=true", "eval.n_images=16", "trainer.seed=3"]
@@ -73,7 +116,7 @@ def test_a_run_writes_the_contract(tmp_path, run_cli):
     assert r["test_nll"] > 0 and r["val_nll"] > 0
     assert 0 <= r["acc"] <= 1 and r["acc_mapping"] == "hungarian" and 1 <= r["n_clusters_used"] <= 4
     assert r["run_dir"] == str(run_dir) and r["job_num"] is None
-    assert r["overrides"][-len(overrides):] == overrides
+    assert r["overrides"][-len(overrides) :] == overrides
     assert sorted(r["images"]) == sorted(IMAGES)
 
     rows = metrics_rows(run_dir)
@@ -100,8 +143,16 @@ def test_a_run_writes_the_contract(tmp_path, run_cli):
 
 # --- resume after SIGKILL ---------------------------------------------------------------------------
 
-RESUME = ["trainer.epochs=14", "trainer.warmup_epochs=4", "trainer.patience=3", "prior.K=5", "prior.init=kmeans",
-          "prior.kmeans_epoch=3", "prior.kmeans_samples=500", "trainer.seed=1"]
+RESUME = [
+    "trainer.epochs=14",
+    "trainer.warmup_epochs=4",
+    "trainer.patience=3",
+    "prior.K=5",
+    "prior.init=kmeans",
+    "prior.kmeans_epoch=3",
+    "prior.kmeans_samples=500",
+    "trainer.seed=1",
+]
 
 
 def _wait_for_rows(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
@@ -129,7 +180,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, run_cli, cl
     ref = read_results(whole)
 
     cmd = cli_command(killed, RESUME)
-    p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_for_rows(killed, p, n=4)  # past the k-means refit at epoch 3
         p.send_signal(signal.SIGKILL)
@@ -153,8 +206,22 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, run_cli, cl
     epochs = [int(r["epoch"]) for r in rows]
     assert epochs == list(range(1, ref["epochs_run"] + 1)), epochs  # every epoch exactly once
     assert _comparable(rows) == _comparable(metrics_rows(whole))
-    for key in ("status", "epochs_run", "best_epoch", "stopped_early", "test_nll", "test_nll_sem", "test_recon",
-                "test_reg", "val_nll", "acc", "nmi", "ari", "n_clusters_used", "val_acc"):
+    for key in (
+        "status",
+        "epochs_run",
+        "best_epoch",
+        "stopped_early",
+        "test_nll",
+        "test_nll_sem",
+        "test_recon",
+        "test_reg",
+        "val_nll",
+        "acc",
+        "nmi",
+        "ari",
+        "n_clusters_used",
+        "val_acc",
+    ):
         assert got[key] == ref[key], (key, got[key], ref[key])
     a = torch.load(whole / "checkpoints" / "best.pt", weights_only=True)["model"]
     b = torch.load(killed / "checkpoints" / "best.pt", weights_only=True)["model"]
@@ -239,8 +306,9 @@ def finished_run(tmp_path_factory, cli_env):
     """A finished one-epoch run (csrae + gmm K=3) to copy into resume tests."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     cwd = tmp_path_factory.mktemp("cwd")
-    proc = subprocess.run(cli_command(run_dir, ["prior.K=3"]), cwd=cwd, env=cli_env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        cli_command(run_dir, ["prior.K=3"]), cwd=cwd, env=cli_env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -266,8 +334,9 @@ def test_corrupt_checkpoint_on_resume(finished_run, tmp_path, run_cli):
     assert_nothing_outside(tmp_path, run_dir, run_cli.cwd)
 
 
-@pytest.mark.parametrize("change", [["model=vae", "prior.K=3"], ["prior.K=3", "model.latent_dim=8"],
-                                    ["prior.K=3", "optimizer.lr=0.01"]])
+@pytest.mark.parametrize(
+    "change", [["model=vae", "prior.K=3"], ["prior.K=3", "model.latent_dim=8"], ["prior.K=3", "optimizer.lr=0.01"]]
+)
 def test_mismatched_checkpoint_on_resume(change, finished_run, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
@@ -284,6 +353,7 @@ def test_mismatched_checkpoint_on_resume(change, finished_run, tmp_path, run_cli
 
 
 # --- non-finite loss --------------------------------------------------------------------------------
+
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, run_cli):
     run_dir = tmp_path / "run"
@@ -334,6 +404,7 @@ def test_non_finite_loss_later_keeps_the_last_good_checkpoint(compose, tmp_path,
 
 # --- trainer.compile --------------------------------------------------------------------------------
 
+
 def test_compile_is_not_part_of_the_checkpoint_fingerprint(compose):
     """A run started without trainer.compile resumes with it (and back): it changes speed, not the model."""
     from src.pipeline import _settings
@@ -365,8 +436,14 @@ def test_compile_without_a_working_compiler_is_one_clear_line(tmp_path, cli_env)
     run_dir, cwd = tmp_path / "run", tmp_path / "cwd"
     cwd.mkdir()
     env = {**cli_env, "CXX": str(tmp_path / "no-such-compiler")}  # what inductor builds its C++ with
-    proc = subprocess.run(cli_command(run_dir, ["model=vae", "prior=standard", "trainer.compile=true"]), cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cli_command(run_dir, ["model=vae", "prior=standard", "trainer.compile=true"]),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert_no_traceback(proc)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

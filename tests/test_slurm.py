@@ -17,8 +17,12 @@ from cli import subprocess_env
 from servers import slurm_problem, unavailable
 from test_sweeps import _command, load_study, optuna_args, results, states, sweep
 
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-         "hydra.launcher.timeout_min=15"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=15",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,8 +40,13 @@ def slurm_states(sweep_dir: Path, settle_s: float = 60) -> dict[str, str]:
     assert ids, f"no SLURM job under {sweep_dir / '.submitit'}"
     deadline = time.time() + settle_s
     while True:
-        p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-                           capture_output=True, text=True, timeout=30, check=True)
+        p = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         found = dict(line.split("|", 1) for line in p.stdout.splitlines() if line)
         states = {i: found.get(i, "MISSING").split()[0] for i in ids}
         if not set(states.values()) & {"PENDING", "RUNNING", "COMPLETING"} or time.time() > deadline:
@@ -83,7 +92,7 @@ def test_optuna_sweep_on_slurm_two_trials_per_batch(tmp_path):
 def slow_first_trial(cfg, trial) -> None:
     """custom_search_space hook: record the trial as usual; trial 0 trains for 400 epochs (long enough
     to be cancelled while it runs), the others for 1."""
-    from src.sweeps import record_trial
+    from src.sweeps.trials import record_trial
 
     record_trial(cfg, trial)
     epochs = 400 if trial.number == 0 else 1
@@ -94,11 +103,16 @@ def test_scancelled_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     d = tmp_path / "cancel"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    args = [*optuna_args(tmp_path, "vae_optuna", "cancel", 4), *SLURM, "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.custom_search_space=tests.test_slurm.slow_first_trial"]
+    args = [
+        *optuna_args(tmp_path, "vae_optuna", "cancel", 4),
+        *SLURM,
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.custom_search_space=tests.test_slurm.slow_first_trial",
+    ]
     command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
-    proc = subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         # Job 0 (trial 0) is task 0 of the first job array; cancel it once it trains.
         deadline = time.time() + 240

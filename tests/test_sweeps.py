@@ -18,38 +18,56 @@ from pathlib import Path
 
 import pytest
 from cli import subprocess_env
+from conftest import TINY
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
-QUICK = ["trainer.device=cpu", "trainer.progress=false", "eval.is_samples=10",
-         "eval.images=false"]
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
+
 def _command(*overrides: str, threads: int = 1, epochs: int = 1) -> list[str]:
-    return [sys.executable, "-m", "src.run", "-m", *overrides, *QUICK, f"trainer.epochs={epochs}",
-            f"trainer.threads={threads}"]
+    return [
+        sys.executable,
+        "-m",
+        "src.run",
+        "-m",
+        *overrides,
+        *TINY,
+        f"trainer.epochs={epochs}",
+        f"trainer.threads={threads}",
+    ]
 
 
-def sweep(tmp_path: Path, *overrides: str, threads: int = 1, timeout: float = 300,
-          check: bool = True) -> subprocess.CompletedProcess:
+def sweep(
+    tmp_path: Path, *overrides: str, threads: int = 1, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a multirun in a subprocess from an empty cwd (so nothing lands in the repo)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    p = subprocess.run(_command(*overrides, threads=threads), cwd=cwd, env=subprocess_env(), capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        _command(*overrides, threads=threads),
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     return p
 
 
 def optuna_args(tmp_path: Path, name: str, sweep_dir: str, n_trials: int, study: str | None = None) -> list[str]:
-    return [f"sweep={name}", f"hydra.sweeper.n_trials={n_trials}",
-            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-            f"hydra.sweep.dir={tmp_path / sweep_dir}"] + ([f"hydra.sweeper.study_name={study}"] if study else [])
+    return [
+        f"sweep={name}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        f"hydra.sweep.dir={tmp_path / sweep_dir}",
+    ] + ([f"hydra.sweeper.study_name={study}"] if study else [])
 
 
 def load_study(tmp_path: Path, name: str):
@@ -69,20 +87,16 @@ def results(job_dir: Path) -> dict:
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from src.config import compose_config
 
-    from src.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(*overrides, hydra=True)
 
 
 def fail_second_trial(cfg, trial) -> None:
     """custom_search_space hook for the failure test: record the trial as usual, then give the
     study's trial 1 an invalid trainer.batch_size so its job raises (ConfigError) like a diverging
     or crashing trial would."""
-    from src.sweeps import record_trial
+    from src.sweeps.trials import record_trial
 
     record_trial(cfg, trial)
     if trial.number == 1:
@@ -90,6 +104,7 @@ def fail_second_trial(cfg, trial) -> None:
 
 
 # --- grid multirun ------------------------------------------------------------------------------
+
 
 def test_grid_sweep_writes_every_jobs_outputs(tmp_path):
     sweep(tmp_path, "model=vae,csrae", "prior=gmm", "prior.K=1,3", f"hydra.sweep.dir={tmp_path / 'grid'}")
@@ -110,6 +125,7 @@ def test_grid_sweep_writes_every_jobs_outputs(tmp_path):
 
 
 # --- Optuna: persistence, resume, trials.csv, trial params in results.json ----------------------
+
 
 def test_optuna_sweep_completes_and_rerun_resumes_the_study(tmp_path):
     import pandas as pd
@@ -143,8 +159,11 @@ def test_optuna_sweep_completes_and_rerun_resumes_the_study(tmp_path):
 
 
 def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
-    p = sweep(tmp_path, *optuna_args(tmp_path, "vae_optuna", "fail", 3),
-              "hydra.sweeper.custom_search_space=tests.test_sweeps.fail_second_trial")
+    p = sweep(
+        tmp_path,
+        *optuna_args(tmp_path, "vae_optuna", "fail", 3),
+        "hydra.sweeper.custom_search_space=tests.test_sweeps.fail_second_trial",
+    )
     study = load_study(tmp_path, "vae_optuna")
     assert states(study) == {"COMPLETE": 2, "FAIL": 1}
     failed = next(t for t in study.trials if t.state.name == "FAIL")
@@ -162,7 +181,9 @@ def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = optuna_args(tmp_path, "vae_optuna", "killed", 5)
-    proc = subprocess.Popen(_command(*args, epochs=8), cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(*args, epochs=8), cwd=cwd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     killed = tmp_path / "killed"
     try:
         deadline = time.time() + 180
@@ -180,7 +201,7 @@ def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
     by_number = {t.number: t.state.name for t in study.trials}
     assert by_number[1] == "RUNNING" and by_number[0] in ("COMPLETE", "RUNNING")
 
-    from src.sweeps import close_stale
+    from src.sweeps.trials import close_stale
 
     closed = close_stale(study, older_than_min=0, objectives=["val_nll"])
     assert 1 in closed["fail"]
@@ -197,10 +218,16 @@ def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
 
 # --- launchers ----------------------------------------------------------------------------------
 
+
 def test_joblib_launcher_runs_trials_side_by_side_with_a_cpu_share_each(tmp_path):
     # trainer.threads=0 (auto): each of the 2 workers gets cpus // 2 torch threads.
-    p = sweep(tmp_path, *optuna_args(tmp_path, "vae_optuna", "joblib", 2), "hydra/launcher=joblib",
-              "hydra.launcher.n_jobs=2", threads=0)
+    p = sweep(
+        tmp_path,
+        *optuna_args(tmp_path, "vae_optuna", "joblib", 2),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        threads=0,
+    )
     out = p.stdout + p.stderr
     assert "n_jobs=2" in out and "is launching 2 jobs" in out  # one batch of 2 trials
     assert states(load_study(tmp_path, "vae_optuna")) == {"COMPLETE": 2}
@@ -211,8 +238,12 @@ def test_joblib_launcher_runs_trials_side_by_side_with_a_cpu_share_each(tmp_path
 
 
 def test_submitit_local_launcher_runs(tmp_path):
-    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "submitit", 2), "hydra/launcher=submitit_local",
-          "hydra.sweeper.n_jobs=2")
+    sweep(
+        tmp_path,
+        *optuna_args(tmp_path, "csrae_optuna", "submitit", 2),
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_jobs=2",
+    )
     study = load_study(tmp_path, "csrae_optuna")
     assert states(study) == {"COMPLETE": 2}
     assert (tmp_path / "submitit" / ".submitit").is_dir()
@@ -223,7 +254,7 @@ def test_submitit_local_launcher_runs(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_gpu", "submitit_slurm", "joblib", "submitit_local"])
 def test_launcher_configs_compose(launcher):
-    from src.sweeps import job_threads, parallel_trials
+    from src.sweeps.jobs import job_threads, parallel_trials
 
     cfg = compose("sweep=csrae_optuna", f"hydra/launcher={launcher}")
     lc = cfg.hydra.launcher
@@ -239,6 +270,7 @@ def test_launcher_configs_compose(launcher):
 
 
 # --- every sweep file ---------------------------------------------------------------------------
+
 
 def _swept_values(key: str, value: str) -> list:
     """The values a sweep file's `key: value` can give a job: choices, or an interval's endpoints."""
@@ -306,7 +338,7 @@ def test_every_sweep_file_composes_and_its_keys_exist(path):
 
 
 def test_sweep_cli_creates_and_shows_a_study(tmp_path, capsys):
-    from src.sweeps import main
+    from src.sweeps.cli import main
 
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'cli' / 'optuna.db'}"
     for command in ("create", "show"):
@@ -320,8 +352,9 @@ def test_sweep_cli_creates_and_shows_a_study(tmp_path, capsys):
 
 # --- small pieces -------------------------------------------------------------------------------
 
+
 def test_objective_raises_instead_of_returning_nan(tmp_path):
-    from src.sweeps import ObjectiveError, objective
+    from src.sweeps.jobs import ObjectiveError, objective
 
     cfg = OmegaConf.create({"sweep": {"objectives": ["val_nll", "val_acc"]}})
     (tmp_path / "results.json").write_text(json.dumps({"val_nll": 30.0, "val_acc": 0.5}))
@@ -334,7 +367,8 @@ def test_objective_raises_instead_of_returning_nan(tmp_path):
 
 
 def test_close_stale_completes_finished_jobs_and_fails_the_rest(tmp_path):
-    from src.sweeps import close_stale, ensure_study
+    from src.sweeps.storage import ensure_study
+    from src.sweeps.trials import close_stale
 
     study = ensure_study(f"sqlite:///{tmp_path / 'stale.db'}", "s", ["minimize"])
     for job in (0, 1):
@@ -348,13 +382,17 @@ def test_close_stale_completes_finished_jobs_and_fails_the_rest(tmp_path):
     # Asked in this test, so no sweep process is recorded on them: closed only with force=True.
     assert close_stale(study, older_than_min=0)["unverified"] == [0, 1]
     assert close_stale(study, older_than_min=60, force=True)["fail"] == []  # too recent: left alone
-    assert close_stale(study, older_than_min=0, force=True) == {"complete": [0], "fail": [1], "alive": [],
-                                                                 "unverified": []}
+    assert close_stale(study, older_than_min=0, force=True) == {
+        "complete": [0],
+        "fail": [1],
+        "alive": [],
+        "unverified": [],
+    }
     assert study.trials[0].value == 7.5 and study.trials[1].state.name == "FAIL"
 
 
 def test_sweep_dir_is_claimed_once(tmp_path):
-    from src.sweeps import SweepDirInUse, claim_sweep_dir
+    from src.sweeps.sweeper import SweepDirInUse, claim_sweep_dir
 
     claim_sweep_dir(tmp_path / "s")
     with pytest.raises(SweepDirInUse, match="fresh hydra.sweep.dir"):
@@ -362,13 +400,40 @@ def test_sweep_dir_is_claimed_once(tmp_path):
 
 
 def test_parallel_trials_and_job_threads():
-    from src.sweeps import cpu_count, job_threads, parallel_trials
+    from src.sweeps.jobs import cpu_count, job_threads, parallel_trials
 
     assert parallel_trials(1) == 1 and parallel_trials(4) == 4 and parallel_trials(None) == 1
     assert parallel_trials(-1) == cpu_count()
-    hc = OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher."
-                                                    "JoblibLauncher", "n_jobs": 2}})
+    hc = OmegaConf.create(
+        {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}}
+    )
     assert job_threads(0, hc) == max(1, cpu_count() // 2)
     assert job_threads(1, hc) is None
     basic = OmegaConf.create({"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
     assert job_threads(0, basic) is None
+
+
+def test_a_run_imports_no_optuna():
+    """src.run imports src.sweeps.jobs only: a single run or a job does not load Optuna or the sweeper."""
+    code = (
+        "import json, src.run, sys; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('optuna', 'src.sweeps')))))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout) == ["src.sweeps", "src.sweeps.jobs"]
+
+
+def test_the_study_callback_makes_the_sweeper_known_to_hydra():
+    """Hydra finds a sweeper in its plugin registry only; it builds hydra.callbacks before the sweeper."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+    from hydra.utils import instantiate
+
+    cfg = compose("sweep=vae_optuna")
+    instantiate(cfg.hydra.callbacks.optuna_study)
+    known = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
+    assert cfg.hydra.sweeper._target_ in known
+    assert compose("sweep=csrae_nsga2").hydra.sweeper._target_ in known

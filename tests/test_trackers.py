@@ -47,8 +47,17 @@ def test_mlflow_run_holds_the_metrics_config_and_results(run_cli, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     run_dir = tmp_path / "run"
     (tmp_path / "mlflow").mkdir()
-    r = _ok(run_cli(run_dir, "logger=mlflow", f"logger.tracking_uri={uri}", "logger.experiment=trackers",
-                    "trainer.epochs=2", "prior.K=3"), run_dir)
+    r = _ok(
+        run_cli(
+            run_dir,
+            "logger=mlflow",
+            f"logger.tracking_uri={uri}",
+            "logger.experiment=trackers",
+            "trainer.epochs=2",
+            "prior.K=3",
+        ),
+        run_dir,
+    )
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("trackers")
     (run,) = client.search_runs([exp.experiment_id])
@@ -62,7 +71,9 @@ def test_mlflow_run_holds_the_metrics_config_and_results(run_cli, tmp_path):
         assert run.data.metrics[key] == pytest.approx(r[key])
     assert run.data.params["prior.K"] == "3" and run.data.params["model.name"] == "csrae"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "results.json"}
-    stored = json.loads(Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl"))).read_text())
+    stored = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl"))).read_text()
+    )
     assert stored["test_nll"] == pytest.approx(r["test_nll"]) and stored["status"] == "completed"
     assert (tmp_path / "mlflow" / "artifacts").is_dir()  # beside the store, not in the working directory
     assert not (run_cli.cwd / "mlruns").exists() and not (run_cli.cwd / "mlartifacts").exists()
@@ -82,7 +93,9 @@ def test_a_failed_run_is_a_failed_mlflow_run(run_cli, tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("csrae-sweeps").experiment_id])
     assert run.info.status == "FAILED" and run.data.params["optimizer.lr"] == "1000000.0"
-    stored = json.loads(Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl"))).read_text())
+    stored = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl"))).read_text()
+    )
     assert stored["status"] == "failed" and stored["error"] == r["error"]
 
 

@@ -1,0 +1,68 @@
+"""Which configuration columns split runs into groups (seeds are the replicates), and how a group is named."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from src.analysis.loading import completed
+from src.contract import CONFIG_COLUMNS
+from src.formatting import number
+
+
+def candidate_keys(runs: pd.DataFrame) -> list[str]:
+    """Configuration columns (without seed) that can define a group."""
+    keys = [c for c in CONFIG_COLUMNS if c != "seed" and c in runs]
+    return keys + [c for c in runs.columns if c.startswith("cfg.")]
+
+
+def varying_keys(runs: pd.DataFrame, keys: Iterable[str] | None = None) -> list[str]:
+    """The keys whose value differs between the given runs."""
+    keys = candidate_keys(runs) if keys is None else list(keys)
+    return [k for k in keys if k in runs and runs[k].astype(str).nunique(dropna=False) > 1]
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """Grouping keys for seeds-as-replicates: the configuration columns that vary among completed runs
+    (always including model and K when present, so labels stay readable)."""
+    ok = completed(runs)
+    keys = varying_keys(ok if len(ok) else runs)
+    for k in ("K", "model"):
+        if k in runs and k not in keys:
+            keys.insert(0, k)
+    order = candidate_keys(runs)
+    return sorted(keys, key=order.index)
+
+
+def select_rows(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFrame:
+    """The rows whose keys have these values (a missing value matches a missing one)."""
+    mask = pd.Series(True, index=df.index)
+    for k, v in zip(keys, values):
+        mask &= df[k].isna() if pd.isna(v) else (df[k] == v)
+    return df[mask]
+
+
+def value_order(v):
+    """Sort key for the values of one column: numbers by value first, then anything else as text."""
+    return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
+
+
+def short_key(key: str, model: str | None = None) -> str:
+    if key == "reg_weight":
+        return {"csrae": "λ", "vae": "β"}.get(str(model), "β/λ")
+    return key[4:].split(".")[-1] if key.startswith("cfg.") else key
+
+
+def config_label(values: dict, keys: Sequence[str]) -> str:
+    """'csrae, K=10, λ=0.5' from the key values (model and categorical names without 'key=')."""
+    parts = []
+    model = values.get("model")
+    for k in keys:
+        v = values.get(k)
+        if k in ("model", "prior", "dataset", "network", "variant", "weights"):
+            parts.append(number(v))
+        else:
+            parts.append(f"{short_key(k, model)}={number(v)}")
+    return ", ".join(parts) if parts else "all runs"

@@ -1,0 +1,239 @@
+"""The verdict: sentences written from the data, honest about the number of seeds and significance,
+and the caveats a reader must know before trusting the numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from src.analysis.grouping import config_label, group_keys, select_rows, short_key, value_order
+from src.analysis.loading import completed, status_counts
+from src.analysis.stats import best_configs, paired_comparisons, paired_test, per_seed, summarize
+from src.analysis.vocabulary import METRICS, VERDICT_METRICS, metric_digits, unit_suffix
+from src.formatting import number, p_value
+
+
+def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str:
+    """One sentence for a paired comparison row: honest about n and significance."""
+    m = METRICS[metric]
+    ctx = config_label(row.to_dict(), [k for k in keys if k not in ("model",)])
+    where = f"{ctx}: " if ctx != "all runs" else ""
+    n, dg, unit = int(row["n"]), metric_digits(metric), unit_suffix(metric)
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if n < 2:
+        return (
+            f"{where}{row['a']} vs {row['b']} on {m.label}: only {seeds} in common "
+            f"({row['a']} {number(row['mean_a'], dg)}, {row['b']} {number(row['mean_b'], dg)}); "
+            f"too few seeds to tell."
+        )
+    if row["better"] is None or pd.isna(row["better"]):
+        return f"{where}{row['a']} and {row['b']} tie on {m.label} over {seeds} ({number(row['mean_a'], dg)})."
+    winner, loser = row["better"], (row["b"] if row["better"] == row["a"] else row["a"])
+    diff = abs(row["diff"])
+    ci = row["diff_ci95"]
+    pm = f" ± {number(ci, dg)}" if np.isfinite(ci) else ""
+    p_txt = p_value(row["p"])
+    if np.isfinite(row["p_holm"]) and row["p_holm"] != row["p"]:
+        p_txt += f", Holm-adjusted {p_value(row['p_holm'])[2:]}"
+    verb = "beats" if row["significant"] else "is ahead of"
+    s = f"{where}{winner} {verb} {loser} on {m.label} by {number(diff, dg)}{pm}{unit} ({p_txt}, {seeds})"
+    if row["significant"]:
+        return s + (": significant, but with only 2 seeds treat it as preliminary." if n < 3 else ": significant.")
+    if n < 3:
+        return s + ": not significant, and too few seeds to tell."
+    return s + ": not significant."
+
+
+def verdict(
+    runs: pd.DataFrame, summary: pd.DataFrame | None = None, comparisons: dict | None = None
+) -> list[tuple[str, list[str]]]:
+    """The verdict written from the data, as sections: [(title, [sentence, ...]), ...].
+
+    "Runs" (what was run and what was excluded), one section per metric of VERDICT_METRICS (best
+    configuration and how clearly it leads, then every paired model comparison on common seeds),
+    and "Caveats" (what the data says about how far to trust it).
+    """
+    sections: list[tuple[str, list[str]]] = []
+    counts = status_counts(runs)
+    ok = completed(runs)
+    n_ex = len(runs) - len(ok)
+    head = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    if n_ex:
+        head += (
+            f"; the {n_ex} not completed {'is' if n_ex == 1 else 'are'} listed under Excluded runs and left out "
+            "of all statistics"
+        )
+    overview = [head + "."]
+    sections.append(("Runs", overview))
+    if ok.empty:
+        overview.append("No completed run: nothing to compare.")
+        return sections
+    summary = summarize(runs) if summary is None else summary
+    keys = group_keys(runs)
+    seeds_per = summary["n_runs"]
+    datasets = ", ".join(sorted(map(str, ok["dataset"].dropna().unique())))
+    design = " × ".join(_values_text(ok, k) for k in keys if ok[k].nunique() > 1)
+    fixed = ", ".join(
+        f"{short_key(k)}={number(ok[k].iloc[0])}"
+        for k in ("prior", "K", "reg_weight", "latent_dim", "epochs", "is_samples")
+        if k in ok and ok[k].nunique(dropna=False) == 1
+    )
+    overview.append(
+        f"{len(summary)} configuration{'s' if len(summary) != 1 else ''} on {datasets}"
+        + (f" ({design})" if design else "")
+        + (f", all with {fixed}" if fixed else "")
+        + f"; {_range_text(seeds_per)} completed seed{'s' if seeds_per.max() != 1 else ''} each. "
+        "± below is the 95% confidence half-width (t distribution); p-values are from paired t-tests "
+        "on the seeds both sides share."
+    )
+
+    comparisons = comparisons if comparisons is not None else {m: paired_comparisons(runs, m) for m in VERDICT_METRICS}
+    for metric in VERDICT_METRICS:
+        if f"{metric}_mean" not in summary:
+            continue
+        m, dg = METRICS[metric], metric_digits(metric)
+        title = m.label[0].upper() + m.label[1:]
+        ranked = best_configs(summary, metric)
+        if ranked.empty:
+            if metric == "acc":
+                sections.append(
+                    (
+                        "Clustering",
+                        [
+                            "No clustering metrics: every completed run has K = 1 "
+                            "(one component has nothing to cluster)."
+                        ],
+                    )
+                )
+            continue
+        lines: list[str] = []
+        best = ranked.iloc[0]
+        ci = best[f"{metric}_ci95"]
+        ci_txt = (
+            f"95% CI {number(best[f'{metric}_ci_low'], dg)} to {number(best[f'{metric}_ci_high'], dg)}"
+            if np.isfinite(ci)
+            else "no CI"
+        )
+        s = (
+            f"Best {m.label}: {config_label(best.to_dict(), keys)} with {number(best[f'{metric}_mean'], dg)}"
+            f"{unit_suffix(metric)} ({ci_txt}, n = {int(best[f'{metric}_n'])})"
+        )
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            s += f"; runner-up {config_label(second.to_dict(), keys)} with {number(second[f'{metric}_mean'], dg)}"
+            s += _separation(runs, best, second, metric, keys)
+        lines.append(s + ".")
+        table = comparisons.get(metric)
+        if table is not None and not table.empty:
+            for _, row in table.iterrows():
+                lines.append(describe_comparison(row, metric, keys))
+            if len(table) > 1:
+                n_sig = int(table["significant"].sum())
+                lines.append(
+                    f"{n_sig} of {len(table)} paired {m.label} comparisons significant at 0.05 after Holm "
+                    "correction for the comparisons in this section."
+                )
+        sections.append((title, lines))
+    cav = caveats(runs, summary)
+    if cav:
+        sections.append(("Caveats", cav))
+    return sections
+
+
+def verdict_markdown(sections: list[tuple[str, list[str]]]) -> str:
+    """The verdict sections as Markdown (a bold title and bullets per section)."""
+    parts = []
+    for title, lines in sections:
+        parts.append(f"**{title}**\n\n" + "\n".join(f"- {line}" for line in lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _values_text(df: pd.DataFrame, key: str, most: int = 6) -> str:
+    """'K ∈ {1, 5, 10}', or 'K: 20 values from 1 to 50' when there are many."""
+    vals = sorted(df[key].dropna().unique(), key=value_order)
+    if len(vals) <= most:
+        return f"{short_key(key)} ∈ {{{', '.join(number(v) for v in vals)}}}"
+    return f"{short_key(key)}: {len(vals)} values from {number(vals[0])} to {number(vals[-1])}"
+
+
+def _range_text(n: pd.Series) -> str:
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: str, keys: Sequence[str]) -> str:
+    """Is the best distinguishable from the runner-up? Paired test on common seeds when possible (not
+    corrected for having picked the best; when the two differ only in the model, the paired model
+    comparison below says it, with Holm correction)."""
+    if all(best[k] == second[k] for k in keys if k != "model"):
+        return " (compared below)"
+    ok = completed(runs)
+    a, b = (select_rows(ok, keys, tuple(row[k] for k in keys)) for row in (best, second))
+    r = paired_test(per_seed(a, metric), per_seed(b, metric))
+    if r["n"] >= 2 and np.isfinite(r["p"]):
+        return (
+            f" — paired difference {number(abs(r['diff']), metric_digits(metric))} ({p_value(r['p'])} over "
+            f"{r['n']} seeds, not corrected for picking the best)"
+        )
+    lo1, hi1 = best[f"{metric}_ci_low"], best[f"{metric}_ci_high"]
+    lo2, hi2 = second[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
+    if all(np.isfinite([lo1, hi1, lo2, hi2])):
+        return (
+            " — their 95% CIs overlap, so the order is not established"
+            if (lo1 <= hi2 and lo2 <= hi1)
+            else " — their 95% CIs do not overlap"
+        )
+    return " — too few seeds to tell them apart"
+
+
+def caveats(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Things a reader must know before trusting the numbers, detected in the data."""
+    ok = completed(runs)
+    out = []
+    n = summary["n_runs"] if "n_runs" in summary else pd.Series(dtype=int)
+    if len(n) and n.max() == 1:
+        out.append(
+            "One seed per configuration: no confidence intervals or tests are possible, and differences "
+            "may be seed noise."
+        )
+    elif len(n) and n.max() < 3:
+        out.append(
+            f"With at most {int(n.max())} seeds per configuration, confidence intervals are wide or "
+            "undefined and only large differences can reach significance."
+        )
+    s = ok["is_samples"].dropna()
+    if len(s) and s.min() < 1000:
+        out.append(
+            f"Test NLL uses S = {_range_text(s)} importance samples per point; the estimate is an upper bound "
+            "that loosens as S shrinks (the literature protocol uses S = 5000)."
+        )
+    at_last = ok["best_epoch"].notna() & (ok["best_epoch"] == ok["epochs_run"])
+    still = ok[at_last & (ok["stopped_early"] != True)]  # noqa: E712 (NaN and None count as not stopped)
+    if len(ok) and len(still) / len(ok) >= 0.5:
+        out.append(
+            f"{len(still)} of {len(ok)} completed runs had their best validation loss at the last epoch "
+            f"({_range_text(ok['epochs_run'].dropna())} epochs): they were still improving, and longer training "
+            "may change the ranking."
+        )
+    clust = ok[(ok["K"].fillna(1) > 1) & ok["n_clusters_used"].notna()]
+    if len(clust):
+        for keys, g in clust.groupby(["model", "K"], sort=True):
+            used, K = g["n_clusters_used"].astype(float).mean(), int(keys[1])
+            if used <= max(1.0, K / 2):
+                out.append(
+                    f"{keys[0]}, K={K}: test points are assigned to only {used:.1f} of {K} components on "
+                    f"average, so its clustering scores describe a collapsed assignment."
+                )
+    if "acc_mapping" in ok and (ok["acc_mapping"] == "many_to_one").any():
+        out.append(
+            "ACC for K above the number of classes uses a many-to-one majority mapping, which favours "
+            "large K; compare ACC across K with care (NMI and ARI are not mapped)."
+        )
+    if ok["model"].nunique() > 1 and "test_reg" in ok:
+        out.append(
+            "Regulariser values (test_reg) and training losses are KL for vae and Cauchy–Schwarz divergence "
+            "for csrae: they are not comparable across models; NLL and reconstruction are."
+        )
+    return out
