@@ -6,6 +6,7 @@ reads it with the same key lists. Imports no torch, so reading results stays fas
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -17,47 +18,15 @@ FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
 
 #: Keys of results.json, in the order the file lists them.
-RESULT_KEYS = [
-    "status",
-    "model",
-    "prior",
-    "K",
-    "dataset",
-    "seed",
-    "reg_weight",
-    "latent_dim",
-    "variant",
-    "network",
-    "weights",
-    "lr",
-    "epochs",
-    "epochs_run",
-    "best_epoch",
-    "stopped_early",
-    "test_nll",
-    "test_nll_sem",
-    "test_recon",
-    "test_reg",
-    "val_nll",
-    "acc",
-    "nmi",
-    "ari",
-    "acc_mapping",
-    "n_clusters_used",
-    "val_acc",
-    "is_samples",
-    "train_seconds",
-    "compile_seconds",
-    "eval_seconds",
-    "n_params",
-    "device",
-    "error",
-    "constraint",
-    "target_recon",
-    "pretrain_epochs",
-    "n_test",
-    *FEWLABEL_KEYS,
-]
+RESULT_KEYS = (
+    """
+    status model prior K dataset seed reg_weight latent_dim variant network weights lr epochs
+    epochs_run best_epoch stopped_early test_nll test_nll_sem test_recon test_reg val_nll acc nmi
+    ari acc_mapping n_clusters_used val_acc is_samples train_seconds compile_seconds eval_seconds
+    n_params device error constraint target_recon pretrain_epochs n_test
+""".split()
+    + FEWLABEL_KEYS
+)
 
 #: The configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {
@@ -80,55 +49,22 @@ CONFIG_COLUMNS = {
 }
 
 #: results.json keys that must be numbers (or null) for a run to count; the integer ones must fit int64.
-INT_KEYS = [
-    "K",
-    "seed",
-    "latent_dim",
-    "epochs",
-    "epochs_run",
-    "best_epoch",
-    "n_clusters_used",
-    "is_samples",
-    "n_params",
-    "job_num",
-    "trial",
-    "n_test",
-    "pretrain_epochs",
-]
-FLOAT_KEYS = [
-    "reg_weight",
-    "lr",
-    "test_nll",
-    "test_nll_sem",
-    "test_recon",
-    "test_reg",
-    "val_nll",
-    "acc",
-    "nmi",
-    "ari",
-    "val_acc",
-    "train_seconds",
-    "eval_seconds",
-    "compile_seconds",
-    "target_recon",
-    *FEWLABEL_KEYS,
-]
+INT_KEYS = """
+    K seed latent_dim epochs epochs_run best_epoch n_clusters_used is_samples n_params job_num trial
+    n_test pretrain_epochs
+""".split()
+FLOAT_KEYS = (
+    """
+    reg_weight lr test_nll test_nll_sem test_recon test_reg val_nll acc nmi ari val_acc
+    train_seconds eval_seconds compile_seconds target_recon
+""".split()
+    + FEWLABEL_KEYS
+)
 
 #: metrics.csv: one row per training epoch.
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_recon",
-    "train_reg",
-    "val_loss",
-    "val_recon",
-    "val_reg",
-    "reg_weight",
-    "lr",
-    "seconds",
-]
+METRIC_COLUMNS = "epoch train_loss train_recon train_reg val_loss val_recon val_reg reg_weight lr seconds".split()
 #: pretrain_metrics.csv: the autoencoder pretraining epochs (reconstruction only), numbered 1..pretrain_epochs.
-PRETRAIN_COLUMNS = ["epoch", "train_recon", "val_recon", "lr", "seconds"]
+PRETRAIN_COLUMNS = "epoch train_recon val_recon lr seconds".split()
 
 
 def key_config(cfg: Any) -> dict:
@@ -174,3 +110,27 @@ def write_results(run_dir: Path, results: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, Path(run_dir) / "results.json")
+
+
+def reset_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
+    """Keep only the rows of completed (checkpointed) epochs, so that a resumed run lists each epoch once."""
+    rows = []
+    if keep_through_epoch > 0 and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
+    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:
+    """One epoch's row, on disk before the epoch's checkpoint is written."""
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=columns).writerow(row)
+        f.flush()
+        os.fsync(f.fileno())

@@ -40,12 +40,7 @@ IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 
 # torchvision's on-disk layout (torchvision 0.29: MNIST reads only the *uncompressed* IDX files in
 # <root>/<ClassName>/raw; the .gz archives are used by download=True only, which extracts them
 # without going online when they are already there with the right md5).
-_IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _TV_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_FILES = (

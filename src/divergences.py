@@ -98,12 +98,7 @@ def log_mixture_self_integral(logits: Tensor | None, mu: Tensor, logvar: Tensor)
 
 
 def log_mixture_cross_integral(
-    logits_a: Tensor | None,
-    mu_a: Tensor,
-    logvar_a: Tensor,
-    logits_b: Tensor | None,
-    mu_b: Tensor,
-    logvar_b: Tensor,
+    logits_a: Tensor | None, mu_a: Tensor, logvar_a: Tensor, logits_b: Tensor | None, mu_b: Tensor, logvar_b: Tensor
 ) -> Tensor:
     """log ∫ p_a(x) p_b(x) dx for two diagonal mixtures (scalar)."""
     lw_a = log_weights(logits_a, mu_a.shape[0], mu_a)
@@ -145,12 +140,7 @@ def cs_divergence(
 
 
 def cs_divergence_mixtures(
-    logits_a: Tensor | None,
-    mu_a: Tensor,
-    logvar_a: Tensor,
-    logits_b: Tensor | None,
-    mu_b: Tensor,
-    logvar_b: Tensor,
+    logits_a: Tensor | None, mu_a: Tensor, logvar_a: Tensor, logits_b: Tensor | None, mu_b: Tensor, logvar_b: Tensor
 ) -> Tensor:
     """D_CS between two diagonal Gaussian mixtures (scalar); logits None means uniform weights."""
     cross = log_mixture_cross_integral(logits_a, mu_a, logvar_a, logits_b, mu_b, logvar_b)

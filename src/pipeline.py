@@ -7,6 +7,7 @@ a run directory, so tests and notebooks can call it directly.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,7 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
     tracker = trackers.Tracker()
     try:
         write_results(run_dir, results)
+        _record_config(cfg, run_dir)
         tracker = trackers.open_tracker(cfg, run_dir)
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
@@ -161,6 +163,18 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
         raise
     finally:
         _finish_tracker(tracker, results)
+
+
+def _record_config(cfg, run_dir: Path) -> None:
+    """A run started from Python gets the .hydra/config.yaml that Hydra writes for the command line, so
+    that its directory describes it the same way (load_model, reports). Hydra's own file is kept."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.exists():
+        return
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
+    os.replace(tmp, path)
 
 
 def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:

@@ -8,20 +8,19 @@ exactly as the uninterrupted run would have (same device, same thread count).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from src.checkpoints import load_checkpoint, restore, save_checkpoint
-from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS
+from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS, append_metrics, reset_metrics
 from src.data import DataBundle
 from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
@@ -105,32 +104,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --- metrics.csv --------------------------------------------------------------------------------
-
-
-def _prepare_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
-    """Keep only rows of completed (checkpointed) epochs, so each epoch appears exactly once."""
-    rows = []
-    if keep_through_epoch > 0 and path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=columns).writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -198,21 +171,23 @@ def _compile_failed(e: Exception) -> CompileError:
     )
 
 
-def _train_epoch(
-    model: Autoencoder,
-    data: DataBundle,
-    optimizer,
-    generator: torch.Generator,
-    settings: TrainSettings,
-    device,
-    desc: str,
-    step_loss,
-    compiled: bool = False,
-) -> tuple[list[float], float]:
+class _Loop(NamedTuple):
+    """What every epoch of pretraining and training works with."""
+
+    model: Autoencoder
+    data: DataBundle
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    settings: TrainSettings
+    device: torch.device
+
+
+def _train_epoch(loop: _Loop, desc: str, step_loss, compiled: bool = False) -> tuple[list[float], float]:
     """One pass over the shuffled training set. step_loss(x, step) -> (loss, recon [B], reg [B] or None).
     Returns the epoch's means of loss, recon and reg, and the seconds its steps spent compiling
     (compiled=True: step_loss calls a torch.compile'd function; a failure before any graph is built
     is torch.compile's, reported in one line)."""
+    model, data, optimizer, generator, settings, device = loop
     x_train, n = data.train.x, data.train.x.shape[0]
     steps = math.ceil(n / settings.batch_size)
     model.train()
@@ -262,26 +237,18 @@ def _validation_recon(model: Autoencoder, x: torch.Tensor, batch: int, device) -
     )
 
 
-def _pretrain(
-    model: Autoencoder,
-    data: DataBundle,
-    optimizer,
-    settings: TrainSettings,
-    state: TrainState,
-    generator: torch.Generator,
-    run_dir: Path,
-    device,
-) -> None:
+def _pretrain(loop: _Loop, state: TrainState, run_dir: Path) -> None:
     """Autoencoder pretraining (reconstruction only), then the prior refit to the pretrained codes (VaDE).
 
     Each epoch is checkpointed like a training epoch (state.pretrain_epoch counts them) and logged to
     pretrain_metrics.csv. The refit and a fresh optimizer state (the reconstruction-only Adam moments
     do not belong to the new objective) come with the last pretraining epoch, before its checkpoint.
     """
+    model, data, optimizer, generator, settings, device = loop
     if not settings.pretrain_epochs:
         return
     metrics = run_dir / "pretrain_metrics.csv"
-    _prepare_metrics(metrics, state.pretrain_epoch, PRETRAIN_COLUMNS)
+    reset_metrics(metrics, state.pretrain_epoch, PRETRAIN_COLUMNS)
     last = run_dir / "checkpoints" / "last.pt"
 
     def step_loss(x, step):
@@ -295,16 +262,7 @@ def _pretrain(
     while state.pretrain_epoch < settings.pretrain_epochs:
         epoch = state.pretrain_epoch + 1
         t0 = time.perf_counter()
-        tr, _ = _train_epoch(
-            model,
-            data,
-            optimizer,
-            generator,
-            settings,
-            device,
-            f"pretrain {epoch}/{settings.pretrain_epochs}",
-            step_loss,
-        )
+        tr, _ = _train_epoch(loop, f"pretrain {epoch}/{settings.pretrain_epochs}", step_loss)
         val_recon = _validation_recon(model, data.val.x, 500, device)
         if epoch == settings.pretrain_epochs:
             if settings.refit_after_pretraining and isinstance(model.prior, GaussianMixture):
@@ -312,26 +270,13 @@ def _pretrain(
             optimizer.state.clear()
         seconds = time.perf_counter() - t0
         state.pretrain_epoch, state.train_seconds = epoch, state.train_seconds + seconds
-        _append_metrics(
-            metrics,
-            {
-                "epoch": epoch,
-                "train_recon": tr[1],
-                "val_recon": val_recon,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-            },
-            PRETRAIN_COLUMNS,
-        )
+        row = dict(zip(PRETRAIN_COLUMNS, [epoch, tr[1], val_recon, optimizer.param_groups[0]["lr"], seconds]))
+        append_metrics(metrics, row, PRETRAIN_COLUMNS)
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
         log.info(
-            "pretrain epoch %d/%d  train recon %.3f  val recon %.3f  %.1fs",
-            epoch,
-            settings.pretrain_epochs,
-            tr[1],
-            val_recon,
-            seconds,
+            f"pretrain epoch {epoch}/{settings.pretrain_epochs}  train recon {tr[1]:.3f}  val recon {val_recon:.3f}"
+            f"  {seconds:.1f}s"
         )
 
 
@@ -356,8 +301,9 @@ def fit(
     if settings.resume and last.exists():
         state = TrainState(**restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator))
         log.info("resumed from %s after epoch %d", last, state.epoch)
-    _pretrain(model, data, optimizer, settings, state, generator, run_dir, device)
-    _prepare_metrics(metrics, state.epoch)
+    loop = _Loop(model, data, optimizer, generator, settings, device)
+    _pretrain(loop, state, run_dir)
+    reset_metrics(metrics, state.epoch)
     geco = settings.geco
     if geco is not None and state.geco_log_lambda is None:
         state.geco_log_lambda = start_log_lambda(geco)
@@ -382,17 +328,7 @@ def fit(
             )
             return loss, terms.recon, terms.reg
 
-        tr, compiling = _train_epoch(
-            model,
-            data,
-            optimizer,
-            generator,
-            settings,
-            device,
-            f"epoch {epoch}/{settings.epochs}",
-            step_loss,
-            compiled=settings.compile,
-        )
+        tr, compiling = _train_epoch(loop, f"epoch {epoch}/{settings.epochs}", step_loss, compiled=settings.compile)
         if (
             settings.kmeans_epoch is not None
             and epoch == settings.kmeans_epoch
@@ -428,39 +364,16 @@ def fit(
             state.bad_epochs += 1
         if settings.patience and state.bad_epochs >= settings.patience:
             state.stopped_early = True
-        row = dict(
-            zip(
-                METRIC_COLUMNS,
-                [
-                    epoch,
-                    tr[0],
-                    tr[1],
-                    tr[2],
-                    val_loss,
-                    val_recon,
-                    val_reg,
-                    weight,
-                    optimizer.param_groups[0]["lr"],
-                    seconds,
-                ],
-            )
-        )
-        _append_metrics(metrics, row)
+        lr = optimizer.param_groups[0]["lr"]
+        row = dict(zip(METRIC_COLUMNS, [epoch, *tr, val_loss, val_recon, val_reg, weight, lr, seconds]))
+        append_metrics(metrics, row)
         if on_epoch is not None:
             on_epoch(row)
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
+        stop = "  early stop" if state.stopped_early else ""
         log.info(
-            "epoch %d/%d  train %.3f (recon %.3f, reg %.4f, w %.3g)  val %.3f  best %d  %.1fs%s",
-            epoch,
-            settings.epochs,
-            tr[0],
-            tr[1],
-            tr[2],
-            weight,
-            val_loss,
-            state.best_epoch,
-            seconds,
-            "  early stop" if state.stopped_early else "",
+            f"epoch {epoch}/{settings.epochs}  train {tr[0]:.3f} (recon {tr[1]:.3f}, reg {tr[2]:.4f}, w {weight:.3g})"
+            f"  val {val_loss:.3f}  best {state.best_epoch}  {seconds:.1f}s{stop}"
         )
     return state

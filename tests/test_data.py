@@ -326,8 +326,7 @@ def test_relative_root_is_taken_from_the_working_directory(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize(
-    "name, sub",
-    [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py")],
+    "name, sub", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py")]
 )
 def test_missing_files_error_names_path_and_both_fixes(tmp_path, name, sub):
     root = tmp_path / "nowhere"

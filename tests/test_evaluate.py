@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import cli_command, read_results
 
-from src import evaluate
+from src import evaluate, label_metrics
 from src.checkpoints import CheckpointError
 from src.data import load_dataset
 from src.divergences import kl_monte_carlo
@@ -166,7 +166,7 @@ def test_perfect_clustering_under_a_permutation_scores_one():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 500)
     perm = rng.permutation(10)
-    m = evaluate.clustering_metrics(labels, perm[labels], n_components=10)
+    m = label_metrics.clustering_metrics(labels, perm[labels], n_components=10)
     assert m["acc"] == pytest.approx(1.0) and m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
     assert m["acc_mapping"] == "hungarian" and m["n_clusters_used"] == 10
 
@@ -174,13 +174,13 @@ def test_perfect_clustering_under_a_permutation_scores_one():
 def test_hungarian_accuracy_on_a_hand_checked_labelling():
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
     clusters = np.array([5, 5, 3, 3, 3, 3, 7, 5])  # best one-to-one: 5->0 (2), 3->1 (3), 7->2 (1)
-    acc, mapping = evaluate.cluster_accuracy(labels, clusters, n_components=3)
+    acc, mapping = label_metrics.cluster_accuracy(labels, clusters, n_components=3)
     assert mapping == "hungarian" and acc == pytest.approx(6 / 8)
     # Without n_components the number of clusters used (3 = #classes) decides: one-to-one again.
-    assert evaluate.cluster_accuracy(labels, clusters) == (pytest.approx(6 / 8), "hungarian")
+    assert label_metrics.cluster_accuracy(labels, clusters) == (pytest.approx(6 / 8), "hungarian")
     # With K = 10 > 3 classes each cluster takes its majority class; here that is the same map.
-    assert evaluate.cluster_accuracy(labels, clusters, n_components=10) == (pytest.approx(6 / 8), "many_to_one")
-    m = evaluate.clustering_metrics(labels, clusters, n_components=3)
+    assert label_metrics.cluster_accuracy(labels, clusters, n_components=10) == (pytest.approx(6 / 8), "many_to_one")
+    m = label_metrics.clustering_metrics(labels, clusters, n_components=3)
     assert m["acc"] == pytest.approx(6 / 8) and 0 < m["nmi"] < 1 and m["ari"] < 1
     assert m["n_clusters_used"] == 3
 
@@ -189,27 +189,27 @@ def test_more_components_than_classes_uses_many_to_one():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, 1000)
     clusters = labels * 3 + rng.integers(0, 3, 1000)  # every class split over 3 components: K = 30
-    m = evaluate.clustering_metrics(labels, clusters, n_components=30)
+    m = label_metrics.clustering_metrics(labels, clusters, n_components=30)
     assert m["acc_mapping"] == "many_to_one" and m["acc"] == pytest.approx(1.0)
     assert m["n_clusters_used"] == 30
     assert m["nmi"] < 1 and m["ari"] < 1  # over-clustering is not a perfect partition
     # With one-to-one matching, 30 clusters could cover only 10 of the classes' thirds.
-    acc_h, mapping = evaluate.cluster_accuracy(labels, clusters, n_components=10)
+    acc_h, mapping = label_metrics.cluster_accuracy(labels, clusters, n_components=10)
     assert mapping == "hungarian" and acc_h < 0.5
 
     # Majority vote per component: a component holding 3 of class 0 and 1 of class 1 counts 3.
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     clusters = np.array([0, 0, 0, 0, 1, 2, 2])
-    acc, mapping = evaluate.cluster_accuracy(labels, clusters, n_components=20)
+    acc, mapping = label_metrics.cluster_accuracy(labels, clusters, n_components=20)
     assert mapping == "many_to_one" and acc == pytest.approx(6 / 7)
     # K > classes even when few components are used: the mapping follows the model's K.
-    acc, mapping = evaluate.cluster_accuracy(labels, np.zeros(7, dtype=int), n_components=20)
+    acc, mapping = label_metrics.cluster_accuracy(labels, np.zeros(7, dtype=int), n_components=20)
     assert mapping == "many_to_one" and acc == pytest.approx(4 / 7)
 
 
 def test_a_single_cluster_scores_zero_nmi_and_ari():
     labels = np.repeat(np.arange(4), 25)
-    m = evaluate.clustering_metrics(labels, np.zeros(100, dtype=int), n_components=4)
+    m = label_metrics.clustering_metrics(labels, np.zeros(100, dtype=int), n_components=4)
     assert m["acc"] == pytest.approx(0.25) and m["nmi"] == pytest.approx(0.0) and m["ari"] == pytest.approx(0.0)
     assert m["n_clusters_used"] == 1 and m["acc_mapping"] == "hungarian"
 
@@ -329,6 +329,20 @@ def test_load_model_reproduces_the_runs_own_evaluation(finished, tmp_path):
         "n_test",
     ):
         assert got[key] == r[key], key
+
+
+def test_a_run_started_from_python_loads_like_a_command_line_run(compose, tmp_path):
+    """run_experiment records the config Hydra would have written, so load_model rebuilds the model."""
+    from src.pipeline import run_experiment
+
+    cfg = compose("model=vae", "prior=vamp", "prior.K=4")
+    run_experiment(cfg, tmp_path / "api")
+    run = load_model(tmp_path / "api")
+    assert (run.cfg.model.name.value, run.cfg.prior.name.value, run.cfg.prior.K) == ("vae", "vamp", 4)
+    got = evaluate.evaluate_model(
+        run.model, load_dataset(run.cfg.dataset), run.cfg.eval, run.cfg.trainer.seed, tmp_path, torch.device("cpu")
+    )
+    assert got["test_nll"] == read_results(tmp_path / "api")["test_nll"]
 
 
 def test_the_cli_writes_its_own_file_and_leaves_results_json_alone(run_copy, cli_env):

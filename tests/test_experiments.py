@@ -16,13 +16,8 @@ from conftest import read_results
 from src import train as train_mod
 from src.config import ConfigError, validate
 from src.contract import METRIC_COLUMNS, RESULT_KEYS
-from src.evaluate import (
-    fewlabel_component_accuracy,
-    fewlabel_logistic_accuracy,
-    fewlabel_metrics,
-    fewlabel_subset,
-)
 from src.geco import W_MAX, W_MIN, GecoSettings, effective_weight, geco_update, start_log_lambda
+from src.label_metrics import fewlabel_component_accuracy, fewlabel_logistic_accuracy, fewlabel_metrics, fewlabel_subset
 from src.models import build_model
 from src.pipeline import _settings, run_experiment
 from src.priors import GaussianMixture
@@ -242,7 +237,7 @@ def test_a_run_stopped_mid_way_resumes_exactly(overrides, stop_in, compose, digi
     fit(model, digits, opt, settings, whole, torch.device("cpu"))
     ref = {k: v.clone() for k, v in model.state_dict().items()}
 
-    real_append, seen = train_mod._append_metrics, []
+    real_append, seen = train_mod.append_metrics, []
 
     def append_then_die(path, row, *args):  # killed after the 2nd row of `stop_in`, before its checkpoint
         real_append(path, row, *args)
@@ -250,11 +245,11 @@ def test_a_run_stopped_mid_way_resumes_exactly(overrides, stop_in, compose, digi
         if seen.count(stop_in) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_append_metrics", append_then_die)
+    monkeypatch.setattr(train_mod, "append_metrics", append_then_die)
     *_, model, opt, settings = _setup(compose, digits, *overrides)
     with pytest.raises(KeyboardInterrupt):
         fit(model, digits, opt, settings, stopped, torch.device("cpu"))
-    monkeypatch.setattr(train_mod, "_append_metrics", real_append)
+    monkeypatch.setattr(train_mod, "append_metrics", real_append)
 
     torch.manual_seed(12345)  # a new process: nothing of the old RNG state survives but the checkpoint
     *_, model, opt, settings = _setup(compose, digits, *overrides)

@@ -305,7 +305,7 @@ def test_missing_data_on_a_rerun_keeps_the_finished_record(finished, compose, mo
 def test_a_kill_while_resuming_keeps_the_metrics(finished, monkeypatch):
     """On resume metrics.csv is rewritten (rows of unsaved epochs dropped); it was truncated in
     place, so a kill at that moment lost every row of the run."""
-    from src import train
+    from src.contract import reset_metrics
 
     before = (finished / "metrics.csv").read_bytes()
 
@@ -314,7 +314,7 @@ def test_a_kill_while_resuming_keeps_the_metrics(finished, monkeypatch):
 
     monkeypatch.setattr(csv.DictWriter, "writerows", killed)
     with pytest.raises(KeyboardInterrupt):
-        train._prepare_metrics(finished / "metrics.csv", keep_through_epoch=2)
+        reset_metrics(finished / "metrics.csv", keep_through_epoch=2)
     assert (finished / "metrics.csv").read_bytes() == before
 
 

@@ -352,6 +352,7 @@ def test_sweeps_cli_export_into_a_directory(tmp_path, capsys):
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"
     ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "vae_optuna", ["minimize"])
     (tmp_path / "out").mkdir()
+    capsys.readouterr()  # what creating the study logged
     assert main(["export", "sweep=vae_optuna", storage, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and "is a directory" in err
