@@ -83,6 +83,33 @@ def test_the_python_default_is_the_command_line_default(tmp_path):
     assert config_fingerprint(Config()) == config_fingerprint(composed)
 
 
+def test_every_option_composes_the_same_on_the_command_line_and_in_python(tmp_path):
+    """`python -m src.run group=option --cfg job` and src.config.compose_config("group=option") agree,
+    for every option of every group (protocols and debug included)."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from cli import subprocess_env
+    from src.config import compose_config as api_compose
+
+    options = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+    def cli(override: str) -> dict:
+        cmd = [sys.executable, "-m", "src.run", override, "--cfg", "job"]
+        out = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return yaml.safe_load(out.stdout)
+
+    overrides = [f"{g}={o}" for g, o in options]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        from_cli = list(pool.map(cli, overrides))
+    for override, got in zip(overrides, from_cli):
+        assert got == OmegaConf.to_container(api_compose(override), enum_to_str=True), override
+
+
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_option_files_select_and_override_only(group, option):
     """An option file sets only what differs from the schema's default (src/schema.py is the one
