@@ -91,8 +91,8 @@ def test_every_option_composes_the_same_on_the_command_line_and_in_python(tmp_pa
     from concurrent.futures import ThreadPoolExecutor
 
     import yaml
-
     from cli import subprocess_env
+
     from src.config import compose_config as api_compose
 
     options = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
