@@ -45,9 +45,9 @@ DEFAULT_RUNS = Path(os.environ.get("CSRAE_RUNS_DIR", "~/csrae-runs/mnist_converg
 
 COMMON = [f"dataset.root={DATA_ROOT}", "trainer.threads=1", "trainer.progress=false"]
 
-LAMBDA = (
-    3  # provisional tuned csrae weight (DESIGN.md §6.6: 20-epoch scan λ = 1 … 4 on MNIST); λ = 1 is the paper's default
-)
+# Provisional tuned csrae weight: a 20-epoch scan of λ = 1 … 4 on MNIST (docs/MATH.md, "Why λ = 1 is not
+# CSRAE's KL-equivalent weight"); λ = 1 is the paper's default.
+LAMBDA = 3
 KAPPA = 60  # GECO reconstruction target, nats: about where a converged vae+standard reconstructs (provisional)
 
 D, C = "mnist_density", "mnist_clustering"

@@ -18,6 +18,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from src.schema import (
     Config,
@@ -92,6 +93,19 @@ def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def typed_config(cfg: Any) -> DictConfig:
+    """A composed config as it is; a dataclass (the Python entry: `run_experiment(Config(...))`) typed by
+    its schema as composition types the command line's, so `DatasetConfig(name="mnist")` works and a
+    wrong type (`PriorConfig(K="abc")`) is one ConfigError line."""
+    if OmegaConf.is_config(cfg):
+        return cfg
+    try:
+        return OmegaConf.structured(cfg)
+    except OmegaConfBaseException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first) from None
 
 
 def _require(ok: bool, message: str) -> None:

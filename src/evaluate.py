@@ -178,7 +178,7 @@ def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir:
     """The metrics of results.json for the model's current weights: test and validation NLL (S = ev.is_samples),
     the test loss terms, clustering and few-label accuracies where asked for, pictures in out_dir.
 
-    ev is an eval config (src.config.EvalConfig). Its noise is seeded with seed + 1 (seed: the run's
+    ev is an eval config (src.schema.EvalConfig). Its noise is seeded with seed + 1 (seed: the run's
     trainer.seed), so the same weights and eval settings give the same numbers on the same device.
     """
     t0 = time.perf_counter()

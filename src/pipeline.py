@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from src import evaluate, rundir, trackers
 from src.checkpoints import CheckpointError, fingerprint, load_best_weights
-from src.config import ConfigError, unknown_keys, validate
+from src.config import ConfigError, typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
@@ -46,12 +46,6 @@ def _model_identity(model: dict) -> dict:
     if model.get("constraint", "none") == "none":
         drop.update(GECO_KEYS)
     return {k: v for k, v in model.items() if k not in drop}
-
-
-def _prior_identity(prior: dict) -> dict:
-    """The prior settings a checkpoint depends on. `init` shapes a gmm prior only: other priors record
-    "random" whatever it says, so a setting they never read cannot set their checkpoints apart."""
-    return prior if prior.get("name") == "gmm" else {**prior, "init": "random"}
 
 
 def _settings(cfg) -> TrainSettings:
@@ -96,12 +90,7 @@ def _settings(cfg) -> TrainSettings:
         refit_after_pretraining=kmeans,
         geco=geco,
         fingerprint=fingerprint(
-            _model_identity(to_plain(m)),
-            _prior_identity(to_plain(p)),
-            data_identity,
-            t.seed,
-            to_plain(cfg.optimizer),
-            schedule,
+            _model_identity(to_plain(m)), to_plain(p), data_identity, t.seed, to_plain(cfg.optimizer), schedule
         ),
     )
 
@@ -127,7 +116,7 @@ def run_experiment(cfg, run_dir: Path, extra: dict | None = None) -> float:
     (src.rundir) throughout; a run dir in use, or holding another run, is refused before anything
     in it changes.
     """
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run_dir), typed_config(cfg)
     took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
     try:
         return _run(cfg, run_dir, extra)

@@ -85,6 +85,21 @@ def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
     )
 
 
+@pytest.mark.parametrize("prior", ["standard", "vamp", "net"])
+def test_priors_other_than_gmm_keep_the_init_their_checkpoints_were_written_with(prior, compose):
+    """prior.init only shapes a gmm, but it is part of every prior's checkpoint identity: the schema's
+    default became kmeans, so these priors' files keep random, and a protocol's kmeans stays kmeans."""
+    import json
+
+    def init(*overrides: str) -> str:
+        return json.loads(fp(compose, f"prior={prior}", *overrides))[1]["init"]
+
+    assert init() == "random"
+    assert init("experiment=mnist_density") == "random"
+    assert init("experiment=mnist_clustering") == "kmeans"
+    assert init("prior.init=kmeans") == "kmeans"
+
+
 @pytest.mark.parametrize("experiment", ["mnist_density", "mnist_clustering", "digits_smoke"])
 @pytest.mark.parametrize("model", ["vae", "csrae"])
 def test_every_experiment_composes_and_validates(experiment, model, compose):

@@ -285,6 +285,27 @@ def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp
     assert snapshot(tmp_path) == before
 
 
+def test_the_python_entry_types_a_dataclass_like_the_command_line(tmp_path):
+    """run_experiment(Config(...)) with names as plain strings ended in an AttributeError traceback
+    inside validate; a wrong type went unchecked. Now the schema types it, as composition does."""
+    from src.config import ConfigError
+    from src.pipeline import run_experiment
+    from src.schema import Config, DatasetConfig, EvalConfig, PriorConfig, TrainerConfig
+
+    with pytest.raises(ConfigError, match="'abc'") as e:
+        run_experiment(Config(prior=PriorConfig(K="abc")), tmp_path / "bad")
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
+    cfg = Config(
+        prior=PriorConfig(name="gmm", K=3),
+        dataset=DatasetConfig(name="digits"),
+        trainer=TrainerConfig(epochs=1, threads=1, device="cpu", progress=False),
+        eval=EvalConfig(is_samples=10, images=False),
+    )
+    assert math.isfinite(run_experiment(cfg, tmp_path / "ok"))
+    r = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert (r["status"], r["dataset"], r["K"]) == ("completed", "digits", 3)
+
+
 def test_missing_data_on_a_rerun_keeps_the_finished_record(finished, compose, monkeypatch):
     """Rerunning a finished run with a wrong dataset.root (not part of the checkpoint's identity)
     replaced its completed results.json with status failed: the data check came after the

@@ -437,3 +437,15 @@ def test_the_study_callback_makes_the_sweeper_known_to_hydra():
     known = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
     assert cfg.hydra.sweeper._target_ in known
     assert compose("sweep=csrae_nsga2").hydra.sweeper._target_ in known
+
+
+def test_sweep_files_written_before_the_package_split_still_resolve():
+    """Sweep files copied from the earlier template name src.sweeps.OptunaStudyCallback and
+    src.sweeps.record_trial; Hydra resolves them to the classes of the package."""
+    from hydra.utils import get_class, get_method
+
+    from src.sweeps.sweeper import OptunaStudyCallback
+    from src.sweeps.trials import record_trial
+
+    assert get_class("src.sweeps.OptunaStudyCallback") is OptunaStudyCallback
+    assert get_method("src.sweeps.record_trial") is record_trial

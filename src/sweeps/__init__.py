@@ -19,5 +19,17 @@
       python -m src.sweeps dashboard sweep=csrae_optuna [--port 8080]   (pip install -e .[dashboard])
 
 The sweep files are in sweeps/ (conf/sweep links there); the settings every Optuna sweep shares are in
-conf/optuna_study.yaml. This file imports nothing: every job imports src.sweeps.jobs, and with it this.
+conf/optuna_study.yaml. This file imports nothing at import time: every job imports src.sweeps.jobs, and with it this.
 """
+
+# Sweep files written before the package split name `src.sweeps.OptunaStudyCallback` and
+# `src.sweeps.record_trial`; they are looked up here only when Hydra asks for them.
+_MOVED = {"OptunaStudyCallback": "src.sweeps.sweeper", "record_trial": "src.sweeps.trials"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'src.sweeps' has no attribute {name!r}")
