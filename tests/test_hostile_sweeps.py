@@ -516,7 +516,7 @@ def test_signal_stops_a_sweep_cleanly(tmp_path, sig):
     trials.csv. Now it is FAIL (interrupted), trials.csv is written, and the exit is one line, 130."""
     proc = _start_long_sweep(tmp_path)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)  # generous: on a loaded machine the bookkeeping after the stop is slow
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in out + err
     assert [ln for ln in err.splitlines() if ln.startswith("interrupted:")] == [err.strip().splitlines()[-1]]
