@@ -14,7 +14,7 @@ from its checkpoints/last.pt whenever it is unfinished and no process is trainin
 whose command line names its hydra.run.dir). MNIST is read from MNIST_ROOT (default ../shared/data).
 
 Each finished run's results.json, metrics.csv (pretrain_metrics.csv) and .hydra/{config,overrides}.yaml
-are copied to benchmarks/results/mnist_converged/runs/<name>/ (small files, to commit), and
+are copied to benchmarks/results/mnist_converged_runs/<name>/ (small files, to commit), and
 benchmarks/results/mnist_converged.csv gets one row per planned run (unfinished rows have empty
 results; mnist_converged_plan.csv says why). `python -m src.report` over the copies writes the report
 to benchmarks/results/mnist_converged/.
@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-COPIES = RESULTS / "mnist_converged" / "runs"
+COPIES = RESULTS / "mnist_converged_runs"  # beside the report dir: the report writes only into its own
 TABLE = RESULTS / "mnist_converged.csv"
 PLAN_TABLE = RESULTS / "mnist_converged_plan.csv"
 DATA_ROOT = os.environ.get("MNIST_ROOT", str((ROOT / ".." / "shared" / "data").resolve()))

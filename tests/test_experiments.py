@@ -404,16 +404,16 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
             ("later_s0", "digits_smoke", ["model=vae"]),
         ],
     )
-    monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "runs")
+    monkeypatch.setattr(q, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "mnist_converged_runs")
     monkeypatch.setattr(q, "TABLE", tmp_path / "results.csv")
     monkeypatch.setattr(q, "PLAN_TABLE", tmp_path / "plan.csv")
-    monkeypatch.setattr(q, "report", lambda: None)
     monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
     runs = tmp_path / "runs"
     runs.mkdir()
     q.run_queue(runs, parallel=1, only=["smoke_s0"])
     assert q.state("smoke_s0", runs)[0] == "done" and q.state("later_s0", runs) == ("todo", "not started")
-    copied = tmp_path / "results" / "runs" / "smoke_s0"
+    copied = tmp_path / "results" / "mnist_converged_runs" / "smoke_s0"
     assert json.loads((copied / "results.json").read_text())["status"] == "completed"
     assert (copied / "metrics.csv").exists() and (copied / ".hydra" / "config.yaml").exists()
     with open(tmp_path / "results.csv") as f:
@@ -426,6 +426,8 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
     assert rows[1]["model"] == "vae" and rows[1]["test_nll"] == "" and rows[1]["constraint"] == "none"
     with open(tmp_path / "plan.csv") as f:
         assert [r["state"] for r in csv.DictReader(f)] == ["done", "todo"]
+    # The report over the copies (it was refused while the copies lived inside its directory).
+    assert "smoke_s0" in (tmp_path / "results" / "mnist_converged" / "report.md").read_text()
 
 
 def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
