@@ -193,6 +193,14 @@ def test_misspelt_experiment_name_runs_nothing(tmp_path):
     assert not (tmp_path / "cwd" / "outputs").exists()
 
 
+def test_misspelt_debug_name_runs_nothing(tmp_path):
+    """`debug=smok` would skip the shortcut silently and train the full default run."""
+    p = python("-m", "src.run", "debug=smok", "trainer.device=cpu", cwd=tmp_path / "cwd", timeout=120)
+    line = assert_one_line_error(p, "unknown debug smok", "smoke")
+    assert "conf/debug/" in line
+    assert not (tmp_path / "cwd" / "outputs").exists()
+
+
 def test_report_of_a_python_api_run(tmp_path):
     """A run made with `run_experiment(cfg, dir)` has no job_num: the report stopped on KeyError."""
     from conftest import compose_config
