@@ -6,12 +6,10 @@ torchvision datasets from tiny files written into tmp_path in torchvision's own 
 
 from __future__ import annotations
 
-import enum
 import gzip
 import os
 import pickle
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -208,31 +206,14 @@ def test_caps_take_the_first_n_and_keep_values():
     assert (len(big.train), len(big.val), len(big.test)) == (1258, 180, 359)
 
 
-class _Name(str, enum.Enum):
-    digits = "digits"
-    mnist = "mnist"
-
-
-@dataclass
-class _DS:  # the shape of src/config.py's DatasetConfig (a str Enum name)
-    name: _Name = _Name.digits
-    root: str = "data"
-    download: bool = False
-    binarize: bool = True
-    eval_binarize_seed: int = 777
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    max_train: int | None = 30
-    max_eval: int | None = None
-
-
 def test_cfg_as_omegaconf_with_str_enum_name():
     from omegaconf import OmegaConf
 
-    b = load_dataset(OmegaConf.structured(_DS))
+    from src.schema import DatasetConfig
+
+    b = load_dataset(OmegaConf.structured(DatasetConfig(max_train=30)))
     assert b.name == "digits" and len(b.train) == 30
-    b2 = load_dataset(_DS(max_train=None))  # the plain dataclass works too
+    b2 = load_dataset(DatasetConfig())  # the plain dataclass works too
     assert len(b2.train) == 1258
 
 
