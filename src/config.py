@@ -61,17 +61,25 @@ GROUP_SCHEMAS = {
 
 def register_configs() -> None:
     """Register the schemas (in the `schema` group, which no command line selects) and the resolvers the
-    config files use. Every entry point calls this before composing."""
+    config files use. Every entry point calls this before composing; only the first call registers
+    (Hydra refuses a second registration of a name)."""
     cs = ConfigStore.instance()
-    cs.store(group="schema", name="config", node=Config)
-    for group, schema in GROUP_SCHEMAS.items():
-        cs.store(group="schema", name=group, node=schema)
+    if "config.yaml" not in cs.repo.get("schema", {}):
+        cs.store(group="schema", name="config", node=Config)
+        for group, schema in GROUP_SCHEMAS.items():
+            cs.store(group="schema", name=group, node=schema)
     if not OmegaConf.has_resolver("config_groups"):  # conf/hydra/help/csrae.yaml
-        OmegaConf.register_new_resolver("config_groups", config_groups)
+        OmegaConf.register_resolver("config_groups", config_groups)
     from src.sweeps.jobs import parallel_trials  # conf/optuna_study.yaml: n_jobs: ${parallel_trials:...}
 
     if not OmegaConf.has_resolver("parallel_trials"):
-        OmegaConf.register_new_resolver("parallel_trials", parallel_trials)
+        OmegaConf.register_resolver("parallel_trials", parallel_trials)
+    if not OmegaConf.has_resolver("max"):  # conf/pruner/: the first rung is the end of the warm-up, at least 1
+        OmegaConf.register_resolver("max", _max)
+
+
+def _max(*values: int) -> int:
+    return max(values)
 
 
 def option_names(group: str) -> list[str]:
@@ -91,7 +99,7 @@ def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
@@ -161,6 +169,11 @@ def validate(cfg: Any) -> None:
     )
     _require(e.is_samples >= 1, f"eval.is_samples must be >= 1, got {e.is_samples}")
     _require(e.is_chunk >= 1 and e.is_batch >= 1, "eval.is_chunk and eval.is_batch must be >= 1")
+    _require(e.interim_every >= 0, f"eval.interim_every must be >= 0 (0: no interim values), got {e.interim_every}")
+    _require(
+        e.interim_is_samples >= 1 and e.interim_points >= 1,
+        "eval.interim_is_samples and eval.interim_points must be >= 1",
+    )
     # Early stopping, the best checkpoint and the validation NLL all need a validation split.
     _require(
         0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,

@@ -21,9 +21,9 @@ FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWL
 RESULT_KEYS = (
     """
     status model prior K dataset seed reg_weight latent_dim variant network weights lr epochs
-    epochs_run best_epoch stopped_early test_nll test_nll_sem test_recon test_reg val_nll acc nmi
+    epochs_run best_epoch stopped_early test_nll test_nll_sem test_recon test_reg val_nll val_nll_sem acc nmi
     ari acc_mapping n_clusters_used val_acc is_samples train_seconds compile_seconds eval_seconds
-    n_params device error constraint target_recon pretrain_epochs n_test
+    n_params device error constraint target_recon pretrain_epochs n_test interim_val_nll
 """.split()
     + FEWLABEL_KEYS
 )
@@ -55,8 +55,8 @@ INT_KEYS = """
 """.split()
 FLOAT_KEYS = (
     """
-    reg_weight lr test_nll test_nll_sem test_recon test_reg val_nll acc nmi ari val_acc
-    train_seconds eval_seconds compile_seconds target_recon
+    reg_weight lr test_nll test_nll_sem test_recon test_reg val_nll val_nll_sem acc nmi ari val_acc
+    train_seconds eval_seconds compile_seconds target_recon interim_val_nll
 """.split()
     + FEWLABEL_KEYS
 )

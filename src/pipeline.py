@@ -21,7 +21,15 @@ from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
 from src.geco import GecoSettings
 from src.models import build_model, count_parameters
-from src.train import CompileError, NonFiniteLossError, TrainSettings, build_optimizer, fit, resolve_device
+from src.train import (
+    CompileError,
+    NonFiniteLossError,
+    TrainingPruned,
+    TrainSettings,
+    build_optimizer,
+    fit,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +116,28 @@ def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
     return settings
 
 
-def run_experiment(cfg, run_dir: Path, extra: dict | None = None) -> float:
+def run_experiment(cfg, run_dir: Path, extra: dict | None = None, reporter=None) -> float:
     """Train and evaluate one configuration in run_dir; returns the validation NLL (finite).
 
-    Writes results.json with status running → completed | failed | interrupted. Raises on failure
-    (never returns NaN) so that sweepers record the trial as failed. Holds the run dir's lock
+    Writes results.json with status running → completed | failed | interrupted | pruned. Raises on
+    failure (never returns NaN) so that sweepers record the trial as failed. Holds the run dir's lock
     (src.rundir) throughout; a run dir in use, or holding another run, is refused before anything
     in it changes.
+
+    reporter (a sweep's trial, src.sweeps.pruning.TrialReporter): gets an interim validation NLL after
+    the epochs it is due; when it answers True, training stops, the final evaluation is skipped,
+    results.json says pruned and TrainingPruned is raised.
     """
     run_dir, cfg = Path(run_dir), typed_config(cfg)
     took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
     try:
-        return _run(cfg, run_dir, extra)
+        return _run(cfg, run_dir, extra, reporter)
     finally:
         if took_lock:
             rundir.unlock(run_dir)
 
 
-def _run(cfg, run_dir: Path, extra: dict | None) -> float:
+def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
     results: dict = {"status": "running", **(extra or {})}
     _preflight(cfg, run_dir, results)
     tracker = trackers.Tracker()
@@ -136,10 +148,15 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device, tracker.log_epoch))
+        results.update(_train_and_evaluate(cfg, run_dir, device, tracker.log_epoch, reporter))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
+    except TrainingPruned as e:
+        results.update(status="pruned", epochs_run=e.epoch, interim_val_nll=e.value, train_seconds=e.train_seconds)
+        write_results(run_dir, results)
+        log.info("%s: the study's pruner stopped this trial; no final evaluation", e)
+        raise
     except KeyboardInterrupt:
         results.update(
             status="interrupted", error=f"interrupted (Ctrl-C or SIGTERM); rerun with hydra.run.dir={run_dir} to resume"
@@ -200,7 +217,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None) -> dict:
+def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None, reporter=None) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
@@ -218,8 +235,15 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None)
         device,
     )
 
+    def report_interim(epoch: int) -> None:  # a sweep's trial: interim value, and maybe stop (src.sweeps.pruning)
+        if reporter.due(epoch):
+            ev = cfg.eval
+            value = evaluate.interim_nll(model, data.val.x, ev.interim_is_samples, ev.interim_points, device)
+            if reporter.report(epoch, value):
+                raise TrainingPruned(epoch, value)
+
     settings = _settings(cfg)
-    state = fit(model, data, optimizer, settings, run_dir, device, on_epoch)
+    state = fit(model, data, optimizer, settings, run_dir, device, on_epoch, report_interim if reporter else None)
     load_best_weights(model, run_dir, settings.fingerprint, state.best_epoch)
 
     return {

@@ -25,6 +25,7 @@ from src.contract import RESULT_KEYS
 from src.formatting import headline
 from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
 from src.sweeps import jobs
+from src.train import TrainingPruned
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -44,7 +45,7 @@ def _job_has_own_process(hc) -> bool:
     return "submitit" in str(hc.launcher.get("_target_", ""))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -54,8 +55,12 @@ def main(cfg: DictConfig) -> float | list[float]:
     except ValueError:  # not the main thread (some launchers): keep the default handler
         pass
     extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
+    reporter = None
     if multirun:  # sweep name, Optuna study / trial / params; CPU share when jobs run side by side
-        extra.update(jobs.job_record(cfg, hc, list(hc.overrides.task)))
+        record = jobs.job_record(cfg, hc, list(hc.overrides.task))
+        reporter = _trial_reporter(cfg, hc, record)
+        record.pop("trial_id", None)
+        extra.update(record)
         threads = jobs.job_threads(cfg.trainer.threads, hc)
         if threads:
             cfg.trainer.threads = threads
@@ -63,8 +68,11 @@ def main(cfg: DictConfig) -> float | list[float]:
     try:
         if multirun:
             jobs.check_objectives(cfg, RESULT_KEYS)
-        val_nll = run_experiment(cfg, run_dir, extra)
+        val_nll = run_experiment(cfg, run_dir, extra, reporter)
         value = jobs.objective(cfg, run_dir, val_nll) if multirun else val_nll
+    except TrainingPruned as e:  # the trial's pruner stopped it: the sweeper records it PRUNED
+        print(f"pruned: {run_dir} ({e})")
+        return jobs.PrunedJob(e.epoch, e.value)
     except (*USER_ERRORS, jobs.ObjectiveError) as e:
         log.error("%s", e)
         if multirun:
@@ -84,6 +92,16 @@ def main(cfg: DictConfig) -> float | list[float]:
     print(f"done: {run_dir}  ({', '.join(written)})")
     _print_headline(run_dir)
     return value
+
+
+def _trial_reporter(cfg: DictConfig, hc, record: dict):
+    """The job's link to its Optuna trial (interim values, pruning); None outside an Optuna sweep.
+    Optuna is imported only by jobs that run a trial."""
+    if record.get("trial_id") is None:
+        return None
+    from src.sweeps.pruning import TrialReporter
+
+    return TrialReporter.for_job(cfg, hc, record)
 
 
 def _print_headline(run_dir: Path) -> None:
@@ -165,10 +183,26 @@ def _claim_run_dir(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _pruner_outside_optuna(argv: list[str]) -> str | None:
+    """The error for `pruner=NAME` on a command that runs no Optuna sweep (nothing would read it)."""
+    chosen = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("pruner=")]
+    if not chosen:
+        return None
+    plain = [a for a in argv if not a.startswith("-") and not _sweep_syntax(a)]
+    try:
+        target = str(compose_config(*plain, hydra=True).hydra.sweeper._target_)
+    except Exception:  # noqa: BLE001 - Hydra reports composition errors itself
+        return None
+    if target.endswith("CsraeOptunaSweeper"):
+        return None
+    return f"pruner={chosen[-1]}: pruning needs an Optuna sweep (sweep=NAME of an Optuna sweep file); remove pruner=..."
+
+
 if __name__ == "__main__":
-    if (bad := jobs.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
-        print(f"error: {bad}", file=sys.stderr)
-        sys.exit(2)
+    for check in (jobs.unknown_sweep, _pruner_outside_optuna):  # Hydra would run the wrong thing silently
+        if (bad := check(sys.argv[1:])) is not None:
+            print(f"error: {bad}", file=sys.stderr)
+            sys.exit(2)
     composed = _check_single_run_overrides(sys.argv[1:])
     if composed is not None:
         _claim_run_dir(composed)

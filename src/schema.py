@@ -128,6 +128,12 @@ class EvalConfig:
     images: bool = True
     fewlabel: bool = True  # few-label accuracies (fewlabel_* in results.json)
     fewlabel_seed: int = 0  # the labelled subsets; the same for every run, so runs compare paired
+    # Optuna trials only (src/sweeps/pruning.py): every interim_every epochs (0 = never) an interim
+    # validation NLL, S = interim_is_samples on the first interim_points validation points, goes to the
+    # trial's pruner.
+    interim_every: int = 1
+    interim_is_samples: int = 10
+    interim_points: int = 1000
 
 
 @dataclass
@@ -153,4 +159,5 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: Optional[Any] = None  # named sweep files put their notes here
+    pruner: Optional[Any] = None  # Optuna sweeps: the trials' pruner (conf/pruner/, src/sweeps/pruning.py)
     tags: list = field(default_factory=list)

@@ -33,6 +33,15 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, step and term."""
 
 
+class TrainingPruned(Exception):
+    """Raised by fit's after_epoch hook to stop training for good (a sweep's pruner stopped the trial)."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"pruned after epoch {epoch} (interim value {value:.4f})")
+        self.epoch, self.value = epoch, value
+        self.train_seconds: float | None = None  # set by fit
+
+
 class CompileError(RuntimeError):
     """trainer.compile=true but torch.compile does not work on this machine."""
 
@@ -288,11 +297,13 @@ def fit(
     run_dir: Path,
     device: torch.device,
     on_epoch: Callable[[dict], None] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> TrainState:
     """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
     resumable from run_dir/checkpoints/last.pt.
 
-    on_epoch(row) is called with each epoch's metrics.csv row once it is written (trackers)."""
+    on_epoch(row) is called with each epoch's metrics.csv row once it is written (trackers);
+    after_epoch(epoch) once the epoch is checkpointed, and may raise TrainingPruned to end training."""
     ckpt_dir = run_dir / "checkpoints"
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     metrics = run_dir / "metrics.csv"
@@ -376,4 +387,10 @@ def fit(
             f"epoch {epoch}/{settings.epochs}  train {tr[0]:.3f} (recon {tr[1]:.3f}, reg {tr[2]:.4f}, w {weight:.3g})"
             f"  val {val_loss:.3f}  best {state.best_epoch}  {seconds:.1f}s{stop}"
         )
+        if after_epoch is not None:
+            try:
+                after_epoch(epoch)
+            except TrainingPruned as e:
+                e.train_seconds = state.train_seconds
+                raise
     return state

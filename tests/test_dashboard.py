@@ -1,5 +1,6 @@
 """`python -m src.sweeps dashboard`: optuna-dashboard serves a study on loopback, and a real headless
-Chromium renders its study page (the study name in the DOM, a screenshot that is not blank)."""
+Chromium renders its study page (the study name, the objective's name and the importance panel in the
+DOM, a screenshot that is not blank)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def dashboard(tmp_path):
-    """A study with 3 finished trials in SQLite, served by the project's dashboard command."""
+    """A study with 12 finished trials in SQLite, made as a sweep makes it (objective named val_nll),
+    served by the project's dashboard command."""
     try:
         import optuna_dashboard  # noqa: F401
     except ImportError:
@@ -45,13 +47,15 @@ def dashboard(tmp_path):
         pytest.skip("optuna-dashboard not installed: pip install -e '.[dashboard]'")
     import optuna
 
+    from src.sweeps.storage import ensure_study
+
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name=STUDY, storage=storage)
+    study = ensure_study(storage, STUDY, ["minimize"], ["val_nll"], sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(
         lambda t: (
             (t.suggest_int("prior.K", 1, 50) - 10) ** 2 + t.suggest_float("model.reg_weight", 0.01, 100, log=True)
         ),
-        n_trials=3,
+        n_trials=12,
     )
     port = _free_port()
     proc = subprocess.Popen(
@@ -72,7 +76,7 @@ def dashboard(tmp_path):
     )
     try:
         line = proc.stdout.readline()
-        assert f"study {STUDY}: 3 complete" in line and f"http://127.0.0.1:{port}/dashboard/studies/" in line, line
+        assert f"study {STUDY}: 12 complete" in line and f"http://127.0.0.1:{port}/dashboard/studies/" in line, line
         url = next(w for w in line.split() if w.startswith("http://"))
         deadline = time.time() + 60
         while True:
@@ -108,6 +112,11 @@ def test_dashboard_study_page_renders_in_headless_chromium(dashboard, tmp_path):
         timeout=120,
     )
     assert STUDY in dom.stdout, f"study name not in the rendered DOM: {dom.stdout[-2000:]} {dom.stderr[-1000:]}"
+    # the objective by its name, and the importance panel with both searched parameters in it
+    assert "val_nll" in dom.stdout and "Objective 0" not in dom.stdout, dom.stdout[-3000:]
+    assert "Hyperparameter Importance" in dom.stdout, dom.stdout[-3000:]
+    importance = dom.stdout.split("Hyperparameter Importance", 1)[1]
+    assert "prior.K" in importance and "model.reg_weight" in importance, importance[:3000]
     shot = tmp_path / "dashboard.png"
     p = subprocess.run(
         [*common, f"--user-data-dir={tmp_path / 'p2'}", f"--screenshot={shot}", dashboard],

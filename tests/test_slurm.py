@@ -90,11 +90,8 @@ def test_optuna_sweep_on_slurm_two_trials_per_batch(tmp_path):
 
 
 def slow_first_trial(cfg, trial) -> None:
-    """custom_search_space hook: record the trial as usual; trial 0 trains for 400 epochs (long enough
-    to be cancelled while it runs), the others for 1."""
-    from src.sweeps.trials import record_trial
-
-    record_trial(cfg, trial)
+    """custom_search_space hook: trial 0 trains for 400 epochs (long enough to be cancelled while it
+    runs), the others for 1."""
     epochs = 400 if trial.number == 0 else 1
     trial.suggest_int("trainer.epochs", epochs, epochs)
 

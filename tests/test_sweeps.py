@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from cli import subprocess_env
 from conftest import TINY
@@ -93,12 +94,8 @@ def compose(*overrides: str):
 
 
 def fail_second_trial(cfg, trial) -> None:
-    """custom_search_space hook for the failure test: record the trial as usual, then give the
-    study's trial 1 an invalid trainer.batch_size so its job raises (ConfigError) like a diverging
-    or crashing trial would."""
-    from src.sweeps.trials import record_trial
-
-    record_trial(cfg, trial)
+    """custom_search_space hook for the failure test: give the study's trial 1 an invalid
+    trainer.batch_size so its job raises (ConfigError) like a diverging or crashing trial would."""
     if trial.number == 1:
         trial.suggest_int("trainer.batch_size", 0, 0)
 
@@ -171,7 +168,7 @@ def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
     assert all(math.isfinite(t.value) for t in study.trials if t.state.name == "COMPLETE")
     r = results(tmp_path / "fail" / str(failed.user_attrs["job_num"]))
     assert r["status"] == "failed" and "batch_size" in r["error"] and r["val_nll"] is None
-    assert "Failed experiment" in p.stdout + p.stderr
+    assert "trial 1 failed: ConfigError: trainer.batch_size" in p.stdout + p.stderr
 
 
 def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
@@ -289,7 +286,6 @@ def _swept_values(key: str, value: str) -> list:
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
 def test_every_sweep_file_composes_and_its_keys_exist(path):
     """Catches a typo in a sweep's parameter names or values here, not at trial 0 on a cluster."""
-    from hydra.utils import instantiate
 
     from src.config import validate
     from src.contract import RESULT_KEYS
@@ -315,12 +311,11 @@ def test_every_sweep_file_composes_and_its_keys_exist(path):
 
     sweeper = cfg.hydra.sweeper
     if "optuna" in sweeper._target_.lower():
-        try:  # hydra-optuna-sweeper 1.4 moved it
-            from hydra_plugins.hydra_optuna_sweeper._distributions import create_params_from_overrides
-        except ImportError:
-            from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+        from src.sweeps.pruning import make_pruner
+        from src.sweeps.space import search_space
+        from src.sweeps.sweeper import make_sampler
 
-        space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+        space, fixed, _ = search_space(params)
         assert set(space) == set(params) and not fixed  # all swept, each a valid Optuna distribution
         resolved = OmegaConf.to_container(sweeper, resolve=True)
         assert resolved["study_name"] == name
@@ -330,11 +325,55 @@ def test_every_sweep_file_composes_and_its_keys_exist(path):
         directions = sweeper.direction if OmegaConf.is_list(sweeper.direction) else [sweeper.direction]
         objectives = list(cfg.sweep.objectives)
         assert len(directions) == len(objectives) and set(objectives) <= set(RESULT_KEYS)
-        instantiate(sweeper.sampler)
-        from hydra.utils import get_method
+        make_sampler(sweeper.sampler)
+        make_pruner(cfg)
 
-        get_method(sweeper.custom_search_space)
-        assert "OptunaStudyCallback" in cfg.hydra.callbacks.optuna_study._target_
+
+# The searched values each Optuna sweep file is meant to search: a change of syntax or of the plugin's
+# parser (range() excludes its stop under the 1.4 plugin, included it under 1.3) must not move them.
+INTENDED_SPACES = {
+    "csrae_optuna": {
+        "prior.K": ("int", 1, 50, False),
+        "model.reg_weight": ("float", 0.01, 100.0, True),
+        "model.latent_dim": ("int", 2, 64, False),
+        "optimizer.lr": ("float", 0.0001, 0.01, True),
+    },
+    "csrae_nsga2": {
+        "model.reg_weight": ("float", 0.01, 100.0, True),
+        "model.latent_dim": ("int", 2, 64, False),
+        "optimizer.lr": ("float", 0.0001, 0.01, True),
+        "prior.weights": ("choice", "uniform", "learned"),
+        "prior.init": ("choice", "random", "kmeans"),
+    },
+}
+INTENDED_SPACES["vae_optuna"] = INTENDED_SPACES["csrae_optuna"]
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED_SPACES))
+def test_each_optuna_sweep_searches_the_intended_values(name):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from src.sweeps.space import search_space
+
+    space, _, _ = search_space(compose(f"sweep={name}").hydra.sweeper.params)
+    assert set(space) == set(INTENDED_SPACES[name])
+    for key, (kind, *want) in INTENDED_SPACES[name].items():
+        d = space[key]
+        if kind == "choice":
+            assert isinstance(d, CategoricalDistribution) and list(d.choices) == want, (key, d)
+        else:
+            assert isinstance(d, IntDistribution if kind == "int" else FloatDistribution), (key, d)
+            assert (d.low, d.high, d.log) == tuple(want), (key, d)
+            assert kind == "float" or d.step == 1
+
+
+def test_range_stops_before_its_end_in_an_optuna_search_space():
+    """range(1, 5) searches 1..4 (Python's and Hydra's grid reading); int(interval(1, 5)) includes 5."""
+    from src.sweeps.space import search_space
+
+    space, _, _ = search_space({"prior.K": "range(1,5)", "model.latent_dim": "int(interval(1, 5))"})
+    assert (space["prior.K"].low, space["prior.K"].high) == (1, 4)
+    assert (space["model.latent_dim"].low, space["model.latent_dim"].high) == (1, 5)
 
 
 def test_sweep_cli_creates_and_shows_a_study(tmp_path, capsys):
@@ -426,26 +465,54 @@ def test_a_run_imports_no_optuna():
     assert json.loads(p.stdout) == ["src.sweeps", "src.sweeps.jobs"]
 
 
-def test_the_study_callback_makes_the_sweeper_known_to_hydra():
-    """Hydra finds a sweeper in its plugin registry only; it builds hydra.callbacks before the sweeper."""
+def test_hydra_discovers_the_projects_sweeper():
+    """The sweep files name hydra_plugins.csrae_sweeps' sweeper; Hydra finds it in its plugin registry
+    (entry point and namespace package), with no callback or import needed first."""
     from hydra.core.plugins import Plugins
     from hydra.plugins.sweeper import Sweeper
-    from hydra.utils import instantiate
 
-    cfg = compose("sweep=vae_optuna")
-    instantiate(cfg.hydra.callbacks.optuna_study)
     known = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
-    assert cfg.hydra.sweeper._target_ in known
-    assert compose("sweep=csrae_nsga2").hydra.sweeper._target_ in known
+    for name in ("vae_optuna", "csrae_optuna", "csrae_nsga2"):
+        assert compose(f"sweep={name}").hydra.sweeper._target_ in known
 
 
-def test_sweep_files_written_before_the_package_split_still_resolve():
-    """Sweep files copied from the earlier template name src.sweeps.OptunaStudyCallback and
-    src.sweeps.record_trial; Hydra resolves them to the classes of the package."""
-    from hydra.utils import get_class, get_method
+def test_journal_file_study_runs_and_the_shell_reads_it(tmp_path, capsys):
+    """hydra.sweeper.storage=PATH (not a URL): an Optuna journal file, written by the sweep and read by
+    `python -m src.sweeps show` and optuna itself."""
+    import optuna
 
-    from src.sweeps.sweeper import OptunaStudyCallback
-    from src.sweeps.trials import record_trial
+    from src.sweeps.cli import main
+    from src.sweeps.storage import open_storage
 
-    assert get_class("src.sweeps.OptunaStudyCallback") is OptunaStudyCallback
-    assert get_method("src.sweeps.record_trial") is record_trial
+    journal = tmp_path / "studies" / "vae.log"
+    sweep(
+        tmp_path,
+        "sweep=vae_optuna",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage={journal}",
+        f"hydra.sweep.dir={tmp_path / 'j'}",
+    )
+    study = optuna.load_study(study_name="vae_optuna", storage=open_storage(str(journal)))
+    assert states(study) == {"COMPLETE": 2} and study.metric_names == ["val_nll"]
+    assert journal.is_file() and not list(tmp_path.glob("**/*.db"))
+    assert len(pd.read_csv(tmp_path / "j" / "trials.csv")) == 2
+    assert main(["show", "sweep=vae_optuna", f"hydra.sweeper.storage={journal}"]) == 0
+    assert "study vae_optuna: 2 complete" in capsys.readouterr().out
+
+
+def test_a_study_made_by_optuna_2_10_is_upgraded_with_every_trial_kept(tmp_path):
+    import shutil
+
+    old = tmp_path / "optuna.db"
+    shutil.copy(REPO / "tests" / "fixtures" / "optuna210_study.db", old)
+    p = sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "new", 1), "pruner=none")
+    lines = [ln for ln in p.stderr.splitlines() if "upgrading" in ln]
+    assert len(lines) == 1 and str(old) in lines[0] and "one way" in lines[0], p.stderr[-3000:]
+    backup = tmp_path / "optuna.db.schema-v2.6.0.a.bak"
+    assert backup.is_file() and backup.read_bytes() == (REPO / "tests/fixtures/optuna210_study.db").read_bytes()
+    study = load_study(tmp_path, "csrae_optuna")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].value == pytest.approx(22.388404293218485)
+    assert study.trials[0].user_attrs["sweep_dir"] == "outputs/multirun/old"
+    again = sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "again", 1), "pruner=none")
+    assert "upgrading" not in again.stderr  # once

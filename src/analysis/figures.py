@@ -219,10 +219,13 @@ def plot_val_curves(runs: pd.DataFrame, curves: pd.DataFrame | None = None):
 
 
 def plot_optuna_history(study: OptunaStudy):
-    """Objective per trial, the best so far as a step line, failed trials as grey crosses."""
+    """Objective per trial, the best so far as a step line, failed trials as grey crosses and pruned
+    ones as open circles, both at the bottom (they have no objective)."""
     plt, _ = plotting()
     t = study.trials
-    done, failed = t[t["value"].notna()], t[t["value"].isna()]
+    done = t[t["value"].notna()]
+    pruned = t[t["value"].isna() & (t["state"] == "PRUNED")]
+    failed = t[t["value"].isna() & (t["state"] != "PRUNED")]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     if not done.empty:
         ax.scatter(done["number"], done["value"], s=28, label="trial", zorder=3)
@@ -237,6 +240,18 @@ def plot_optuna_history(study: OptunaStudy):
             color="grey",
             s=40,
             label=f"failed ({len(failed)}, drawn at the bottom)",
+            zorder=3,
+        )
+    if not pruned.empty:
+        y = done["value"].min() if not done.empty else 0.0
+        ax.scatter(
+            pruned["number"],
+            [y] * len(pruned),
+            marker="o",
+            facecolors="none",
+            edgecolors="C1",
+            s=40,
+            label=f"pruned ({len(pruned)}, drawn at the bottom)",
             zorder=3,
         )
     ax.xaxis.get_major_locator().set_params(integer=True)

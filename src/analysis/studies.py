@@ -79,7 +79,8 @@ def optuna_studies(runs: pd.DataFrame) -> list[OptunaStudy]:
 def load_optuna(runs: pd.DataFrame) -> OptunaStudy:
     """One Optuna sweep from its jobs' rows: trial = results.json `trial`, parameters = `params`,
     value = the sweep's first objective (`sweep.objectives`, default val_nll) for completed jobs,
-    state COMPLETE or FAIL; direction and log-scaled parameters from the sweeper config in .hydra/."""
+    state COMPLETE, PRUNED (stopped by the study's pruner: no value, never compared) or FAIL;
+    direction and log-scaled parameters from the sweeper config in .hydra/."""
     first = runs.iloc[0]
     cfg, hydra_cfg = _job_configs(first["run_dir"])
     sweeper = hydra_cfg.get("sweeper") or {}
@@ -96,7 +97,7 @@ def load_optuna(runs: pd.DataFrame) -> OptunaStudy:
             {
                 "number": int(r["trial"]),
                 "value": value,
-                "state": "COMPLETE" if ok else "FAIL",
+                "state": "COMPLETE" if ok else ("PRUNED" if r["status"] == "pruned" else "FAIL"),
                 "status": r["status"],
                 "run": r["run"],
                 **_params_of(r),
@@ -116,50 +117,39 @@ def load_optuna(runs: pd.DataFrame) -> OptunaStudy:
     )
 
 
-IMPORTANCE_EVALUATOR = "optuna.importance.MeanDecreaseImpurityImportanceEvaluator"
-
-
 def param_importances(study: OptunaStudy, seed: int = 0) -> pd.DataFrame:
     """Each searched parameter's importance for the study's (first) objective over its completed trials.
 
-    Optuna's mean-decrease-impurity evaluator (IMPORTANCE_EVALUATOR: a random forest on the trials'
-    parameters; seeded, so the numbers repeat) on an in-memory copy of the trials, with the search
-    space parsed by the sweeper plugin itself. optuna 2.10's default, fANOVA, fails with today's
-    scikit-learn. Columns: parameter, importance (summing to 1), sorted. Empty when fewer than two
-    completed trials have every searched parameter.
+    Optuna's default evaluator (PED-ANOVA in Optuna 5; seeded where it samples) on an in-memory copy of
+    the trials, with the search space parsed as the sweep parsed it (src.sweeps.space). Columns:
+    parameter, importance (summing to 1), sorted. Empty when fewer than two completed trials have every
+    searched parameter.
     """
     import optuna
-    from optuna.distributions import CategoricalDistribution, IntLogUniformDistribution, IntUniformDistribution
-    from optuna.importance import MeanDecreaseImpurityImportanceEvaluator, get_param_importances
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.importance import get_param_importances
 
-    try:  # hydra-optuna-sweeper 1.4 moved the parser
-        from hydra_plugins.hydra_optuna_sweeper._distributions import create_params_from_overrides
-    except ImportError:
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from src.sweeps.space import search_space
 
-    searched, _ = create_params_from_overrides([f"{k}={v}" for k, v in study.space.items()])
+    searched, _, _ = search_space(study.space)
     dists = {k: d for k, d in searched.items() if k in study.params}
     empty = pd.DataFrame(columns=["parameter", "importance"])
-    done = study.trials[study.trials["value"].notna()].dropna(subset=list(dists))
+    done = study.trials[study.trials["state"].eq("COMPLETE") & study.trials["value"].notna()].dropna(subset=list(dists))
     if not dists or len(done) < 2:
         return empty
 
     def cast(d, v):
-        if isinstance(d, (IntUniformDistribution, IntLogUniformDistribution)):
+        if isinstance(d, IntDistribution):
             return int(v)
         return str(v) if isinstance(d, CategoricalDistribution) else float(v)
 
-    import warnings
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():  # create_trial, add_trial and the evaluator are "experimental" in 2.10
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        copy = optuna.create_study(direction=study.direction)
-        for _, t in done.iterrows():
-            copy.add_trial(
-                optuna.trial.create_trial(
-                    params={k: cast(d, t[k]) for k, d in dists.items()}, distributions=dists, value=float(t["value"])
-                )
+    copy = optuna.create_study(direction=study.direction)
+    for _, t in done.iterrows():
+        copy.add_trial(
+            optuna.trial.create_trial(
+                params={k: cast(d, t[k]) for k, d in dists.items()}, distributions=dists, value=float(t["value"])
             )
-        imp = get_param_importances(copy, evaluator=MeanDecreaseImpurityImportanceEvaluator(seed=seed))
+        )
+    imp = get_param_importances(copy)
     return pd.DataFrame({"parameter": list(imp), "importance": [float(v) for v in imp.values()]})

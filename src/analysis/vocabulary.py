@@ -25,8 +25,9 @@ NOT_GROUPING = {
 }
 
 COMPLETED = "completed"
+PRUNED = "pruned"  # an Optuna trial stopped by its study's pruner: counted, never compared
 INVALID = "invalid"  # a completed run whose results.json has a value of the wrong kind (e.g. test_nll "abc")
-STATUS_ORDER = ["completed", "failed", "interrupted", "running", "no results.json", "unreadable", INVALID]
+STATUS_ORDER = ["completed", "pruned", "failed", "interrupted", "running", "no results.json", "unreadable", INVALID]
 
 
 @dataclass(frozen=True)

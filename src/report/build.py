@@ -164,11 +164,15 @@ def _draw(doc: Doc, rd: ReportDir, figs) -> None:
 def _optuna_section(doc: Doc, rd: ReportDir, study: A.OptunaStudy, tag: str = "") -> None:
     t = study.trials
     n_done = int(t["value"].notna().sum())
+    pruned = t[t["state"] == "PRUNED"]
     doc.h(2, "Optuna study" + (f" {study.name}" if study.name else "") + f" ({study.sweep_dir})")
     doc.p(
-        f"{len(t)} trials ({n_done} completed, {len(t) - n_done} failed), read from the job directories; "
-        f"objective {study.objective}, direction {study.direction}."
+        f"{len(t)} trials ({n_done} completed, {len(pruned)} pruned, {len(t) - n_done - len(pruned)} failed), read "
+        f"from the job directories; objective {study.objective}, direction {study.direction}. Pruned trials were "
+        "stopped early by the study's pruner: they are counted here and never compared."
     )
+    if not pruned.empty:
+        doc.table(pruned[["number", "run"]].astype(object).map(number), collapsed=f"{len(pruned)} pruned trials")
     best = study.best
     if best is not None:
         doc.p(f"Best trial {int(best['number'])} (run {best['run']}): {study.objective} = {number(best['value'], 4)}.")
@@ -180,7 +184,7 @@ def _optuna_section(doc: Doc, rd: ReportDir, study: A.OptunaStudy, tag: str = ""
             (
                 f"optuna_history{tag}.png",
                 lambda: A.plot_optuna_history(study),
-                "Optimisation history: objective per trial and best so far (failed trials marked ×).",
+                "Optimisation history: objective per trial and best so far (failed and pruned trials marked apart).",
             ),
             (
                 f"optuna_params{tag}.png",
@@ -247,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = pd.read_csv(out / "runs.csv")
     n_ok = int((runs["status"] == A.COMPLETED).sum())
     for _, r in runs[runs["status"] != A.COMPLETED].iterrows():  # one line per excluded run
-        reason = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error recorded"
+        if r["status"] == "pruned":
+            reason = f"stopped by the study's pruner after epoch {r.get('epochs_run')}"
+        else:
+            reason = " ".join(str(r["error"]).split()) if isinstance(r["error"], str) else "no error recorded"
         print(f"excluded: {r['run']} ({r['status']}): {reason}", file=sys.stderr)
     print(f"report: {out / 'index.html'}  ({len(runs)} runs, {n_ok} completed; also report.md, runs.csv, summary.csv)")
     if n_ok == 0:

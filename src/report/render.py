@@ -48,7 +48,7 @@ h3{font-size:1.0rem;margin:1.1em 0 .3em;color:#334}
 .status span{display:inline-block;margin-right:10px;padding:2px 10px;border-radius:12px;font-size:.88rem;
   background:#eef0f3}
 .status .completed{background:#dff3e4;color:#14532d} .status .failed{background:#fde2e1;color:#7f1d1d}
-.status .interrupted,.status .running{background:#fff3cd;color:#6b4f00}
+.status .interrupted,.status .running,.status .pruned{background:#fff3cd;color:#6b4f00}
 .scroll{overflow-x:auto} table{border-collapse:collapse;font-size:.84rem;margin:6px 0 14px}
 th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left;white-space:nowrap} th{background:#f0f2f5}
 tbody tr:nth-child(even){background:#fafbfc}

@@ -21,6 +21,7 @@ from src.sweeps.storage import (
     export_trials,
     load_existing_study,
     masked,
+    open_storage,
     storage_error,
     storage_errors,
     study_summary,
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args, storage: str, name: str, directions: list[str], objectives: list[str]) -> int:
     if args.command == "create":
-        study = ensure_study(storage, name, directions)
+        study = ensure_study(storage, name, directions, objectives)
         print(f"{study_summary(study)} ({', '.join(directions)}) in {masked(storage)}")
         return 0
     study = load_existing_study(storage, name)
@@ -143,13 +144,15 @@ def _command(args, storage: str, name: str, directions: list[str], objectives: l
 
 
 def serve_dashboard(storage: str, study, host: str, port: int) -> None:
-    """Serve optuna-dashboard (0.14.x, the line that supports optuna 2.10) for the storage until Ctrl-C."""
+    """Serve optuna-dashboard for the storage (a database or a journal file) until Ctrl-C."""
     try:
         from optuna_dashboard import run_server
     except ImportError:
         print("error: optuna-dashboard is not installed: pip install -e '.[dashboard]'", file=sys.stderr)
         raise SystemExit(2) from None
-    print(
-        f"{study_summary(study)}: http://{host}:{port}/dashboard/studies/{study._study_id}  (Ctrl-C stops)", flush=True
-    )
-    run_server(storage, host=host, port=port)
+    import optuna
+
+    opened = optuna.storages.get_storage(open_storage(storage))
+    study_id = opened.get_study_id_from_name(study.study_name)
+    print(f"{study_summary(study)}: http://{host}:{port}/dashboard/studies/{study_id}  (Ctrl-C stops)", flush=True)
+    run_server(opened, host=host, port=port)

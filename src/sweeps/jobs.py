@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from omegaconf import OmegaConf
 from src.config import option_names
 
 TRIALS_SUBDIR = ".optuna"  # <sweep dir>/.optuna/<job num>.json: the trial each job runs
+
+
+@dataclass(frozen=True)
+class PrunedJob:
+    """What a job returns to the Optuna sweeper when its trial's pruner stopped it: the epoch it
+    stopped after and the last interim value it reported. The sweeper records the trial PRUNED."""
+
+    epoch: int
+    value: float
 
 
 class ObjectiveError(ValueError):

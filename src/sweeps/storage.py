@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,6 +87,12 @@ def sweeper_settings(config: DictConfig) -> tuple[str, str, list[str], list[str]
     return str(s.storage), str(s.study_name), directions_of(s.direction), objective_names(config)
 
 
+def is_journal(storage: Any) -> bool:
+    """A storage value that is a file path, not a URL, names an Optuna journal file (the convention
+    optuna-dashboard follows): studies on a shared filesystem without a database server."""
+    return "://" not in str(storage)
+
+
 def _sqlite_path(storage: Any) -> Path | None:
     """The database file of a sqlite:/// URL (None for other URLs and in-memory databases)."""
     if not (isinstance(storage, str) and storage.startswith("sqlite:///")):
@@ -96,11 +103,74 @@ def _sqlite_path(storage: Any) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def storage_file(storage: Any) -> Path | None:
+    """The file a storage lives in: the journal file, or the SQLite database (None for a server)."""
+    return Path(str(storage)) if is_journal(storage) else _sqlite_path(storage)
+
+
 def prepare_storage(storage: Any) -> None:
-    """SQLite cannot create its file in a missing directory: make the directory."""
-    path = _sqlite_path(storage)
+    """A journal file or SQLite database cannot be created in a missing directory: make the directory."""
+    path = storage_file(storage)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_storage(storage: Any):
+    """What Optuna takes as the study storage: a JournalStorage for a file path, else the URL itself.
+    A database made by an older Optuna is upgraded first (upgrade_schema)."""
+    if is_journal(storage):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(storage)))
+    upgrade_schema(storage)
+    return str(storage)
+
+
+def upgrade_schema(storage: str) -> None:
+    """Bring a study database made by an older Optuna (e.g. 2.10) to this Optuna's schema, with
+    Optuna's own migration (what `optuna storage upgrade` runs). A SQLite file is copied beside itself
+    first and the upgrade is announced in one line; a server database is refused in one line that
+    names the command, since only its owner can back it up and every worker must move at once."""
+    import shutil
+    import warnings
+
+    from optuna.storages import RDBStorage
+
+    path = _sqlite_path(storage)
+    if path is not None and not path.is_file():
+        return  # a new database gets the current schema
+    try:
+        rdb = RDBStorage(storage, skip_compatibility_check=True, skip_table_creation=True)
+        current, head = rdb.get_current_version(), rdb.get_head_version()
+    except storage_errors():
+        return  # not a study database yet, or unreachable: the caller's own open reports it
+    if current in (None, head):
+        return
+    if path is None:
+        raise StudyStorageError(
+            f"study storage {masked(storage)} was made by an older Optuna (schema {current}, this Optuna needs "
+            f"{head}); back it up, stop every worker, then run: optuna storage upgrade --storage URL"
+        )
+    backup = path.with_name(f"{path.name}.schema-{current}.bak")
+    print(
+        f"upgrading study storage {path} from Optuna schema {current} to {head} (one way: older Optuna "
+        f"versions cannot open it afterwards; every worker on it needs this Optuna); copy kept in {backup}",
+        file=sys.stderr,
+        flush=True,
+    )
+    shutil.copy2(path, backup)
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # one line above, not one per migration step
+    try:
+        with warnings.catch_warnings():  # the migration itself reads the old distribution classes
+            warnings.simplefilter("ignore", FutureWarning)
+            rdb.upgrade()
+    except storage_errors() as e:
+        raise storage_error(storage, e) from None
+    finally:
+        alembic_log.setLevel(level)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -151,33 +221,55 @@ def storage_error(storage: Any, e: BaseException) -> StudyStorageError:
 # --- the study ----------------------------------------------------------------------------------
 
 
-def ensure_study(storage: str, study_name: str, directions: list[str], attempts: int = 5):
+def ensure_study(
+    storage: str,
+    study_name: str,
+    directions: list[str],
+    metric_names: list[str] | None = None,
+    sampler=None,
+    pruner=None,
+    attempts: int = 5,
+):
     """Create the study (or load it) before workers race for it; safe to call from several processes.
-    Raises StudyStorageError for a storage that cannot be used (corrupt, read-only, unreachable)."""
+    Names its objectives (metric_names: the dashboard then says val_nll, not "Objective 0").
+    Raises StudyStorageError for a storage that cannot be used (corrupt, read-only, unreachable,
+    created with other directions)."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         prepare_storage(storage)
+        opened = open_storage(storage)
     except OSError as e:
         raise storage_error(storage, e) from None
     for attempt in range(attempts):
         try:
             try:
                 study = optuna.create_study(
-                    storage=storage, study_name=study_name, directions=directions, load_if_exists=True
+                    storage=opened,
+                    study_name=study_name,
+                    directions=directions,
+                    sampler=sampler,
+                    pruner=pruner,
+                    load_if_exists=True,
                 )
                 have = [d.name for d in study.directions]
-            except ValueError as e:  # optuna 2.10: "Cannot overwrite study direction"
+            except ValueError as e:  # load_if_exists with other directions
                 if "direction" not in str(e):
                     raise
-                have = [d.name for d in optuna.load_study(study_name=study_name, storage=storage).directions]
+                have = [d.name for d in optuna.load_study(study_name=study_name, storage=opened).directions]
             if have != [str(d).upper() for d in directions]:
                 raise StudyStorageError(
                     f"study {study_name!r} in {masked(storage)} was created to {', '.join(have).lower()}, and this "
                     f"sweep asks to {', '.join(directions).lower()}: its best trial would be the wrong one. Pass "
                     "another hydra.sweeper.study_name=... (or the study's own direction)"
                 )
+            if metric_names and study.metric_names != list(metric_names):
+                import warnings
+
+                with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(metric_names))
             return study
         except SQLAlchemyError as e:  # two processes creating the schema or the study at once: retry
             if attempt == attempts - 1 or any(p in str(e).lower() for p in _PERMANENT):
@@ -188,17 +280,17 @@ def ensure_study(storage: str, study_name: str, directions: list[str], attempts:
             raise storage_error(storage, e) from None
 
 
-def load_existing_study(storage: str, study_name: str):
+def load_existing_study(storage: str, study_name: str, sampler=None, pruner=None):
     """The study, or StudyStorageError (no such file or study, a corrupt file, ...). Never creates a file."""
     import optuna
 
-    path = _sqlite_path(storage)
+    path = storage_file(storage)
     if path is not None and not path.is_file():
         raise StudyStorageError(
             f"no study storage at {path} (run `create` or the sweep first, or pass hydra.sweeper.storage=...)"
         )
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage), sampler=sampler, pruner=pruner)
     except KeyError:
         raise StudyStorageError(
             f"no study {study_name!r} in {masked(storage)} (run `create` or the sweep first)"
@@ -231,14 +323,13 @@ def _run_dirs(sweep_dirs: Iterable[str], study_name: str) -> dict[int, tuple[str
 
 def export_trials(storage: str, study_name: str, out: Path, objectives: list[str] | None = None) -> Path:
     """Write the study's trials_dataframe to CSV, with each trial's run_dir and results.json status."""
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = load_existing_study(storage, study_name)
     df = study.trials_dataframe()
-    if objectives and len(objectives) > 1:
-        df = df.rename(columns={f"values_{i}": name for i, name in enumerate(objectives)})
-    elif objectives and "value" in df.columns:
-        df = df.rename(columns={"value": objectives[0]})
+    names = objectives or study.metric_names or ["value"]
+    # one column per objective, named after it (Optuna writes value, values_0, ... or value_<metric name>)
+    renames = {"value": names[0], **{f"values_{i}": n for i, n in enumerate(names)}}
+    renames.update({f"{prefix}_{n}": n for n in names for prefix in ("value", "values")})
+    df = df.rename(columns={k: v for k, v in renames.items() if k in df.columns and k != v})
     if "user_attrs_sweep_dir" in df.columns:
         runs = _run_dirs(df["user_attrs_sweep_dir"].dropna().unique(), study.study_name)
         df["run_dir"] = [runs.get(n, (None, None))[0] for n in df["number"]]

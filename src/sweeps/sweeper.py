@@ -1,43 +1,50 @@
-"""What the Optuna sweep files hand to Hydra: the sweeper (hydra.sweeper._target_) and the study
-callback (hydra.callbacks.optuna_study), with the checks that run once before any trial.
+"""The Optuna sweep loop (hydra/sweeper=csrae_optuna, hydra_plugins/csrae_sweeps/): ask the study for
+trials, launch them as Hydra jobs, tell the study how each ended.
 
-Hydra accepts a sweeper class only from the hydra_plugins package, and finds it in its plugin
-registry: register_sweeper() puts OptunaSweeper there under SWEEPER_TARGET. OptunaStudyCallback
-calls it, because Hydra builds the callbacks before it looks the sweeper up.
+What it adds to the Optuna plugin's loop:
+- checks that would fail every trial alike run once, before the study is touched (`preflight`);
+- each trial is linked to its job dir (src.sweeps.trials.record_trial), and its job reports interim
+  values to the trial and stops when the study's pruner says so (src.sweeps.pruning): such a job
+  returns a PrunedJob and its trial ends PRUNED;
+- `budget: study` shares n_trials between several worker processes on one study;
+- SIGTERM or Ctrl-C: this process's running trials are recorded FAIL (interrupted=true), trials.csv
+  is written, exit 130 with one line;
+- every trial of this invocation failed: one line quoting each job's error, exit 2;
+- trials.csv (beside optimization_results.yaml) at the end, whatever happened.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _PluginOptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
-from src.sweeps.jobs import TRIALS_SUBDIR, check_objectives
+from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
+from src.sweeps.space import search_space
 from src.sweeps.storage import (
     StudyStorageError,
+    directions_of,
     ensure_study,
     export_trials,
-    load_existing_study,
     masked,
-    scrub,
     storage_errors,
     study_summary,
-    sweeper_settings,
 )
-from src.sweeps.trials import fail_interrupted, this_process
+from src.sweeps.trials import fail_interrupted, record_trial
 
 log = logging.getLogger(__name__)
 
-SWEEPER_TARGET = "hydra_plugins.csrae_sweeps.OptunaSweeper"  # the Optuna sweep files' hydra.sweeper._target_
 TRIALS_CSV = "trials.csv"  # written beside optimization_results.yaml
+BUDGETS = ("invocation", "study")
+SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*")
 
 
 # --- once per sweep, before any trial -----------------------------------------------------------
@@ -50,8 +57,8 @@ class SweepDirInUse(RuntimeError):
 def claim_sweep_dir(sweep_dir: Any) -> Path:
     """Atomically claim <sweep dir>/.optuna for this process, or raise SweepDirInUse.
 
-    The Optuna sweeper numbers its jobs 0, 1, ... in every process, so two processes sharing a sweep
-    dir (two workers started in the same second, or a rerun with the same hydra.sweep.dir) would
+    Job directories are numbered 0, 1, ... in every process, so two processes sharing a sweep dir
+    (two workers started in the same second, or a rerun with the same hydra.sweep.dir) would
     overwrite each other's finished job directories. os.mkdir is atomic: exactly one process wins.
     """
     root = Path(str(sweep_dir))
@@ -71,220 +78,265 @@ def claim_sweep_dir(sweep_dir: Any) -> Path:
     return marker
 
 
-def preflight(config: DictConfig) -> None:
-    """Checks that would fail every trial alike (bad fixed override, missing dataset, unknown objective,
-    n_trials < 1):
-    fail once, before the study is touched, instead of recording n_trials failed trials."""
+def preflight(config: DictConfig, settings: dict) -> None:
+    """Checks that would fail every trial alike (bad fixed override, missing dataset, unknown or test-set
+    objective, n_trials < 1, a pruner on a multi-objective study): fail once, before the study is touched."""
     from src.config import ConfigError, validate
     from src.contract import RESULT_KEYS
     from src.data import check_available
+    from src.sweeps.pruning import prunes
 
-    n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
-    if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+    n_trials = settings.get("n_trials")
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"hydra.sweeper.n_trials={n_trials}: the number of trials to run must be at least 1")
+    if settings.get("budget") not in BUDGETS:
+        raise ConfigError(f"hydra.sweeper.budget={settings.get('budget')}: choose one of {', '.join(BUDGETS)}")
+    if len(directions_of(settings.get("direction"))) > 1 and prunes(config):
+        raise ConfigError(
+            f"pruner={OmegaConf.select(config, 'hydra.runtime.choices.pruner')}: Optuna cannot prune a "
+            "multi-objective study; use pruner=none"
+        )
     check_objectives(config, RESULT_KEYS)
     validate(config)
     check_available(config.dataset)
 
 
-class OptunaStudyCallback(Callback):
-    """Hydra callback for Optuna sweeps (hydra.callbacks.optuna_study in conf/optuna_study.yaml).
+def make_sampler(sampler_cfg: Any):
+    import functools
 
-    on_multirun_start: check the fixed part of the config, claim the sweep dir, create the storage
-    directory and the study (with the sweep's directions) before the sweeper opens it.
-    on_multirun_end: write <sweep dir>/trials.csv beside optimization_results.yaml.
-    """
+    import optuna
+    from hydra.utils import instantiate
 
-    def __init__(self) -> None:
-        # Hydra builds hydra.callbacks before it instantiates hydra.sweeper (Hydra.multirun), and looks a
-        # sweeper up in its plugin registry without importing its _target_: register it here.
-        register_sweeper()
+    from src.config import ConfigError
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        settings = sweeper_settings(config)
-        if settings is None:
-            return
-        storage, name, directions, _ = settings
-        from src.pipeline import USER_ERRORS
-
-        try:
-            preflight(config)
-            study = ensure_study(storage, name, directions)
-            claim_sweep_dir(config.hydra.sweep.dir)
-        except (*USER_ERRORS, SweepDirInUse, StudyStorageError) as e:
-            # Hydra turns a callback's Exception into a warning and carries on; SystemExit stops the sweep.
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        log.info("%s in %s", study_summary(study), masked(storage))
-        running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
-        if running:
-            log.warning(
-                "trials %s are RUNNING: other processes are working on this study, or an earlier sweep "
-                "was killed. If no other process is, `python -m src.sweeps close-stale sweep=%s "
-                "hydra.sweeper.storage=...` closes them (COMPLETE from their results.json, else FAIL).",
-                running,
-                OmegaConf.select(config, "hydra.runtime.choices.sweep", default="NAME"),
-            )
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        settings = sweeper_settings(config)
-        if settings is None:
-            return
-        storage, name, _, objectives = settings
-        out = export_trials(storage, name, Path(str(config.hydra.sweep.dir)) / TRIALS_CSV, objectives)
-        log.info("trials of study %s written to %s", name, out)
+    sampler = instantiate(sampler_cfg, _execution_whitelist_=SAMPLER_TARGETS)
+    if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
+        raise ConfigError("the grid sampler is not needed for a grid: run a grid multirun (-m key=a,b,c)")
+    return sampler
 
 
-# --- the sweeper --------------------------------------------------------------------------------
-
-
-class _MaskStorage(logging.Filter):
-    """Masks the storage URL in the plugin's own log line ("Storage: URL")."""
-
-    def __init__(self, storage: str):
-        super().__init__()
-        self.storage = storage
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if self.storage in msg:
-            record.msg, record.args = scrub(msg, self.storage), ()
-        return True
+# --- the loop -----------------------------------------------------------------------------------
 
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _job_error(job_dir: Path) -> str | None:
-    """Why a job failed: results.json's error, else the last ERROR line of its run.log (an objective
-    the finished run cannot give is logged there)."""
-    try:
-        error = json.loads((job_dir / "results.json").read_text()).get("error")
-        if error:
-            return str(error)
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        lines = [ln for ln in (job_dir / "run.log").read_text().splitlines() if "[ERROR]" in ln]
-    except OSError:
-        return None
-    return lines[-1].split("[ERROR] - ", 1)[-1].strip() if lines else None
+def _first_line(e: BaseException) -> str:
+    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-class OptunaSweeper(_PluginOptunaSweeper):
-    """hydra-optuna-sweeper's sweeper, safe to stop:
+class Sweep:
+    """One invocation's trials on the study."""
 
-    - SIGTERM or SIGINT (Ctrl-C): the trials this process was running are recorded FAIL with user
-      attr interrupted=true (not left RUNNING), trials.csv is written, and the command exits 130 with
-      one line.
-    - every trial of this invocation failed: trials.csv is written and the command exits 2 with one
-      line naming the first error and where the logs are (the plugin would stop on
-      "Record does not exist" when the study has no completed trial).
-    - the plugin's "Storage: URL" log line is masked like every other line of this code.
-    """
+    def __init__(self, config: DictConfig, settings: dict, launcher: Any, study, sweep_dir: Path):
+        self.config, self.settings, self.launcher, self.study = config, settings, launcher, study
+        self.sweep_dir = sweep_dir
+        self.directions = directions_of(settings["direction"])
+        self.mine: list[int] = []  # trial numbers this invocation asked for
+        self.running: list = []  # of those, the trials launched and not yet told
+        self.errors: dict[int, str] = {}  # trial number -> first line of its job's error
+        self.job_idx = 0
+        self.extend = _search_space_hook(settings.get("custom_search_space"))
 
-    __module__ = SWEEPER_TARGET.rsplit(".", 1)[0]  # the name Hydra knows it by (register_sweeper)
+    def _active(self, below: int | None = None) -> int:
+        """Trials that count against a study budget: finished (COMPLETE, PRUNED) or under way."""
+        from optuna.trial import TrialState
 
-    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        self._config = config
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=states) if below is None or t.number < below)
 
-    def sweep(self, arguments: list[str]) -> None:
-        import signal
+    def _ask(self, space: dict):
+        """A new trial, or None when a study budget is spent (a trial asked at the same moment as another
+        worker's last one is recorded FAIL with over_budget=true, so the study never exceeds it)."""
+        from optuna.trial import TrialState
 
-        settings = sweeper_settings(self._config)
-        sweep_dir = str(self._config.hydra.sweep.dir)
-        plugin_log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")
-        mask = _MaskStorage(settings[0]) if settings else None
-        if mask:
-            plugin_log.addFilter(mask)
-        try:
-            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        except ValueError:  # not the main thread
-            previous = None
-        try:
-            super().sweep(arguments)
-        except KeyboardInterrupt:
-            # A second Ctrl-C or SIGTERM must not cut the bookkeeping short (a traceback, a RUNNING trial).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            raise SystemExit(self._stopped(settings, sweep_dir)) from None
-        except Exception:
-            if settings and self._all_failed(settings, sweep_dir):
-                raise SystemExit(2) from None
-            raise
-        else:
-            if settings and self._all_failed(settings, sweep_dir):
-                raise SystemExit(2)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if mask:
-                plugin_log.removeFilter(mask)
+        n_trials = self.settings["n_trials"]
+        if self.settings["budget"] == "study" and self._active() >= n_trials:
+            return None
+        trial = self.study.ask(space)
+        if self.settings["budget"] == "study" and self._active(below=trial.number) >= n_trials:
+            trial.set_user_attr("over_budget", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        record_trial(self.config, trial)
+        if self.extend is not None:
+            self.extend(self.config, trial)
+        self.mine.append(trial.number)
+        return trial
 
-    def _mine(self, study, sweep_dir: str) -> list:
-        return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep_dir") == sweep_dir]
-
-    def _stopped(self, settings, sweep_dir: str) -> int:
-        storage, name, _, objectives = settings
-        me = this_process()
-        try:
-            study = load_existing_study(storage, name)
-            running = [
-                t.number
-                for t in self._mine(study, sweep_dir)
-                if t.state.name == "RUNNING" and t.user_attrs.get("pid") == me["pid"]
+    def run(self, space: dict, fixed: dict, fixed_overrides: list[str]) -> None:
+        n_jobs = max(1, int(self.settings.get("n_jobs") or 1))
+        to_go = self.settings["n_trials"]
+        while to_go > 0:
+            trials = []
+            for _ in range(min(n_jobs, to_go)):
+                trial = self._ask(space)
+                if trial is None:
+                    break
+                trials.append(trial)
+            if not trials:
+                log.info("study budget of %d trials reached", self.settings["n_trials"])
+                break
+            overrides = [
+                tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) + tuple(fixed_overrides) for t in trials
             ]
-            failed = fail_interrupted(study, running)
-            out = export_trials(storage, name, Path(sweep_dir) / TRIALS_CSV, objectives)
-            done = f"trial(s) {failed} recorded FAIL (interrupted), {out} written"
+            self.running = trials
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            failed = sum(self._tell(t, ret) == "FAIL" for t, ret in zip(trials, returns))
+            self.running = []
+            to_go -= len(trials)
+            if failed / len(trials) > float(self.settings["max_failure_rate"]):
+                raise SweepFailed(
+                    f"{failed} of {len(trials)} trials failed, above hydra.sweeper.max_failure_rate="
+                    f"{self.settings['max_failure_rate']}; " + self._error_summary()
+                )
+
+    def _tell(self, trial, ret) -> str:
+        """Tell the study how the trial's job ended; returns the trial's final state name."""
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        if ret.status != JobStatus.COMPLETED:
+            error = ret._return_value  # the job's exception (JobReturn.return_value would raise it)
+            self.errors[trial.number] = _first_line(error) if isinstance(error, BaseException) else str(error)
+            if isinstance(error, KeyboardInterrupt) or "interrupted" in self.errors[trial.number]:
+                trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, self.errors[trial.number])
+            return "FAIL"
+        value = ret.return_value
+        if isinstance(value, PrunedJob):
+            self.study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned after epoch %d (interim val NLL %.3f)", trial.number, value.epoch, value.value)
+            return "PRUNED"
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != len(self.directions) or not all(math.isfinite(v) for v in values):
+            self.errors[trial.number] = f"the job returned {value!r}, not {len(self.directions)} finite number(s)"
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, self.errors[trial.number])
+            return "FAIL"
+        self.study.tell(trial, values)
+        return "COMPLETE"
+
+    def _error_summary(self) -> str:
+        by_error: dict[str, list[int]] = {}
+        for number, error in sorted(self.errors.items()):
+            by_error.setdefault(error, []).append(number)
+        parts = [f"trial{'s' if len(n) > 1 else ''} {', '.join(map(str, n))}: {e}" for e, n in by_error.items()]
+        return "; ".join(parts) + f"; each job's run.log and results.json are in {self.sweep_dir}/<job num>/"
+
+    def all_failed(self) -> bool:
+        return bool(self.mine) and len(self.errors) == len(self.mine)
+
+    def write_best(self) -> None:
+        """optimization_results.yaml, as the Optuna plugin writes it (when the study has a finished trial)."""
+        from optuna.trial import TrialState
+
+        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return
+        if len(self.directions) == 1:
+            best = self.study.best_trial
+            out = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            log.info("best trial %d: value %s, params %s", best.number, best.value, best.params)
+        else:
+            front = [{"params": t.params, "values": t.values} for t in self.study.best_trials]
+            out = {"name": "optuna", "solutions": front}
+            log.info("Pareto front: %d trials", len(front))
+        OmegaConf.save(OmegaConf.create(out), self.sweep_dir / "optimization_results.yaml")
+
+
+def _search_space_hook(target: str | None):
+    """hydra.sweeper.custom_search_space: a function (config, trial) called for each new trial after it
+    is linked to its job, e.g. to suggest parameters that depend on others (the Optuna plugin's hook).
+    The sweep file names it, so it is trusted as the sweeper class is."""
+    if not target:
+        return None
+    from hydra.utils import instantiate
+
+    return instantiate({"_target_": target, "_partial_": True}, _execution_whitelist_=(str(target),))
+
+
+class SweepFailed(RuntimeError):
+    """Too many trials failed (one line for the user)."""
+
+
+def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
+    import optuna
+
+    from src.pipeline import USER_ERRORS
+    from src.sweeps.pruning import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep says once what it opened (below)
+    storage, name = str(settings["storage"]), str(settings["study_name"])
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    objectives = objective_names(config) or ["val_nll"]
+    try:
+        preflight(config, settings)
+        space, fixed, fixed_overrides = search_space(settings.get("params"), arguments)
+        study = ensure_study(
+            storage,
+            name,
+            directions_of(settings["direction"]),
+            objectives,
+            sampler=make_sampler(settings["sampler"]),
+            pruner=make_pruner(config),
+        )
+        claim_sweep_dir(sweep_dir)
+    except (*USER_ERRORS, SweepDirInUse, StudyStorageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("%s in %s", study_summary(study), masked(storage))
+    running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    if running:
+        log.warning(
+            "trials %s are RUNNING: other processes are working on this study, or an earlier sweep "
+            "was killed. If no other process is, `python -m src.sweeps close-stale sweep=%s "
+            "hydra.sweeper.storage=...` closes them (COMPLETE from their results.json, else FAIL).",
+            running,
+            OmegaConf.select(config, "hydra.runtime.choices.sweep", default="NAME"),
+        )
+    sweep = Sweep(config, settings, launcher, study, sweep_dir)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    code, message = 0, None
+    try:
+        sweep.run(space, fixed, fixed_overrides)
+        sweep.write_best()
+        if sweep.all_failed():
+            code = 2
+            message = f"error: all {len(sweep.mine)} trials of this sweep failed (study {name}); " + (
+                sweep._error_summary()
+            )
+    except KeyboardInterrupt:
+        # A second Ctrl-C or SIGTERM must not cut the bookkeeping short (a traceback, a RUNNING trial).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        failed = fail_interrupted(study, sweep.running)
+        code = 130
+        message = (
+            f"interrupted: sweep stopped; trial(s) {failed} recorded FAIL (interrupted), {sweep_dir / TRIALS_CSV} "
+            f"written; rerun the command (new hydra.sweep.dir) to add trials to study {name}"
+        )
+    except SweepFailed as e:
+        code, message = 2, f"error: {e}"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        try:
+            out = export_trials(storage, name, sweep_dir / TRIALS_CSV, objectives)
+            log.info("trials of study %s written to %s", name, out)
         except (StudyStorageError, *storage_errors()) as e:
-            done = f"the study could not be updated ({scrub(e, storage)})"
-        print(
-            f"interrupted: sweep stopped; {done}; rerun the command (new hydra.sweep.dir) to add trials to "
-            f"study {name}",
-            file=sys.stderr,
-        )
-        return 130
-
-    def _all_failed(self, settings, sweep_dir: str) -> bool:
-        """True (after saying so in one line and writing trials.csv) when every trial of this
-        invocation failed."""
-        storage, name, _, objectives = settings
-        try:
-            study = load_existing_study(storage, name)
-            mine = self._mine(study, sweep_dir)
-        except (StudyStorageError, *storage_errors()):
-            return False
-        if not mine or any(t.state.name == "COMPLETE" for t in mine):
-            return False
-        first = min(mine, key=lambda t: t.number)
-        error = _job_error(Path(sweep_dir) / str(first.user_attrs.get("job_num")))
-        try:
-            export_trials(storage, name, Path(sweep_dir) / TRIALS_CSV, objectives)
-        except (StudyStorageError, *storage_errors()):
-            pass
-        print(
-            f"error: all {len(mine)} trials of this sweep failed (study {name}); trial {first.number}: "
-            f"{error or 'no error recorded'}; each job's run.log and results.json are in {sweep_dir}/<job num>/",
-            file=sys.stderr,
-        )
-        return True
-
-
-def register_sweeper() -> None:
-    """Make SWEEPER_TARGET known to Hydra and importable (a module object in sys.modules: the class
-    lives here, with the rest of the sweep code). Safe to call more than once."""
-    import types
-
-    import hydra_plugins
-    from hydra.core.plugins import Plugins
-
-    name = OptunaSweeper.__module__
-    if name not in sys.modules:
-        module = types.ModuleType(name, "src.sweeps.sweeper.OptunaSweeper under the name Hydra accepts for plugins")
-        module.OptunaSweeper = OptunaSweeper
-        sys.modules[name] = module
-        setattr(hydra_plugins, name.split(".")[-1], module)
-    Plugins.instance().register(OptunaSweeper)
+            log.warning("trials.csv not written: %s", e)
+    if message:
+        print(message, file=sys.stderr)
+    if code:
+        raise SystemExit(code)

@@ -72,7 +72,13 @@ def record_trial(cfg: DictConfig, trial: Any) -> None:
     trial.set_user_attr("job_num", job_num)
     for key, value in this_process().items():
         trial.set_user_attr(key, value)
-    record = {"study": trial.study.study_name, "trial": trial.number, "params": dict(trial.params)}
+    # trial_id: what a job needs to report interim values to its trial (src.sweeps.pruning)
+    record = {
+        "study": trial.study.study_name,
+        "trial": trial.number,
+        "trial_id": trial._trial_id,
+        "params": dict(trial.params),
+    }
     path = Path(sweep_dir) / TRIALS_SUBDIR / f"{job_num}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -102,15 +108,6 @@ def _trial_values(trial, objectives: list[str], study_name: str | None = None) -
     return None
 
 
-def _set_state(storage, trial_id: int, state, values: list[float] | None = None) -> None:
-    if hasattr(storage, "set_trial_state_values"):  # optuna >= 3
-        storage.set_trial_state_values(trial_id, state, values)
-    else:  # optuna 2.x
-        if values is not None:
-            storage.set_trial_values(trial_id, values)
-        storage.set_trial_state(trial_id, state)
-
-
 def close_stale(
     study, older_than_min: float, objectives: list[str] | None = None, force: bool = False
 ) -> dict[str, list[int]]:
@@ -137,19 +134,21 @@ def close_stale(
             closed["alive" if alive else "unverified"].append(t.number)
             continue
         values = _trial_values(t, objectives or [], study.study_name)
-        _set_state(study._storage, t._trial_id, TrialState.COMPLETE if values is not None else TrialState.FAIL, values)
+        state = TrialState.COMPLETE if values is not None else TrialState.FAIL
+        study.tell(t.number, values, state, skip_if_finished=True)
         closed["complete" if values is not None else "fail"].append(t.number)
     return closed
 
 
-def fail_interrupted(study, trial_numbers: Iterable[int]) -> list[int]:
-    """Record this process's RUNNING trials as FAIL with user attr interrupted=true (a stopped sweep)."""
+def fail_interrupted(study, trials: Iterable) -> list[int]:
+    """Record this process's unfinished trials (optuna Trial objects) as FAIL with user attr
+    interrupted=true (a stopped sweep)."""
     from optuna.trial import TrialState
 
-    storage, done = study._storage, []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number in set(trial_numbers):
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            _set_state(storage, t._trial_id, TrialState.FAIL)
-            done.append(t.number)
+    done = []
+    for trial in trials:
+        if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            done.append(trial.number)
     return done
