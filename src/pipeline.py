@@ -136,7 +136,7 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device, tracker.log_epoch))
+        results.update(_train_and_evaluate(cfg, run_dir, device, tracker))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
@@ -200,7 +200,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None) -> dict:
+def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: trackers.Tracker) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
@@ -219,7 +219,7 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None)
     )
 
     settings = _settings(cfg)
-    state = fit(model, data, optimizer, settings, run_dir, device, on_epoch)
+    state = fit(model, data, optimizer, settings, run_dir, device, tracker.log_epoch, tracker.log_pretrain_epoch)
     load_best_weights(model, run_dir, settings.fingerprint, state.best_epoch)
 
     return {

@@ -46,6 +46,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
 class Tracker:
     """logger=none: does nothing."""
 
+    def log_pretrain_epoch(self, row: dict) -> None:
+        pass
+
     def log_epoch(self, row: dict) -> None:
         pass
 
