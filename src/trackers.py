@@ -9,7 +9,7 @@ run can be resumed with another logger).
 Names, the same in both trackers where they can be:
 - run name: `logger.run_name`, else what ran, `<model>-<prior>-K<K>-w<reg_weight>-s<seed>`
   (`csrae-gmm-K10-w3-s0`, `run_name`);
-- params: the flattened config (`prior.K`, `model.reg_weight`, ...);
+- params / hparams: the flattened config (`prior.K`, `model.reg_weight`, ...);
 - per-epoch metrics: the metrics.csv columns with step = epoch (TensorBoard: `epoch/<column>`);
 - pretraining: `pretrain/<column>` of pretrain_metrics.csv with step = pretraining epoch;
 - final results: `final/<key>` for the results.json numbers that are outcomes (`final/test_nll`,
@@ -18,8 +18,9 @@ Names, the same in both trackers where they can be:
   TensorBoard images `images/<name>`.
 
 - tensorboard: event files in `<logger.dir>/<run name>` (default `<run dir>/tensorboard/<run name>`),
-  written with torch's SummaryWriter; scalars, images, the config and the results as text.
-  View: `tensorboard --logdir outputs/`.
+  written with torch's SummaryWriter; scalars, images, the config and the results as text, and
+  HParams (the config and the final/ metrics, with the run's status) when the run ends, so the
+  HParams tab lists the jobs of a sweep side by side. View: `tensorboard --logdir outputs/`.
 - mlflow: one MLflow run per job in `logger.tracking_uri` (default a SQLite store under
   outputs/mlflow/, artifacts beside it; or a tracking server's URL), experiment `logger.experiment`;
   params, metrics, artifacts config.yaml, results.json and images/, status FINISHED / FAILED /
@@ -91,12 +92,12 @@ class Tracker:
 
 
 class TensorBoardTracker(Tracker):
-    def __init__(self, log_dir: Path, config_yaml: str, run_dir: Path):
+    def __init__(self, log_dir: Path, config: dict, config_yaml: str, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.writer.add_text("config", f"```\n{config_yaml}\n```", 0)
-        self.run_dir = run_dir
+        self.config, self.run_dir = config, run_dir
         self.step = 0
 
     def _scalars(self, prefix: str, row: dict, step: int) -> None:
@@ -123,7 +124,31 @@ class TensorBoardTracker(Tracker):
                 pixels = np.asarray(image.convert("RGB"))
             self.writer.add_image(f"images/{path.stem}", pixels, self.step, dataformats="HWC")
         self.writer.add_text("results", f"```\n{json.dumps(results, indent=2, default=str)}\n```", self.step)
+        self._hparams(results.get("status"))
         self.writer.close()
+
+    def _hparams(self, status: str | None) -> None:
+        """The HParams plugin's summaries: the config as hparams, the final/ scalars of this run as its
+        metrics (every FINAL_KEYS tag, so that each job lists the same columns) and the run's status."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from torch.utils.tensorboard.summary import hparams
+
+        # Booleans as text: torch's hparams() would make them 1.0 / 0.0.
+        values = {k: str(v) if isinstance(v, bool) else v for k, v in _flatten(self.config).items()}
+        experiment, start, _ = hparams(values, {FINAL + k: None for k in FINAL_KEYS})
+        end = plugin_data_pb2.HParamsPluginData(
+            session_end_info=plugin_data_pb2.SessionEndInfo(
+                status=api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE,
+                end_time_secs=time.time(),
+            ),
+            version=metadata.PLUGIN_DATA_VERSION,
+        )
+        end = Summary(
+            value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(end))]
+        )
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary, self.step)
 
 
 class MLflowTracker(Tracker):
@@ -191,7 +216,7 @@ def open_tracker(cfg, run_dir: Path) -> Tracker:
     title = logger.run_name or run_name(cfg)
     if name == "tensorboard":
         log_dir = (Path(logger.dir) if logger.dir else run_dir / "tensorboard") / title
-        return TensorBoardTracker(log_dir, config_yaml, run_dir)
+        return TensorBoardTracker(log_dir, container, config_yaml, run_dir)
     if name == "mlflow":
         return MLflowTracker(str(logger.tracking_uri), str(logger.experiment), title, container, config_yaml, run_dir)
     raise ValueError(f"unknown logger {name!r}")

@@ -1,5 +1,5 @@
 """logger=tensorboard and logger=mlflow: what each tracker holds, read back with the tool's own reader
-(EventAccumulator; MlflowClient), equals the run's metrics.csv,
+(EventAccumulator and the HParams plugin; MlflowClient), equals the run's metrics.csv,
 pretrain_metrics.csv, results.json and images (which stay the contract)."""
 
 from __future__ import annotations
@@ -31,13 +31,34 @@ def _pretrain_metrics(run_dir: Path) -> list[dict]:
 
 # Two pretraining epochs, two training epochs and the images: everything a tracker copies.
 FULL = ("trainer.epochs=2", "trainer.pretrain_epochs=2", "eval.images=true", "eval.n_images=16", "prior.K=3")
-# results.json keys that are config columns (params), never final/ metrics.
+# results.json keys that are config columns (params / hparams), never final/ metrics.
 CONSTANTS = ("K", "seed", "latent_dim", "epochs", "is_samples", "pretrain_epochs", "reg_weight", "lr")
 
 
-def test_tensorboard_holds_metrics_pretraining_images_and_results_of_each_sweep_job(run_cli, tmp_path):
+def _hparams_tab(logdir: Path):
+    """What TensorBoard's HParams tab shows for logdir, computed by the hparams plugin itself: the
+    experiment (its hparam and metric columns) and the session groups (one row per run)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))
+    )
+    backend, ctx = backend_context.Context(tb), context.RequestContext()
+    experiment = get_experiment.Handler(ctx, backend, "", api_pb2.GetExperimentRequest()).run()
+    request = api_pb2.ListSessionGroupsRequest(slice_size=100, allowed_statuses=api_pb2.Status.values())
+    return experiment, list_session_groups.Handler(ctx, backend, "", request).run().session_groups
+
+
+def test_tensorboard_holds_metrics_pretraining_images_results_and_hparams_of_each_sweep_job(run_cli, tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2
 
     sweep_dir = tmp_path / "sweep"
     p = run_cli(
@@ -82,6 +103,20 @@ def test_tensorboard_holds_metrics_pretraining_images_and_results_of_each_sweep_
         config = next(v for k, v in texts.items() if k.startswith("config"))
         assert "latent_dim: 40" in config and "name: tensorboard" in config
         assert f'"test_nll": {r["test_nll"]}' in next(v for k, v in texts.items() if k.startswith("results"))
+
+    experiment, groups = _hparams_tab(sweep_dir)
+    columns = {h.name for h in experiment.hparam_infos}
+    assert {"model.name", "model.reg_weight", "prior.K", "trainer.seed", "optimizer.lr"} <= columns
+    assert {"final/test_nll", "final/val_nll", "final/acc"} <= {m.name.tag for m in experiment.metric_infos}
+    assert sorted(g.name.rsplit("/", 1)[-1] for g in groups) == sorted(names.values())
+    for group in groups:
+        r = results[group.name.rsplit("/", 1)[-1]]
+        assert group.hparams["model.reg_weight"].number_value == r["reg_weight"]
+        assert group.hparams["prior.K"].number_value == 3 and group.hparams["model.name"].string_value == "csrae"
+        metrics = {m.name.tag: m.value for m in group.metric_values}
+        assert metrics["final/test_nll"] == pytest.approx(r["test_nll"], rel=1e-6)
+        assert metrics["final/acc"] == pytest.approx(r["acc"], rel=1e-6)
+        assert [s.status for s in group.sessions] == [api_pb2.STATUS_SUCCESS]
 
 
 def test_mlflow_run_holds_params_metrics_pretraining_results_and_images(run_cli, tmp_path):
@@ -145,6 +180,8 @@ def test_mlflow_run_holds_params_metrics_pretraining_results_and_images(run_cli,
 
 
 def test_the_run_name_says_what_ran_and_logger_run_name_overrides_it(compose, tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
     from src.trackers import open_tracker, run_name
 
     assert run_name(compose()) == "csrae-gmm-K10-w1-s0"
@@ -154,6 +191,9 @@ def test_the_run_name_says_what_ran_and_logger_run_name_overrides_it(compose, tm
     tracker = open_tracker(compose("logger=tensorboard", f"logger.dir={tmp_path}", "logger.run_name=mine"), tmp_path)
     tracker.finish({"status": "failed"})
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+    _, (group,) = _hparams_tab(tmp_path)
+    assert group.name == "mine" and group.hparams["trainer.checkpoint"].string_value == "True"
+    assert [s.status for s in group.sessions] == [api_pb2.STATUS_FAILURE]  # a failed run is no success
 
 
 def test_a_failed_run_is_a_failed_mlflow_run(run_cli, tmp_path):
