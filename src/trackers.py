@@ -20,7 +20,9 @@ Names, the same in both trackers where they can be:
 - tensorboard: event files in `<logger.dir>/<run name>` (default `<run dir>/tensorboard/<run name>`),
   written with torch's SummaryWriter; scalars, images, the config and the results as text, and
   HParams (the config and the final/ metrics, with the run's status) when the run ends, so the
-  HParams tab lists the jobs of a sweep side by side. View: `tensorboard --logdir outputs/`.
+  HParams tab lists the jobs of a sweep side by side. View: `tensorboard --logdir outputs/`. Jobs
+  that share a `logger.dir` and a run name (a sweep over a setting the name leaves out) share one
+  TensorBoard run: give them a `logger.run_name` each.
 - mlflow: one MLflow run per job in `logger.tracking_uri` (default a SQLite store under
   outputs/mlflow/, artifacts beside it; or a tracking server's URL), experiment `logger.experiment`;
   params, metrics, artifacts config.yaml, results.json and images/, status FINISHED / FAILED /
