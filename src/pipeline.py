@@ -148,7 +148,7 @@ def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
         device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device, tracker.log_epoch, reporter))
+        results.update(_train_and_evaluate(cfg, run_dir, device, tracker, reporter))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
@@ -217,7 +217,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None, reporter=None) -> dict:
+def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: trackers.Tracker, reporter=None) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
@@ -243,7 +243,17 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, on_epoch=None,
                 raise TrainingPruned(epoch, value)
 
     settings = _settings(cfg)
-    state = fit(model, data, optimizer, settings, run_dir, device, on_epoch, report_interim if reporter else None)
+    state = fit(
+        model,
+        data,
+        optimizer,
+        settings,
+        run_dir,
+        device,
+        tracker.log_epoch,
+        tracker.log_pretrain_epoch,
+        report_interim if reporter else None,
+    )
     load_best_weights(model, run_dir, settings.fingerprint, state.best_epoch)
 
     return {

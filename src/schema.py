@@ -141,10 +141,10 @@ class LoggerConfig:
     """Optional experiment tracker (src/trackers.py); never part of a checkpoint's identity."""
 
     name: LoggerName = LoggerName.none
-    dir: Optional[str] = None  # tensorboard: event-file dir, null = <run dir>/tensorboard
+    dir: Optional[str] = None  # tensorboard: events in <dir>/<run name>, null = <run dir>/tensorboard
     tracking_uri: str = "sqlite:///outputs/mlflow/mlflow.db"  # mlflow: a store or a server URL
     experiment: str = "csrae-sweeps"  # mlflow experiment name
-    run_name: Optional[str] = None  # mlflow run name, null = the run dir's name
+    run_name: Optional[str] = None  # null = what ran, src.trackers.run_name (csrae-gmm-K10-w3-s0)
 
 
 @dataclass

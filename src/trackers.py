@@ -1,18 +1,33 @@
 """Optional experiment trackers: `logger=tensorboard` or `logger=mlflow` (default `logger=none`).
 
 Copies of what the run directory already holds, for people who browse runs in those tools: the
-composed config, each epoch's metrics.csv row and the final results.json numbers. metrics.csv and
-results.json stay the contract (docs/CONTRACT.md); a tracker never changes them, and the logger
-settings are not part of the checkpoint fingerprint (a run can be resumed with another logger).
+composed config, each epoch's metrics.csv and pretrain_metrics.csv row, the final results.json
+numbers and the run's images. metrics.csv and results.json stay the contract (docs/CONTRACT.md); a
+tracker never changes them, and the logger settings are not part of the checkpoint fingerprint (a
+run can be resumed with another logger).
 
-- tensorboard: event files in `logger.dir` (default `<run dir>/tensorboard`), written with torch's
-  SummaryWriter; scalars `epoch/<column>` per epoch, `results/<key>` at the end, the config and the
-  results as text. View: `tensorboard --logdir outputs/`.
+Names, the same in both trackers where they can be:
+- run name: `logger.run_name`, else what ran, `<model>-<prior>-K<K>-w<reg_weight>-s<seed>`
+  (`csrae-gmm-K10-w3-s0`, `run_name`);
+- params / hparams: the flattened config (`prior.K`, `model.reg_weight`, ...);
+- per-epoch metrics: the metrics.csv columns with step = epoch (TensorBoard: `epoch/<column>`);
+- pretraining: `pretrain/<column>` of pretrain_metrics.csv with step = pretraining epoch;
+- final results: `final/<key>` for the results.json numbers that are outcomes (`final/test_nll`,
+  `final/val_nll`, `final/acc`, ... `FINAL_KEYS`), not the config columns (those are params);
+- images: the run's PNGs (`results.json` `images`): MLflow artifacts `images/<file>`,
+  TensorBoard images `images/<name>`.
+
+- tensorboard: event files in `<logger.dir>/<run name>` (default `<run dir>/tensorboard/<run name>`),
+  written with torch's SummaryWriter; scalars, images, the config and the results as text, and
+  HParams (the config and the final/ metrics, with the run's status) when the run ends, so the
+  HParams tab lists the jobs of a sweep side by side. View: `tensorboard --logdir outputs/`. Jobs
+  that share a `logger.dir` and a run name (a sweep over a setting the name leaves out) share one
+  TensorBoard run: give them a `logger.run_name` each.
 - mlflow: one MLflow run per job in `logger.tracking_uri` (default a SQLite store under
   outputs/mlflow/, artifacts beside it; or a tracking server's URL), experiment `logger.experiment`;
-  params = the flattened config, metrics per epoch (step = epoch) and at the end, artifacts
-  config.yaml and results.json, status FINISHED / FAILED / KILLED. A resumed run starts a new
-  MLflow run. View: `mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db`.
+  params, metrics, artifacts config.yaml, results.json and images/, status FINISHED / FAILED /
+  KILLED. A resumed run starts a new MLflow run. View:
+  `mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db`.
 """
 
 from __future__ import annotations
@@ -23,7 +38,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+from src.contract import CONFIG_COLUMNS, FLOAT_KEYS, INT_KEYS, RESULT_KEYS, key_config
+
+MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
+
+#: The results.json numbers a tracker logs as final/<key>: the outcomes, not the config columns.
+FINAL_KEYS = [k for k in RESULT_KEYS if k in INT_KEYS + FLOAT_KEYS and k not in CONFIG_COLUMNS]
+FINAL = "final/"
+PRETRAIN = "pretrain/"
+
+
+def run_name(cfg) -> str:
+    """What ran, for a tracker's run list: csrae-gmm-K10-w3-s0 (model, prior, K, reg_weight, seed)."""
+    k = key_config(cfg)
+    return f"{k['model']}-{k['prior']}-K{k['K']}-w{k['reg_weight']:g}-s{k['seed']}"
 
 
 def _numbers(d: dict) -> dict[str, float]:
@@ -34,17 +62,29 @@ def _numbers(d: dict) -> dict[str, float]:
     }
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
+def _final(results: dict) -> dict[str, float]:
+    return {FINAL + k: v for k, v in _numbers(results).items() if k in FINAL_KEYS}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{"prior.K": 10, ...}: scalars as they are, lists as JSON text."""
     if isinstance(d, dict):
         out = {}
         for k, v in d.items():
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
-    return {prefix[:-1]: json.dumps(d) if isinstance(d, list) else str(d)}
+    return {prefix[:-1]: json.dumps(d) if isinstance(d, list) else d}
+
+
+def _images(results: dict, run_dir: Path) -> list[Path]:
+    return [run_dir / name for name in results.get("images") or [] if (run_dir / name).is_file()]
 
 
 class Tracker:
     """logger=none: does nothing."""
+
+    def log_pretrain_epoch(self, row: dict) -> None:
+        pass
 
     def log_epoch(self, row: dict) -> None:
         pass
@@ -54,25 +94,63 @@ class Tracker:
 
 
 class TensorBoardTracker(Tracker):
-    def __init__(self, log_dir: Path, config_yaml: str):
+    def __init__(self, log_dir: Path, config: dict, config_yaml: str, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.writer.add_text("config", f"```\n{config_yaml}\n```", 0)
+        self.config, self.run_dir = config, run_dir
         self.step = 0
+
+    def _scalars(self, prefix: str, row: dict, step: int) -> None:
+        for key, value in _numbers(row).items():
+            if key != "epoch":
+                self.writer.add_scalar(prefix + key, value, step)
+        self.writer.flush()
+
+    def log_pretrain_epoch(self, row: dict) -> None:
+        self._scalars(PRETRAIN, row, int(row["epoch"]))
 
     def log_epoch(self, row: dict) -> None:
         self.step = int(row["epoch"])
-        for key, value in _numbers(row).items():
-            if key != "epoch":
-                self.writer.add_scalar(f"epoch/{key}", value, self.step)
-        self.writer.flush()
+        self._scalars("epoch/", row, self.step)
 
     def finish(self, results: dict) -> None:
-        for key, value in _numbers(results).items():
-            self.writer.add_scalar(f"results/{key}", value, self.step)
+        import numpy as np
+        from PIL import Image
+
+        for tag, value in _final(results).items():
+            self.writer.add_scalar(tag, value, self.step)
+        for path in _images(results, self.run_dir):
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            self.writer.add_image(f"images/{path.stem}", pixels, self.step, dataformats="HWC")
         self.writer.add_text("results", f"```\n{json.dumps(results, indent=2, default=str)}\n```", self.step)
+        self._hparams(results.get("status"))
         self.writer.close()
+
+    def _hparams(self, status: str | None) -> None:
+        """The HParams plugin's summaries: the config as hparams, the final/ scalars of this run as its
+        metrics (every FINAL_KEYS tag, so that each job lists the same columns) and the run's status."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from torch.utils.tensorboard.summary import hparams
+
+        # Booleans as text: torch's hparams() would make them 1.0 / 0.0.
+        values = {k: str(v) if isinstance(v, bool) else v for k, v in _flatten(self.config).items()}
+        experiment, start, _ = hparams(values, {FINAL + k: None for k in FINAL_KEYS})
+        end = plugin_data_pb2.HParamsPluginData(
+            session_end_info=plugin_data_pb2.SessionEndInfo(
+                status=api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE,
+                end_time_secs=time.time(),
+            ),
+            version=metadata.PLUGIN_DATA_VERSION,
+        )
+        end = Summary(
+            value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(end))]
+        )
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary, self.step)
 
 
 class MLflowTracker(Tracker):
@@ -93,8 +171,8 @@ class MLflowTracker(Tracker):
             )
             experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
         run = self.client.create_run(experiment_id, run_name=run_name, tags={"run_dir": str(run_dir)})
-        self.run_id = run.info.run_id
-        params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
+        self.run_id, self.run_dir = run.info.run_id, run_dir
+        params = [Param(k, str(v)[:6000]) for k, v in _flatten(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
@@ -104,16 +182,21 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in _numbers(values).items()]
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
+    def log_pretrain_epoch(self, row: dict) -> None:
+        self._log({PRETRAIN + k: v for k, v in _numbers(row).items() if k != "epoch"}, int(row["epoch"]))
+
     def log_epoch(self, row: dict) -> None:
         self.step = int(row["epoch"])
-        self._log({k: v for k, v in row.items() if k != "epoch"}, self.step)
+        self._log({k: v for k, v in _numbers(row).items() if k != "epoch"}, self.step)
 
     def finish(self, results: dict) -> None:
-        self._log(results, self.step)
+        self._log(_final(results), self.step)
+        for path in _images(results, self.run_dir):
+            self.client.log_artifact(self.run_id, str(path), "images")
         self.client.log_dict(self.run_id, json.loads(json.dumps(results, default=str)), "results.json")
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(results.get("status"), "FAILED"))
 
@@ -132,15 +215,10 @@ def open_tracker(cfg, run_dir: Path) -> Tracker:
         OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True, enum_to_str=True
     )
     config_yaml = OmegaConf.to_yaml(container)
+    title = logger.run_name or run_name(cfg)
     if name == "tensorboard":
-        return TensorBoardTracker(Path(logger.dir) if logger.dir else run_dir / "tensorboard", config_yaml)
+        log_dir = (Path(logger.dir) if logger.dir else run_dir / "tensorboard") / title
+        return TensorBoardTracker(log_dir, container, config_yaml, run_dir)
     if name == "mlflow":
-        return MLflowTracker(
-            str(logger.tracking_uri),
-            str(logger.experiment),
-            logger.run_name or run_dir.name,
-            container,
-            config_yaml,
-            run_dir,
-        )
+        return MLflowTracker(str(logger.tracking_uri), str(logger.experiment), title, container, config_yaml, run_dir)
     raise ValueError(f"unknown logger {name!r}")

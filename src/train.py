@@ -246,12 +246,13 @@ def _validation_recon(model: Autoencoder, x: torch.Tensor, batch: int, device) -
     )
 
 
-def _pretrain(loop: _Loop, state: TrainState, run_dir: Path) -> None:
+def _pretrain(loop: _Loop, state: TrainState, run_dir: Path, on_epoch: Callable[[dict], None] | None) -> None:
     """Autoencoder pretraining (reconstruction only), then the prior refit to the pretrained codes (VaDE).
 
-    Each epoch is checkpointed like a training epoch (state.pretrain_epoch counts them) and logged to
-    pretrain_metrics.csv. The refit and a fresh optimizer state (the reconstruction-only Adam moments
-    do not belong to the new objective) come with the last pretraining epoch, before its checkpoint.
+    Each epoch is checkpointed like a training epoch (state.pretrain_epoch counts them), logged to
+    pretrain_metrics.csv and handed to on_epoch. The refit and a fresh optimizer state (the
+    reconstruction-only Adam moments do not belong to the new objective) come with the last
+    pretraining epoch, before its checkpoint.
     """
     model, data, optimizer, generator, settings, device = loop
     if not settings.pretrain_epochs:
@@ -281,6 +282,8 @@ def _pretrain(loop: _Loop, state: TrainState, run_dir: Path) -> None:
         state.pretrain_epoch, state.train_seconds = epoch, state.train_seconds + seconds
         row = dict(zip(PRETRAIN_COLUMNS, [epoch, tr[1], val_recon, optimizer.param_groups[0]["lr"], seconds]))
         append_metrics(metrics, row, PRETRAIN_COLUMNS)
+        if on_epoch is not None:
+            on_epoch(row)
         if settings.checkpoint:
             save_checkpoint(last, model, optimizer, state, generator, settings.fingerprint)
         log.info(
@@ -297,13 +300,15 @@ def fit(
     run_dir: Path,
     device: torch.device,
     on_epoch: Callable[[dict], None] | None = None,
+    on_pretrain_epoch: Callable[[dict], None] | None = None,
     after_epoch: Callable[[int], None] | None = None,
 ) -> TrainState:
     """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
     resumable from run_dir/checkpoints/last.pt.
 
-    on_epoch(row) is called with each epoch's metrics.csv row once it is written (trackers);
-    after_epoch(epoch) once the epoch is checkpointed, and may raise TrainingPruned to end training."""
+    on_epoch(row) is called with each epoch's metrics.csv row once it is written, on_pretrain_epoch(row)
+    with each pretrain_metrics.csv row (trackers); after_epoch(epoch) once the epoch is checkpointed, and
+    may raise TrainingPruned to end training."""
     ckpt_dir = run_dir / "checkpoints"
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     metrics = run_dir / "metrics.csv"
@@ -313,7 +318,7 @@ def fit(
         state = TrainState(**restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator))
         log.info("resumed from %s after epoch %d", last, state.epoch)
     loop = _Loop(model, data, optimizer, generator, settings, device)
-    _pretrain(loop, state, run_dir)
+    _pretrain(loop, state, run_dir, on_pretrain_epoch)
     reset_metrics(metrics, state.epoch)
     geco = settings.geco
     if geco is not None and state.geco_log_lambda is None:
