@@ -74,9 +74,9 @@ def main(cfg: DictConfig) -> float | list[float]:
         print(f"pruned: {run_dir} ({e})")
         return jobs.PrunedJob(e.epoch, e.value)
     except (*USER_ERRORS, jobs.ObjectiveError) as e:
-        log.error("%s", e)
-        if multirun:
+        if multirun:  # the sweeper reports it (once), Hydra writes it with its traceback into run.log
             raise
+        log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: results.json says "interrupted"; no traceback for a single run

@@ -15,8 +15,11 @@ from omegaconf import OmegaConf
 from src.config import ConfigError, validate
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep"))
-# Experiment and debug files are `# @package _global_` (whole protocols, shortcuts): tested apart.
-OPTIONS = [(g, f.stem) for g in GROUPS if g not in ("experiment", "debug") for f in sorted((CONF / g).glob("*.yaml"))]
+# Experiment and debug files are `# @package _global_` (whole protocols, shortcuts): tested apart; pruner
+# files are `_target_`s to Optuna pruners, read by Optuna sweeps only (tests/test_pruning.py).
+OPTIONS = [
+    (g, f.stem) for g in GROUPS if g not in ("experiment", "debug", "pruner") for f in sorted((CONF / g).glob("*.yaml"))
+]
 LAUNCHERS = sorted(f.stem for f in (CONF / "hydra" / "launcher").glob("*.yaml"))
 
 # What an option needs from the other groups to be a valid experiment.
@@ -24,7 +27,19 @@ NEEDS = {("dataset", "cifar10"): ["model.likelihood=gaussian", "model.network=co
 
 
 def test_the_groups_and_options_are_the_documented_ones():
-    assert GROUPS == ["dataset", "debug", "eval", "experiment", "logger", "model", "optimizer", "prior", "trainer"]
+    assert GROUPS == [
+        "dataset",
+        "debug",
+        "eval",
+        "experiment",
+        "logger",
+        "model",
+        "optimizer",
+        "prior",
+        "pruner",
+        "trainer",
+    ]
+    assert {f.stem for f in (CONF / "pruner").glob("*.yaml")} == {"none", "median", "successive_halving", "hyperband"}
     assert {f.stem for f in (CONF / "experiment").glob("*.yaml")} == {
         "mnist_density",
         "mnist_clustering",
@@ -98,16 +113,17 @@ def test_every_option_composes_the_same_on_the_command_line_and_in_python(tmp_pa
     options = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
     def cli(override: str) -> dict:
-        cmd = [sys.executable, "-m", "src.run", override, "--cfg", "job"]
+        cmd = [sys.executable, "-m", "src.run", *override.split(), "--cfg", "job"]
         out = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return yaml.safe_load(out.stdout)
 
-    overrides = [f"{g}={o}" for g, o in options]
+    # a pruner is read by Optuna sweeps only (alone on a command line it is refused)
+    overrides = [f"sweep=csrae_optuna {g}={o}" if g == "pruner" else f"{g}={o}" for g, o in options]
     with ThreadPoolExecutor(max_workers=2) as pool:
         from_cli = list(pool.map(cli, overrides))
     for override, got in zip(overrides, from_cli):
-        assert got == OmegaConf.to_container(api_compose(override), enum_to_str=True), override
+        assert got == OmegaConf.to_container(api_compose(*override.split()), enum_to_str=True), override
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)

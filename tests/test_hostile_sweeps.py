@@ -375,11 +375,12 @@ def test_sweep_with_no_trials_to_run(tmp_path, n):
 
 
 def test_sweep_in_which_every_trial_fails(tmp_path):
-    """Every trial fails (here: a clustering objective with K = 1): exit 1 and "Record does not exist"
-    before. Now one line naming the first error and where the logs are, and trials.csv is written."""
+    """Every trial fails (here: a clustering objective with K = 1): one line quoting the jobs' own
+    error (once for the two trials that share it) and where the logs are; trials.csv is written."""
     p = python(*optuna_sweep(tmp_path, "prior.K=1", "sweep.objectives=[val_acc]"), cwd=tmp_path / "cwd")
     line = assert_one_line_error(p, "all 2 trials of this sweep failed", "val_acc", str(tmp_path / "sweep"))
-    assert "Record does not exist" not in line
+    assert "trials 0, 1: ObjectiveError: objective 'val_acc' is None" in line, line
+    assert "Record does not exist" not in line and "Job failed" not in line
     assert (tmp_path / "sweep" / "trials.csv").is_file()
     assert [t.state.name for t in load_study(tmp_path).trials] == ["FAIL", "FAIL"]
 

@@ -44,13 +44,13 @@ def _command(*overrides: str, threads: int = 1, epochs: int = 1) -> list[str]:
 
 
 def sweep(
-    tmp_path: Path, *overrides: str, threads: int = 1, timeout: float = 300, check: bool = True
+    tmp_path: Path, *overrides: str, threads: int = 1, epochs: int = 1, timeout: float = 300, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run a multirun in a subprocess from an empty cwd (so nothing lands in the repo)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
     p = subprocess.run(
-        _command(*overrides, threads=threads),
+        _command(*overrides, threads=threads, epochs=epochs),
         cwd=cwd,
         env=subprocess_env(),
         capture_output=True,
@@ -169,6 +169,7 @@ def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
     r = results(tmp_path / "fail" / str(failed.user_attrs["job_num"]))
     assert r["status"] == "failed" and "batch_size" in r["error"] and r["val_nll"] is None
     assert "trial 1 failed: ConfigError: trainer.batch_size" in p.stdout + p.stderr
+    assert (p.stdout + p.stderr).count("trainer.batch_size must be") == 1  # each failure reported once
 
 
 def test_sweep_killed_with_sigkill_loses_no_finished_trial(tmp_path):
