@@ -3,7 +3,8 @@ pruner=none, median and hyperband, each run as 2 worker processes sharing one st
 (hydra.sweeper.budget=study, one thread each, worker w with sampler seed w):
 
 - digits: 24 trials x 60 epochs
-- mnist:  12 trials x 30 epochs on dataset.max_train=10000 (MNIST from MNIST_ROOT, default ../shared/data)
+- mnist:  12 trials x 30 epochs on dataset.max_train=10000 (MNIST from MNIST_ROOT, default ../shared/data),
+  evaluated on 2000 validation and test points with S = 100 (the search's objective is val_nll)
 
 For each search: total epochs trained, CPU time of all its processes (user + sys), wall time with the
 2 workers, the best val_nll found (± its standard error over validation points), and where that best
@@ -38,7 +39,17 @@ RUNS = REPO / "benchmarks" / "runs" / "search_cost"
 DATA_ROOT = os.environ.get("MNIST_ROOT", str((REPO / ".." / "shared" / "data").resolve()))
 SETTINGS = {  # name: (trials, epochs, overrides)
     "digits": (24, 60, []),
-    "mnist": (12, 30, ["dataset=mnist", f"dataset.root={DATA_ROOT}", "dataset.max_train=10000"]),
+    "mnist": (
+        12,
+        30,
+        [
+            "dataset=mnist",
+            f"dataset.root={DATA_ROOT}",
+            "dataset.max_train=10000",
+            "dataset.max_eval=2000",
+            "eval.is_samples=100",
+        ],
+    ),
 }
 PRUNERS = ["none", "median", "hyperband"]
 WORKERS = 2

@@ -235,11 +235,12 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: track
         device,
     )
 
-    def report_interim(epoch: int) -> None:  # a sweep's trial: interim value, and maybe stop (src.sweeps.pruning)
+    def report_interim(epoch: int, last: bool) -> None:  # a sweep's trial (src.sweeps.pruning)
         if reporter.due(epoch):
             ev = cfg.eval
             value = evaluate.interim_nll(model, data.val.x, ev.interim_is_samples, ev.interim_points, device)
-            if reporter.report(epoch, value):
+            # after the last epoch, stopping saves no training: the trial completes and is evaluated
+            if reporter.report(epoch, value) and not last:
                 raise TrainingPruned(epoch, value)
 
     settings = _settings(cfg)

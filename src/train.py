@@ -301,14 +301,14 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[dict], None] | None = None,
     on_pretrain_epoch: Callable[[dict], None] | None = None,
-    after_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int, bool], None] | None = None,
 ) -> TrainState:
     """Pretrain (if asked), then train with warm-up or the GECO constraint and early stopping;
     resumable from run_dir/checkpoints/last.pt.
 
     on_epoch(row) is called with each epoch's metrics.csv row once it is written, on_pretrain_epoch(row)
-    with each pretrain_metrics.csv row (trackers); after_epoch(epoch) once the epoch is checkpointed, and
-    may raise TrainingPruned to end training."""
+    with each pretrain_metrics.csv row (trackers); after_epoch(epoch, last) once the epoch is checkpointed
+    (last: training ends after it anyway), and may raise TrainingPruned to end training."""
     ckpt_dir = run_dir / "checkpoints"
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     metrics = run_dir / "metrics.csv"
@@ -394,7 +394,7 @@ def fit(
         )
         if after_epoch is not None:
             try:
-                after_epoch(epoch)
+                after_epoch(epoch, state.stopped_early or epoch >= settings.epochs)
             except TrainingPruned as e:
                 e.train_seconds = state.train_seconds
                 raise

@@ -93,6 +93,7 @@ def test_two_workers_hold_every_trial_exactly_once(two_workers):
     study = optuna.load_study(study_name=name, storage=url)
     assert states(study) == {"COMPLETE": 6}
     assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(list(t.intermediate_values) == [1] for t in study.trials)  # each job reported to its trial
     ran = []  # (trial, value) from every job dir of both workers
     for results_json in sorted(workers.glob("w*/*/results.json")):
         r = results(results_json.parent)

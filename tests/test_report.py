@@ -241,26 +241,26 @@ def test_verdict_and_failed_run_in_the_report(report):
 def test_optuna_report(optuna_sweep, tmp_path):
     _run("-m", "src.report", str(optuna_sweep), "--out", str(tmp_path), "--name", "opt")
     md = (tmp_path / "opt" / "report.md").read_text()
-    assert "## Optuna study csrae_optuna" in md and "3 trials (3 completed, 0 failed)" in md
+    assert "## Optuna study csrae_optuna" in md and "3 trials (3 completed, 0 pruned, 0 failed)" in md
     for png in ("optuna_history.png", "optuna_params.png"):
         assert f"]({png})" in md and (tmp_path / "opt" / png).is_file()
     study = A.optuna_studies(A.load_runs(optuna_sweep, progress=False))[0]
     assert sorted(study.trials["number"]) == [0, 1, 2] and study.objective == "val_nll"
     assert set(study.params) == {"prior.K", "model.reg_weight", "model.latent_dim", "optimizer.lr"}
     assert {"model.reg_weight", "optimizer.lr"} <= study.log_params
-    assert "MeanDecreaseImpurityImportanceEvaluator" in md and "Parameter importances for val_nll" in md
+    assert "PED-ANOVA" in md and "Parameter importances for val_nll" in md
 
 
 def test_parameter_importances_match_optunas_on_the_stored_study(optuna_sweep):
     """The report's importances (from the job dirs) equal optuna's own on the study in its storage."""
     import optuna
-    from optuna.importance import MeanDecreaseImpurityImportanceEvaluator, get_param_importances
+    from optuna.importance import get_param_importances
 
     study = A.optuna_studies(A.load_runs(optuna_sweep, progress=False))[0]
     ours = A.param_importances(study)
     assert set(ours["parameter"]) == set(study.params) and ours["importance"].sum() == pytest.approx(1.0)
     stored = optuna.load_study(study_name="csrae_optuna", storage=f"sqlite:///{optuna_sweep.parent / 'study.db'}")
-    theirs = get_param_importances(stored, evaluator=MeanDecreaseImpurityImportanceEvaluator(seed=0))
+    theirs = get_param_importances(stored)
     assert dict(zip(ours["parameter"], ours["importance"])) == pytest.approx(dict(theirs))
     assert list(ours["parameter"]) == list(theirs)  # sorted, most important first
 

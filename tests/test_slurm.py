@@ -89,6 +89,39 @@ def test_optuna_sweep_on_slurm_two_trials_per_batch(tmp_path):
     assert (d / "trials.csv").exists() and (d / "optimization_results.yaml").exists()
 
 
+def test_journal_file_sweep_with_pruning_on_slurm(tmp_path):
+    """A journal-file study (no database server) on the filesystem the nodes share: every SLURM job
+    reports its interim values to its trial through the file, and a median pruner stops the trials
+    worse than the first two at epoch 2 (or lets them finish: PRUNED or COMPLETE, never FAIL)."""
+    import optuna
+
+    from src.sweeps.storage import open_storage
+
+    journal = tmp_path / "studies" / "vae.log"
+    d = tmp_path / "journal"
+    sweep(
+        tmp_path,
+        "sweep=vae_optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweeper.storage={journal}",
+        f"hydra.sweep.dir={d}",
+        "pruner=median",
+        "pruner.n_startup_trials=2",
+        "trainer.warmup_epochs=1",
+        *SLURM,
+        epochs=4,
+        timeout=900,
+    )
+    study = optuna.load_study(study_name="vae_optuna", storage=open_storage(str(journal)))
+    assert set(states(study)) <= {"COMPLETE", "PRUNED"} and len(study.trials) == 4, states(study)
+    for t in study.trials:
+        assert sorted(t.intermediate_values)[:1] == [1], t.intermediate_values  # reported from the node
+        r = results(d / str(t.user_attrs["job_num"]))
+        assert r["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")
+    assert sorted(slurm_states(d).values()) == ["COMPLETED"] * 4
+
+
 def slow_first_trial(cfg, trial) -> None:
     """custom_search_space hook: trial 0 trains for 400 epochs (long enough to be cancelled while it
     runs), the others for 1."""

@@ -48,14 +48,7 @@ from src.analysis.loading import (
 )
 from src.analysis.notebook import notebook_params, show
 from src.analysis.stats import best_configs, best_run, holm, mean_ci, paired_comparisons, paired_test, summarize
-from src.analysis.studies import (
-    IMPORTANCE_EVALUATOR,
-    OptunaStudy,
-    load_curves,
-    load_optuna,
-    optuna_studies,
-    param_importances,
-)
+from src.analysis.studies import OptunaStudy, load_curves, load_optuna, optuna_studies, param_importances
 from src.analysis.verdict import caveats, describe_comparison, verdict, verdict_markdown
 from src.analysis.vocabulary import (
     COMPLETED,
@@ -70,7 +63,6 @@ from src.analysis.vocabulary import (
 
 __all__ = [
     "COMPLETED",
-    "IMPORTANCE_EVALUATOR",
     "INVALID",
     "METRICS",
     "SUMMARY_METRICS",

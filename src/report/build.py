@@ -209,9 +209,9 @@ def _importances_section(doc: Doc, study: A.OptunaStudy) -> None:
         doc.p(f"Parameter importances need at least 2 completed trials with every searched parameter ({n_done} here).")
         return
     doc.p(
-        f"Parameter importances for {study.objective} over the {n_done} completed trials: evaluator "
-        f"{A.IMPORTANCE_EVALUATOR.rsplit('.', 1)[-1]} (optuna.importance, a random forest, seed 0; "
-        "fANOVA, optuna 2.10's default, fails with the current scikit-learn). Few trials make them rough."
+        f"Parameter importances for {study.objective} over the {n_done} completed trials: Optuna's default "
+        "evaluator (optuna.importance.get_param_importances: PED-ANOVA, which compares where the best trials' "
+        "parameters lie with the whole search). Few trials make them rough."
     )
     doc.table(imp.assign(importance=imp["importance"].map(lambda v: f"{v:.3f}")))
 
