@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args, storage: str, name: str, directions: list[str], objectives: list[str]) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each command prints its own one-line summary
     if args.command == "create":
         study = ensure_study(storage, name, directions, objectives)
         print(f"{study_summary(study)} ({', '.join(directions)}) in {masked(storage)}")
