@@ -59,7 +59,9 @@ class ModelConfig:
     constraint: Constraint = Constraint.none
     target_recon: Optional[float] = None  # κ
     geco_alpha: float = 0.99  # moving average of the constraint
-    geco_rate: float = 1.0e-4  # ν: log λ moves by ν · C_ma per step (C in nats per data point)
+    # ν: log λ moves by ν · C_ma per step (C in nats per data point); null = geco.RELATIVE_RATE / κ,
+    # i.e. by RELATIVE_RATE times the relative violation C_ma / κ, whatever the data's scale.
+    geco_rate: Optional[float] = None
 
 
 @dataclass
