@@ -1,4 +1,5 @@
-"""README's claims, checked against what they describe: its GECO command run as written."""
+"""README's claims, checked against what they describe: its MNIST numbers against the committed CSVs
+(rounded by the project's one number formatter), and its GECO command run as written."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from cli import subprocess_env
 
+from src.formatting import number
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
@@ -20,6 +23,52 @@ def readme_command(*words: str) -> list[str]:
     lines = [ln for ln in README.splitlines() if ln.startswith("python -m src.run") and all(w in ln for w in words)]
     assert len(lines) == 1, lines
     return shlex.split(lines[0], comments=True)[3:]
+
+
+PROVISIONAL = REPO / "benchmarks" / "results" / "mnist_provisional"
+# README's column headers and the results.json keys (runs.csv columns) they show, with their decimals.
+COLUMNS = {
+    "test NLL (S=5000)": ("test_nll", 2),
+    "clustering ACC": ("acc", 3),
+    "NMI": ("nmi", 3),
+    "ARI": ("ari", 3),
+    "few-label LR, 10/class": ("fewlabel_lr_10", 3),
+    "few-label components, 10/class": ("fewlabel_comp_10", 3),
+}
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_readmes_mnist_numbers_are_the_committed_ones():
+    """README said 0.928 where the CSV has 0.9275 and the report 0.927: every number of its MNIST table
+    and paired difference is the committed value as src.formatting.number rounds it."""
+    text = _section("CS vs KL on MNIST: where the answer stands")
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    runs = {r["run"]: r for r in _csv(PROVISIONAL / "report" / "runs.csv")}
+    assert len(body) == 2
+    for cells in body:
+        run = re.search(r"`(\w+)`", cells[0]).group(1)
+        r = {k: float(v) for k, v in runs[run].items() if re.fullmatch(r"-?[\d.]+(e-?\d+)?", v)}
+        for title, cell in zip(header[1:], cells[1:]):
+            key, digits = COLUMNS[title]
+            expected = number(r[key], digits)
+            if key == "test_nll":
+                expected += f" ± {number(r['test_nll_sem'], 2)}"
+            assert cell.replace("*", "") == expected, (run, title, cell, expected)
+    (pair,) = _csv(PROVISIONAL / "paired.csv")
+    found = re.search(r"(\w+) − (\w+) =\s+\*\*\+([\d.]+) nats, 95% CI ([\d.]+) … ([\d.]+)\*\*", text)
+    assert found, text
+    a, b, diff, lo, hi = found.groups()
+    assert (a, b) == tuple(runs[n]["model"] for n in (pair["a"], pair["b"]))
+    assert (diff, lo, hi) == tuple(number(float(pair[k]), 2) for k in ("diff", "ci95_lo", "ci95_hi"))
 
 
 def test_readmes_geco_command_meets_its_target(tmp_path):
