@@ -74,7 +74,9 @@ class PriorConfig:
     init: PriorInit = PriorInit.kmeans  # gmm only; random init collapses components onto each other
     init_scale: float = 1.0  # std of the random initial component means
     init_logvar: float = 0.0
-    kmeans_epoch: int = 10  # kmeans init: refit the components after this epoch (the end of warm-up)
+    # kmeans init: refit the components after this epoch; early, while the warm-up keeps the regulariser
+    # weak and the codes are close to an autoencoder's (docs/PROTOCOLS.md; 10 also under mnist_density)
+    kmeans_epoch: int = 10
     kmeans_samples: int = 2000  # ... on the posterior means of this many training points
     train: bool = True  # False freezes the prior's parameters
     code_dim: int = 16  # net prior: size of the learnable component codes

@@ -83,6 +83,8 @@ def fp(compose, *overrides: str) -> str:
 def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
     explicit = fp(compose, *LIVE_RUN)
     assert explicit == LIVE_RUN_FINGERPRINT
+    vamp = fp(compose, "experiment=mnist_density", "model=vae", "prior=vamp", "prior.K=500")
+    assert vamp == VAMP500_FINGERPRINT  # the VampPrior anchor's checkpoints
     assert (
         fp(
             compose,
@@ -144,6 +146,15 @@ def test_new_settings_at_their_neutral_default_keep_old_fingerprints(compose):
         fp(compose, "model.constraint=reconstruction", "model.target_recon=13"),
     ]
     assert DEFAULT_FINGERPRINT not in changed and len(set(changed)) == len(changed)
+
+
+def test_mnist_density_refits_a_gmm_early_in_its_warm_up(compose):
+    """prior.kmeans_epoch = 10 under mnist_density is the protocol's choice (docs/PROTOCOLS.md): the refit
+    comes while the warm-up keeps the regulariser at a tenth of its weight, not at the warm-up's end."""
+    cfg = compose("experiment=mnist_density", "model=csrae", "prior=gmm", tiny=False)
+    s = _settings(cfg)
+    assert s.kmeans_epoch == 10 and s.warmup_epochs == 100
+    assert train_mod.regulariser_weight(s.kmeans_epoch, 1.0, s.warmup_epochs) == pytest.approx(0.1)
 
 
 def test_mnist_clustering_is_the_vade_protocol(compose):
