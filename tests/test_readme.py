@@ -1,5 +1,6 @@
-"""README's claims, checked against what they describe: its MNIST numbers against the committed CSVs
-(rounded by the project's one number formatter), and its GECO command run as written."""
+"""What the READMEs and docs claim, checked against what they describe: README's MNIST numbers against
+the committed CSVs (rounded by the project's one number formatter), the published anchors the MNIST
+tables measure against, and README's GECO command run as written."""
 
 from __future__ import annotations
 
@@ -69,6 +70,29 @@ def test_readmes_mnist_numbers_are_the_committed_ones():
     a, b, diff, lo, hi = found.groups()
     assert (a, b) == tuple(runs[n]["model"] for n in (pair["a"], pair["b"]))
     assert (diff, lo, hi) == tuple(number(float(pair[k]), 2) for k in ("diff", "ci95_lo", "ci95_hi"))
+
+
+def _anchors() -> list[dict]:
+    """docs/MATH.md's table of published anchors, one dict per row."""
+    text = (REPO / "docs" / "MATH.md").read_text().split("## Published anchors\n", 1)[1]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
+    return [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
+def test_the_mnist_tables_measure_against_this_protocols_anchors(monkeypatch):
+    """The dynamic-MNIST tables were measured against 85.57, a static-MNIST number: their density anchors
+    are the rows of docs/MATH.md's one anchor table measured on this protocol, and all of them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mnist_tables", REPO / "benchmarks" / "mnist_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # mnist_tables imports mnist_runs
+    spec.loader.exec_module(tables)
+    ours = {v for _, v in tables.DENSITY_ANCHORS}
+    published = {
+        float(r["value"]) for r in _anchors() if r["quantity"] == "test NLL" and "(this protocol)" in r["data"]
+    }
+    assert ours == published == {84.50, 82.38}
 
 
 def test_readmes_geco_command_meets_its_target(tmp_path):
