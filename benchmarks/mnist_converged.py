@@ -1,5 +1,5 @@
-"""The converged MNIST study (issue 10): a queue of named runs, each an experiment file
-(conf/experiment/) plus overrides, trained with the harness until it stops early, resumable.
+"""The converged MNIST study: a queue of named runs, each an experiment file (conf/experiment/) plus
+overrides, trained with the harness until it stops early, resumable.
 
     python benchmarks/mnist_converged.py --list             # the plan and each run's state
     python benchmarks/mnist_converged.py --run              # train whatever is unfinished, one at a time
@@ -18,6 +18,11 @@ are copied to benchmarks/results/mnist_converged_runs/<name>/ (small files, to c
 benchmarks/results/mnist_converged.csv gets one row per planned run (unfinished rows have empty
 results; mnist_converged_plan.csv says why). `python -m src.report` over the copies writes the report
 to benchmarks/results/mnist_converged/.
+
+CSRAE's λ is chosen on validation data only: the csrae rows take model.reg_weight from the λ search's
+trial with the lowest val_nll (benchmarks/results/mnist_lambda_search.csv, columns including reg_weight
+and val_nll). Until that file exists they wait: listed as waiting in mnist_converged_plan.csv, skipped
+by the queue.
 """
 
 from __future__ import annotations
@@ -45,55 +50,82 @@ DEFAULT_RUNS = Path(os.environ.get("CSRAE_RUNS_DIR", "~/csrae-runs/mnist_converg
 
 COMMON = [f"dataset.root={DATA_ROOT}", "trainer.threads=1", "trainer.progress=false"]
 
-# Provisional tuned csrae weight: a 20-epoch scan of λ = 1 … 4 on MNIST (docs/MATH.md, "Why λ = 1 is not
-# CSRAE's KL-equivalent weight"); λ = 1 is the paper's default.
-LAMBDA = 3
+# The λ search: its trials (one row each; columns include reg_weight and val_nll). The csrae rows train
+# at the reg_weight of its trial with the lowest val_nll (chosen_lambda).
+LAMBDA_SEARCH = RESULTS / "mnist_lambda_search.csv"
+# Stands for model.reg_weight=<that λ> in a row's overrides (resolve); shown as is in the plan table.
+CHOSEN_LAMBDA = "model.reg_weight=<λ-search>"
 KAPPA = 60  # GECO reconstruction target, nats: about where a converged vae+standard reconstructs (provisional)
 
 D, C = "mnist_density", "mnist_clustering"
+SEEDS = (0, 1, 2)
 
 
 def _gmm(k: int) -> list[str]:
     return ["prior=gmm", f"prior.K={k}"]
 
 
-def _csrae(lam: float) -> list[str]:
-    return ["model=csrae", f"model.reg_weight={lam}"]
-
-
+# The vae rows keep β = model.reg_weight = 1: the ELBO's own weight, so their NLL is bounded by the
+# objective they train; only CSRAE's λ, which has no such value, is searched.
+VAE = ["model=vae"]
+CSRAE = ["model=csrae", CHOSEN_LAMBDA]
 GECO = ["model.constraint=reconstruction", f"model.target_recon={KAPPA}"]
 
-# (name, experiment, overrides) in priority order. vae_standard_s0 was started by hand before this
-# file with explicit overrides; mnist_density + these composes to the same checkpoint fingerprint
-# (tests/test_experiments.py), so it resumes.
+# (name, experiment, overrides) in the order the queue trains them.
 PLAN = [
-    ("csrae_gmm10_l3_s0", D, [*_csrae(LAMBDA), *_gmm(10)]),
-    ("vae_gmm10_s0", D, ["model=vae", *_gmm(10)]),
-    ("vae_standard_s0", D, ["model=vae", "prior=standard"]),
-    ("clu_csrae_gmm10_s0", C, [*_csrae(LAMBDA)]),
-    ("clu_vae_gmm10_s0", C, ["model=vae"]),
-    ("csrae_gmm10_l1_s0", D, [*_csrae(1), *_gmm(10)]),
-    ("vae_gmm10_geco_s0", D, ["model=vae", *_gmm(10), *GECO]),
-    ("csrae_gmm10_geco_s0", D, [*_csrae(LAMBDA), *_gmm(10), *GECO]),
-    ("vae_gmm50_s0", D, ["model=vae", *_gmm(50)]),
-    ("csrae_gmm50_l3_s0", D, [*_csrae(LAMBDA), *_gmm(50)]),
-    ("csrae_gmm50_l1_s0", D, [*_csrae(1), *_gmm(50)]),
-    ("vae_vamp500_s0", D, ["model=vae", "prior=vamp", "prior.K=500"]),
-    ("csrae_vamp500_l3_s0", D, [*_csrae(LAMBDA), "prior=vamp", "prior.K=500"]),
-    ("vae_standard_s1", D, ["model=vae", "prior=standard", "trainer.seed=1"]),
-    ("csrae_gmm10_l3_s1", D, [*_csrae(LAMBDA), *_gmm(10), "trainer.seed=1"]),
-    ("vae_gmm10_s1", D, ["model=vae", *_gmm(10), "trainer.seed=1"]),
-    ("clu_csrae_gmm10_s1", C, [*_csrae(LAMBDA), "trainer.seed=1"]),
-    ("clu_vae_gmm10_s1", C, ["model=vae", "trainer.seed=1"]),
-    ("clu_csrae_gmm10_s2", C, [*_csrae(LAMBDA), "trainer.seed=2"]),
-    ("clu_vae_gmm10_s2", C, ["model=vae", "trainer.seed=2"]),
+    # 1. The anchors (docs/MATH.md, "Published anchors": dynamic MNIST 84.50 and 82.38). vae_standard_s0
+    # was started by hand with explicit overrides; mnist_density + these composes to the same checkpoint
+    # fingerprint (tests/test_experiments.py), so it resumes; so does vae_vamp500_s0.
+    ("vae_standard_s0", D, [*VAE, "prior=standard"]),
+    ("vae_vamp500_s0", D, [*VAE, "prior=vamp", "prior.K=500"]),
+    # 2. λ, chosen on validation by the λ search (LAMBDA_SEARCH): not a queue row.
+    # 3. The same-prior pair, three seeds.
+    *[(f"csrae_gmm10_s{s}", D, [*CSRAE, *_gmm(10), f"trainer.seed={s}"]) for s in SEEDS],
+    *[(f"vae_gmm10_s{s}", D, [*VAE, *_gmm(10), f"trainer.seed={s}"]) for s in SEEDS],
+    # 4. The clustering protocol, three seeds.
+    *[(f"clu_csrae_gmm10_s{s}", C, [*CSRAE, f"trainer.seed={s}"]) for s in SEEDS],
+    *[(f"clu_vae_gmm10_s{s}", C, [*VAE, f"trainer.seed={s}"]) for s in SEEDS],
+    # 5. Later: the pair at matched reconstruction (GECO: the weight is the multiplier's, starting at 1),
+    # more components, and CSRAE with the VampPrior.
+    ("vae_gmm10_geco_s0", D, [*VAE, *_gmm(10), *GECO]),
+    ("csrae_gmm10_geco_s0", D, ["model=csrae", *_gmm(10), *GECO]),
+    ("vae_gmm50_s0", D, [*VAE, *_gmm(50)]),
+    ("csrae_gmm50_s0", D, [*CSRAE, *_gmm(50)]),
+    ("csrae_vamp500_s0", D, [*CSRAE, "prior=vamp", "prior.K=500"]),
 ]
 
 # Why a planned run has no result yet, in mnist_converged_plan.csv (the queue runs them in PLAN order).
 NOT_RUN = (
-    "not run yet: CPU time (one converged run takes 1.5-3 h of a core here, two at a time, and run "
-    "dirs do not survive between sessions); rerun the queue to train it"
+    "not run yet: queued behind the rows above it (a converged run takes about 2-6 core-hours here, "
+    "two at a time); rerun the queue to train it"
 )
+WAITING = f"waiting for the λ search: {LAMBDA_SEARCH.name} (the λ with the lowest val_nll) does not exist yet"
+
+
+def chosen_lambda() -> float | None:
+    """model.reg_weight of the λ search's trial with the lowest val_nll (validation data only); None while
+    LAMBDA_SEARCH is missing or has no trial with a val_nll (pruned and failed trials have none)."""
+    try:
+        with open(LAMBDA_SEARCH, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return None
+    if rows and not {"reg_weight", "val_nll"} <= set(rows[0]):
+        raise ValueError(f"{LAMBDA_SEARCH} needs the columns reg_weight and val_nll")
+    done = [(float(r["val_nll"]), float(r["reg_weight"])) for r in rows if r["val_nll"] not in ("", None)]
+    done = [d for d in done if math.isfinite(d[0])]
+    return min(done)[1] if done else None
+
+
+def resolve(overrides: list[str], lam: float | None) -> list[str] | None:
+    """A row's overrides with CHOSEN_LAMBDA replaced by model.reg_weight=lam; None while the row waits
+    for the λ search (lam None)."""
+    if CHOSEN_LAMBDA not in overrides:
+        return list(overrides)
+    if lam is None:
+        return None
+    return [f"model.reg_weight={lam!r}" if o == CHOSEN_LAMBDA else o for o in overrides]
+
 
 COLUMNS = [
     "configuration",
@@ -161,8 +193,9 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
-def state(name: str, runs: Path) -> tuple[str, str]:
-    """(state, reason): done | training | resumable | failed | todo."""
+def state(name: str, runs: Path, waiting: bool = False) -> tuple[str, str]:
+    """(state, reason): done | training | resumable | failed | waiting (for the λ search, when `waiting`
+    and nothing of the run exists) | todo."""
     d = runs / name
     r = _json(d / "results.json")
     if r is not None and r.get("status") == "completed":
@@ -175,7 +208,19 @@ def state(name: str, runs: Path) -> tuple[str, str]:
         return "failed", str(r.get("error"))
     if (d / "checkpoints" / "last.pt").exists():
         return "resumable", f"stopped after {_epochs_done(d)} epochs ({(r or {}).get('status', 'no results.json')})"
+    if waiting:
+        return "waiting", WAITING
     return "todo", "not started"
+
+
+def plan_states(runs: Path) -> list[tuple[str, str, list[str], list[str] | None, str, str]]:
+    """(name, experiment, overrides, resolved overrides or None, state, reason) of every PLAN row."""
+    lam = chosen_lambda()
+    out = []
+    for name, experiment, overrides in PLAN:
+        args = resolve(overrides, lam)
+        out.append((name, experiment, overrides, args, *state(name, runs, waiting=args is None)))
+    return out
 
 
 def _log(msg: str) -> None:
@@ -183,7 +228,7 @@ def _log(msg: str) -> None:
 
 
 def collect(name: str, runs: Path) -> None:
-    """Copy a finished run's small files into benchmarks/results/mnist_converged/runs/<name>/."""
+    """Copy a finished run's small files into COPIES/<name>/ (benchmarks/results/mnist_converged_runs/)."""
     src, dst = runs / name, COPIES / name
     for rel in COPIED:
         if (src / rel).exists():
@@ -218,12 +263,16 @@ def _constraint(r: dict) -> str:
 def build_tables(runs: Path) -> None:
     """mnist_converged.csv (one row per planned run, exactly COLUMNS) and mnist_converged_plan.csv."""
     rows, plan_rows = [], []
-    for name, experiment, overrides in PLAN:
-        st, reason = state(name, runs)
+    for name, experiment, overrides, args, st, reason in plan_states(runs):
         r = _json(COPIES / name / "results.json") if st == "done" else None
         if r is None and st == "done":
             r = _json(runs / name / "results.json")
-        base = r if r is not None else _planned_config(experiment, overrides)
+        if r is not None:
+            base = r
+        elif args is None:  # λ not chosen yet: no reg_weight to show
+            base = {**_planned_config(experiment, [o for o in overrides if o != CHOSEN_LAMBDA]), "reg_weight": None}
+        else:
+            base = _planned_config(experiment, args)
         row = {
             "configuration": f"{experiment}:{name.rsplit('_s', 1)[0]}",
             **{k: base.get(k) for k in COLUMNS[1:]},
@@ -236,7 +285,7 @@ def build_tables(runs: Path) -> None:
             {
                 "name": name,
                 "experiment": experiment,
-                "overrides": " ".join(overrides),
+                "overrides": " ".join(overrides if args is None else args),
                 "state": st,
                 "reason": NOT_RUN if st == "todo" else reason,
             }
@@ -369,23 +418,20 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
                 failed.add(name)
                 _log(f"FAILED {name} (rc {proc.returncode}); see {runs / (name + '.log')}")
         todo = [
-            (n, e, ov)
-            for n, e, ov in PLAN
+            (n, e, args)
+            for n, e, _, args, st, _ in plan_states(runs)
             if n not in running
             and n not in failed
             and (not only or n in only)
-            and state(n, runs)[0] in ("todo", "resumable")
+            and st in ("todo", "resumable")
+            and args is not None
         ]
         while todo and len(running) < parallel:
-            name, experiment, overrides = todo.pop(0)
-            _log(f"start {name}: experiment={experiment} {' '.join(overrides)}")
+            name, experiment, args = todo.pop(0)
+            _log(f"start {name}: experiment={experiment} {' '.join(args)}")
             log = open(runs / f"{name}.log", "a")
             running[name] = subprocess.Popen(
-                command(name, experiment, overrides, runs, epochs),
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                command(name, experiment, args, runs, epochs), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         if not running:
             break
@@ -412,11 +458,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     runs = args.runs_dir.expanduser().resolve()
     runs.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen_lambda()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if args.list:
-        for name, experiment, overrides in PLAN:
-            st, reason = state(name, runs)
+        for name, experiment, overrides, resolved, st, reason in plan_states(runs):
             print(
-                f"{st:10s} {name:22s} experiment={experiment} {' '.join(overrides)}"
+                f"{st:10s} {name:22s} experiment={experiment} {' '.join(resolved or overrides)}"
                 + (f"  [{reason}]" if reason else "")
             )
     elif args.run:
@@ -424,8 +474,8 @@ def main(argv=None) -> None:
     elif args.paired:
         paired(*args.paired, runs, args.samples)
     else:
-        for name, _, _ in PLAN:
-            if state(name, runs)[0] == "done" and (runs / name).exists():
+        for name, *_, st, _ in plan_states(runs):
+            if st == "done" and (runs / name).exists():
                 collect(name, runs)
         build_tables(runs)
         report()

@@ -195,7 +195,7 @@ def validate(cfg: Any) -> None:
         )
         _require(m.reg_weight > 0, "model.constraint=reconstruction needs model.reg_weight > 0 (the starting weight)")
         _require(0 <= m.geco_alpha < 1, f"model.geco_alpha must be in [0, 1), got {m.geco_alpha}")
-        _require(m.geco_rate > 0, f"model.geco_rate must be > 0, got {m.geco_rate}")
+        _require(m.geco_rate is None or m.geco_rate > 0, f"model.geco_rate must be > 0 or null, got {m.geco_rate}")
     _require(p.code_dim >= 1 and p.hidden_dim >= 1, "prior.code_dim and prior.hidden_dim must be >= 1")
     if p.init == PriorInit.kmeans and p.name == PriorName.gmm:
         _require(

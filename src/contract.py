@@ -28,6 +28,11 @@ RESULT_KEYS = (
     + FEWLABEL_KEYS
 )
 
+#: results.json keys measured on the test set: reported, never selected on (no sweep objective may be one).
+TEST_KEYS = (
+    "test_nll test_nll_sem test_recon test_reg acc nmi ari acc_mapping n_clusters_used n_test".split() + FEWLABEL_KEYS
+)
+
 #: The configuration columns of results.json and the config path each comes from.
 CONFIG_COLUMNS = {
     "model": "model.name",

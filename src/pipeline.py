@@ -19,7 +19,7 @@ from src.checkpoints import CheckpointError, fingerprint, load_best_weights
 from src.config import ConfigError, typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
-from src.geco import GecoSettings
+from src.geco import GecoSettings, default_rate
 from src.models import build_model, count_parameters
 from src.train import (
     CompileError,
@@ -77,7 +77,7 @@ def _settings(cfg) -> TrainSettings:
         geco = GecoSettings(
             target=float(m.target_recon),
             alpha=float(m.geco_alpha),
-            rate=float(m.geco_rate),
+            rate=default_rate(float(m.target_recon)) if m.geco_rate is None else float(m.geco_rate),
             start_weight=float(m.reg_weight),
         )
     return TrainSettings(

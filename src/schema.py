@@ -59,7 +59,9 @@ class ModelConfig:
     constraint: Constraint = Constraint.none
     target_recon: Optional[float] = None  # κ
     geco_alpha: float = 0.99  # moving average of the constraint
-    geco_rate: float = 1.0e-4  # ν: log λ moves by ν · C_ma per step (C in nats per data point)
+    # ν: log λ moves by ν · C_ma per step (C in nats per data point); null = geco.RELATIVE_RATE / κ,
+    # i.e. by RELATIVE_RATE times the relative violation C_ma / κ, whatever the data's scale.
+    geco_rate: Optional[float] = None
 
 
 @dataclass
@@ -72,7 +74,9 @@ class PriorConfig:
     init: PriorInit = PriorInit.kmeans  # gmm only; random init collapses components onto each other
     init_scale: float = 1.0  # std of the random initial component means
     init_logvar: float = 0.0
-    kmeans_epoch: int = 10  # kmeans init: refit the components after this epoch (the end of warm-up)
+    # kmeans init: refit the components after this epoch; early, while the warm-up keeps the regulariser
+    # weak and the codes are close to an autoencoder's (docs/PROTOCOLS.md; 10 also under mnist_density)
+    kmeans_epoch: int = 10
     kmeans_samples: int = 2000  # ... on the posterior means of this many training points
     train: bool = True  # False freezes the prior's parameters
     code_dim: int = 16  # net prior: size of the learnable component codes

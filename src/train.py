@@ -21,7 +21,7 @@ import torch
 
 from src.checkpoints import load_checkpoint, restore, save_checkpoint
 from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS, append_metrics, reset_metrics
-from src.data import DataBundle
+from src.data import DataBundle, binarize
 from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
 from src.priors import GaussianMixture
@@ -152,11 +152,16 @@ def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -
 
 
 @torch.no_grad()
-def _refit_mixture(model: Autoencoder, x: torch.Tensor, n: int, seed: int, optimizer, device) -> None:
-    """VaDE-style initialisation: fit the mixture to the encoder's aggregate posterior (fit_to_codes)."""
+def _refit_mixture(model: Autoencoder, data: DataBundle, n: int, seed: int, optimizer, device) -> None:
+    """VaDE-style initialisation: fit the mixture to the encoder's aggregate posterior (fit_to_codes) on
+    the first n training images as the encoder sees them. Binary data are binarised once for this, with
+    a generator of their own seeded by the run's seed: the same draw on every run and every resume, and
+    the training generator's stream is left alone."""
     model.eval()
-    n = min(n, x.shape[0])  # the first n training images, in chunks of 1000
-    posteriors = [model.encode(x[i : min(i + 1000, n)].to(device)) for i in range(0, n, 1000)]
+    x = data.train.x[:n]
+    if data.binary:
+        x = binarize(x, torch.Generator().manual_seed(seed))
+    posteriors = [model.encode(x[i : i + 1000].to(device)) for i in range(0, x.shape[0], 1000)]
     codes = torch.cat([mu for mu, _ in posteriors])
     code_vars = torch.cat([logvar.exp() for _, logvar in posteriors])
     model.prior.fit_to_codes(codes, code_vars, seed=seed)
@@ -276,7 +281,7 @@ def _pretrain(loop: _Loop, state: TrainState, run_dir: Path, on_epoch: Callable[
         val_recon = _validation_recon(model, data.val.x, 500, device)
         if epoch == settings.pretrain_epochs:
             if settings.refit_after_pretraining and isinstance(model.prior, GaussianMixture):
-                _refit_mixture(model, data.train.x, settings.kmeans_samples, settings.seed, optimizer, device)
+                _refit_mixture(model, data, settings.kmeans_samples, settings.seed, optimizer, device)
             optimizer.state.clear()
         seconds = time.perf_counter() - t0
         state.pretrain_epoch, state.train_seconds = epoch, state.train_seconds + seconds
@@ -350,7 +355,7 @@ def fit(
             and epoch == settings.kmeans_epoch
             and isinstance(model.prior, GaussianMixture)
         ):
-            _refit_mixture(model, data.train.x, settings.kmeans_samples, settings.seed, optimizer, device)
+            _refit_mixture(model, data, settings.kmeans_samples, settings.seed, optimizer, device)
             # The objective changed under the model: earlier validation losses no longer compare.
             state.best_val, state.bad_epochs = math.inf, 0
 

@@ -48,6 +48,18 @@ LIVE_RUN_FINGERPRINT = (
     '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
     '"warmup_epochs": 100}]'
 )
+# The VampPrior anchor of the MNIST study (~/csrae-runs/mnist_converged/vae_vamp500_s0, started by the
+# queue): the fingerprint its checkpoints carry (read from its checkpoints/last.pt).
+VAMP500_FINGERPRINT = (
+    '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
+    '"name": "vae", "network": "mlp", "reg_weight": 1.0, "variant": "per_sample"}, {"K": 500, "code_dim": 16, '
+    '"hidden_dim": 64, "init": "random", "init_logvar": 0.0, "init_scale": 1.0, "kmeans_epoch": 10, '
+    '"kmeans_samples": 2000, "logvar_max": 2.0, "logvar_min": -6.0, "name": "vamp", "train": true, '
+    '"weights": "uniform"}, {"binarize": true, "eval_binarize_seed": 777, "max_eval": null, "max_train": null, '
+    '"name": "mnist", "split_seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}, 0, {"lr": 0.0005, '
+    '"momentum": 0.0, "name": "adam", "nesterov": false, "weight_decay": 0.0}, {"batch_size": 100, '
+    '"warmup_epochs": 100}]'
+)
 # The default config's fingerprint before model.hidden_dims / constraint / trainer.pretrain_epochs existed.
 DEFAULT_FINGERPRINT = (
     '[{"hidden_dim": 300, "latent_dim": 40, "likelihood": "bernoulli", "logvar_max": 2.0, "logvar_min": -6.0, '
@@ -71,6 +83,8 @@ def fp(compose, *overrides: str) -> str:
 def test_mnist_density_resumes_the_run_started_with_explicit_overrides(compose):
     explicit = fp(compose, *LIVE_RUN)
     assert explicit == LIVE_RUN_FINGERPRINT
+    vamp = fp(compose, "experiment=mnist_density", "model=vae", "prior=vamp", "prior.K=500")
+    assert vamp == VAMP500_FINGERPRINT  # the VampPrior anchor's checkpoints
     assert (
         fp(
             compose,
@@ -132,6 +146,15 @@ def test_new_settings_at_their_neutral_default_keep_old_fingerprints(compose):
         fp(compose, "model.constraint=reconstruction", "model.target_recon=13"),
     ]
     assert DEFAULT_FINGERPRINT not in changed and len(set(changed)) == len(changed)
+
+
+def test_mnist_density_refits_a_gmm_early_in_its_warm_up(compose):
+    """prior.kmeans_epoch = 10 under mnist_density is the protocol's choice (docs/PROTOCOLS.md): the refit
+    comes while the warm-up keeps the regulariser at a tenth of its weight, not at the warm-up's end."""
+    cfg = compose("experiment=mnist_density", "model=csrae", "prior=gmm", tiny=False)
+    s = _settings(cfg)
+    assert s.kmeans_epoch == 10 and s.warmup_epochs == 100
+    assert train_mod.regulariser_weight(s.kmeans_epoch, 1.0, s.warmup_epochs) == pytest.approx(0.1)
 
 
 def test_mnist_clustering_is_the_vade_protocol(compose):
@@ -380,18 +403,95 @@ def _queue_module():
 
 
 @pytest.mark.parametrize("epochs", [None, 800])
-def test_the_queue_adopts_the_run_already_in_progress(compose, epochs):
-    """vae_standard_s0 was started by hand with explicit overrides; the queue's command for it must give
-    the same checkpoint fingerprint, with or without a session's epoch cap (--epochs)."""
+@pytest.mark.parametrize(
+    "name, fingerprint", [("vae_standard_s0", LIVE_RUN_FINGERPRINT), ("vae_vamp500_s0", VAMP500_FINGERPRINT)]
+)
+def test_the_queue_adopts_the_runs_in_progress(compose, name, fingerprint, epochs):
+    """The anchors are training in their run dirs (vae_standard_s0 was started by hand with explicit
+    overrides): the queue's command for each must give the fingerprint its checkpoints carry, with or
+    without a session's epoch cap (--epochs)."""
     q = _queue_module()
-    name, experiment, overrides = next(p for p in q.PLAN if p[0] == "vae_standard_s0")
+    name, experiment, overrides = next(p for p in q.PLAN if p[0] == name)
     cmd = q.command(name, experiment, overrides, Path("/runs"), epochs)
     assert (f"trainer.epochs={epochs}" in cmd) == (epochs is not None)
     args = [a for a in cmd[3:] if not a.startswith("hydra.")]
     cfg = compose(
         *[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args], tiny=False
     )
-    assert _settings(cfg).fingerprint == LIVE_RUN_FINGERPRINT
+    assert _settings(cfg).fingerprint == fingerprint
+
+
+def test_the_plan_runs_the_anchors_first_and_takes_lambda_from_validation_only(compose):
+    """The study's order: the two anchors (names and overrides as their run dirs were started), the
+    same-prior pair and the clustering protocol over seeds 0-2, then the later rows. No row fixes
+    CSRAE's λ: each csrae row without the GECO constraint takes it from the λ search; the vae rows keep
+    β = 1."""
+    q = _queue_module()
+    assert q.PLAN[:2] == [
+        ("vae_standard_s0", "mnist_density", ["model=vae", "prior=standard"]),
+        ("vae_vamp500_s0", "mnist_density", ["model=vae", "prior=vamp", "prior.K=500"]),
+    ]
+    names = [name for name, _, _ in q.PLAN]
+    pair = [f"{m}_gmm10_s{s}" for m in ("csrae", "vae") for s in (0, 1, 2)]
+    clustering = [f"clu_{m}_gmm10_s{s}" for m in ("csrae", "vae") for s in (0, 1, 2)]
+    later = {"vae_gmm10_geco_s0", "csrae_gmm10_geco_s0", "vae_gmm50_s0", "csrae_gmm50_s0", "csrae_vamp500_s0"}
+    assert names[2:8] == pair and names[8:14] == clustering and set(names[14:]) == later
+    for name, experiment, overrides in q.PLAN:
+        assert not any(o.startswith("model.reg_weight=") and o != q.CHOSEN_LAMBDA for o in overrides), name
+        cfg = compose(f"experiment={experiment}", *[o for o in overrides if o != q.CHOSEN_LAMBDA], tiny=False)
+        geco = cfg.model.constraint.value == "reconstruction"
+        assert (q.CHOSEN_LAMBDA in overrides) == (cfg.model.name.value == "csrae" and not geco), name
+        if cfg.model.name.value == "vae":
+            assert cfg.model.reg_weight == 1.0, name
+
+
+def test_the_committed_tables_hold_no_lambda_chosen_on_test_data():
+    """The tables listed the λ = 3 pair (λ from a scan scored on test NLL) as the study's csrae row.
+    Every csrae row of mnist_converged.csv is at the λ the search chose on validation, or waits for it."""
+    q = _queue_module()
+    lam = q.chosen_lambda()
+    with open(q.TABLE) as f:
+        rows = list(csv.DictReader(f))
+    with open(q.PLAN_TABLE) as f:
+        plan = {r["name"]: r for r in csv.DictReader(f)}
+    assert len(rows) == len(plan) == len(q.PLAN) and list(plan) == [name for name, _, _ in q.PLAN]
+    for row, (name, _, overrides) in zip(rows, q.PLAN):
+        if q.CHOSEN_LAMBDA in overrides:
+            assert row["reg_weight"] == ("" if lam is None else str(lam)), (name, row["reg_weight"])
+            assert (plan[name]["state"] == "waiting") == (lam is None), name
+
+
+def test_the_queue_waits_for_the_lambda_search_then_takes_its_best_validation_trial(tmp_path, monkeypatch):
+    q = _queue_module()
+    monkeypatch.setattr(
+        q,
+        "PLAN",
+        [
+            ("csrae_s0", "digits_smoke", ["model=csrae", q.CHOSEN_LAMBDA, "trainer.epochs=1", "eval.is_samples=5"]),
+            ("vae_s0", "digits_smoke", ["model=vae", "trainer.epochs=1", "eval.is_samples=5"]),
+        ],
+    )
+    for name in ("COPIES", "TABLE", "PLAN_TABLE", "LAMBDA_SEARCH"):
+        monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
+    monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    q.run_queue(runs, parallel=1, only=None)  # no λ search yet: csrae waits, the vae row trains
+    assert not (runs / "csrae_s0").exists() and q.state("vae_s0", runs)[0] == "done"
+    with open(q.PLAN_TABLE) as f:
+        plan = {r["name"]: r for r in csv.DictReader(f)}
+    assert plan["csrae_s0"]["state"] == "waiting" and "λ search" in plan["csrae_s0"]["reason"]
+
+    # A search whose best validation trial is not its best test trial: λ follows val_nll.
+    q.LAMBDA_SEARCH.write_text(
+        "number,reg_weight,val_nll,test_nll\n0,1.5,30.2,29.0\n1,2.25,29.8,29.9\n2,4.0,,\n3,8.0,31.0,30.5\n"
+    )
+    assert q.chosen_lambda() == 2.25
+    q.run_queue(runs, parallel=1, only=None)
+    assert read_results(runs / "csrae_s0")["reg_weight"] == 2.25
+    with open(q.TABLE) as f:
+        assert [r["reg_weight"] for r in csv.DictReader(f)] == ["2.25", "1.0"]
 
 
 def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):

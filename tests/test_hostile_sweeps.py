@@ -374,6 +374,25 @@ def test_sweep_with_no_trials_to_run(tmp_path, n):
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "sweep" / "0").exists()
 
 
+@pytest.mark.parametrize(
+    "sweep, objectives",
+    [
+        ("vae_optuna", "sweep.objectives=[test_nll]"),
+        ("csrae_nsga2", "sweep.objectives=[val_nll,acc]"),  # clustering ACC on the test set
+        ("vae_vs_csrae", "+sweep.objectives=[fewlabel_lr_10]"),  # a grid (its sweep file names no objective)
+    ],
+)
+def test_sweep_that_would_select_on_test_data(tmp_path, sweep, objectives):
+    """sweep.objectives=[test_nll] was accepted, and suggested by the error for an unknown objective: the
+    search then chose on test data. Now one line, before a study or a job directory exists."""
+    args = ["-m", "src.run", "-m", f"sweep={sweep}", objectives, f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY]
+    if sweep != "vae_vs_csrae":
+        args.append(f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}")
+    p = python(*args, cwd=tmp_path / "cwd", timeout=120)
+    assert_one_line_error(p, "measured on the test set", "validation only")
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "sweep").exists()
+
+
 def test_sweep_in_which_every_trial_fails(tmp_path):
     """Every trial fails (here: a clustering objective with K = 1): one line quoting the jobs' own
     error (once for the two trials that share it) and where the logs are; trials.csv is written."""

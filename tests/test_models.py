@@ -19,6 +19,7 @@ import torch
 
 from src import evaluate
 from src.contract import RESULT_KEYS
+from src.data import binarize
 from src.divergences import kl_monte_carlo, kl_standard_normal
 from src.models import Autoencoder, build_model
 from src.pipeline import run_experiment
@@ -216,12 +217,15 @@ def test_kmeans_init_refits_the_gmm_at_kmeans_epoch(compose, digits, tmp_path):
     # Not yet at kmeans_epoch: training is exactly the plain one.
     assert torch.equal(later.prior.mu, plain.prior.mu)
     # At kmeans_epoch the means and weights are those of sklearn's diagonal GMM fitted to the
-    # encoder's posterior means of the first kmeans_samples training images; each variance is the
-    # GMM's plus its members' average posterior variance (moment matching the aggregate posterior).
+    # encoder's posterior means of the first kmeans_samples training images, binarised as the encoder
+    # sees them (one draw, seeded by the run's seed); each variance is the GMM's plus its members'
+    # average posterior variance (moment matching the aggregate posterior).
     assert not torch.allclose(refit.prior.mu, plain.prior.mu, atol=1e-3)
+    assert digits.binary and not set(digits.train.x.unique().tolist()) <= {0.0, 1.0}  # grey levels kept
     with torch.no_grad():
         refit.eval()
-        mu_x, logvar_x = refit.encode(digits.train.x[:600])
+        x = binarize(digits.train.x[:600], torch.Generator().manual_seed(cfg.trainer.seed))
+        mu_x, logvar_x = refit.encode(x)
         codes, code_vars = mu_x.double().numpy(), logvar_x.exp().double().numpy()
     sk = SkGMM(n_components=5, covariance_type="diag", random_state=cfg.trainer.seed, reg_covar=1e-4).fit(codes)
     resp = sk.predict_proba(codes)

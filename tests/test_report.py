@@ -241,6 +241,19 @@ def test_verdict_and_failed_run_in_the_report(report):
 def test_optuna_report(optuna_sweep, tmp_path):
     _run("-m", "src.report", str(optuna_sweep), "--out", str(tmp_path), "--name", "opt")
     md = (tmp_path / "opt" / "report.md").read_text()
+    # The search's verdict: its best trial by its own (validation) objective, then that trial's test
+    # numbers; no configuration ranked by a test metric; the study section before any table.
+    results = _results(optuna_sweep)
+    job, best = min(results.items(), key=lambda kv: kv[1]["val_nll"])
+    verdict = md.split("## Verdict")[1].split("\n## ")[0]
+    sections = re.findall(r"\*\*(.+?)\*\*", verdict)
+    assert sections[:2] == ["Runs", "Optuna study csrae_optuna"]
+    study = verdict.split("**Optuna study csrae_optuna**")[1].split("\n**")[0]
+    assert f"Best trial by val_nll: trial {best['trial']} (run {job}) with {best['val_nll']:.2f} nats" in study
+    assert f"Its test numbers: test NLL {best['test_nll']:.2f} ± {best['test_nll_sem']:.2f} nats" in study
+    assert best["acc"] is None or f"clustering ACC {best['acc']:.3f}" in study  # K = 1 has no clustering
+    assert "Best test NLL" not in verdict and "Best clustering ACC" not in verdict
+    assert md.index("## Optuna study") < md.index("## Excluded runs") < md.index("## Summary over seeds")
     assert "## Optuna study csrae_optuna" in md and "3 trials (3 completed, 0 pruned, 0 failed)" in md
     for png in ("optuna_history.png", "optuna_params.png"):
         assert f"]({png})" in md and (tmp_path / "opt" / png).is_file()

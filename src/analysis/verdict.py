@@ -11,7 +11,8 @@ import pandas as pd
 from src.analysis.grouping import config_label, group_keys, select_rows, short_key, value_order
 from src.analysis.loading import completed, status_counts
 from src.analysis.stats import best_configs, paired_comparisons, paired_test, per_seed, summarize
-from src.analysis.vocabulary import METRICS, VERDICT_METRICS, metric_digits, unit_suffix
+from src.analysis.studies import OptunaStudy, optuna_studies
+from src.analysis.vocabulary import METRICS, VERDICT_METRICS, metric_digits, metric_info, unit_suffix
 from src.formatting import number, p_value
 
 
@@ -46,13 +47,57 @@ def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str
     return s + ": not significant."
 
 
+def study_sentences(study: OptunaStudy, runs: pd.DataFrame) -> list[str]:
+    """A search's result: its best trial by the search's own objective (measured on validation data),
+    and that one trial's test numbers."""
+    t = study.trials
+    n_done = int(t["value"].notna().sum())
+    searched = ", ".join(short_key(p) for p in study.params)
+    lines = [
+        f"{len(t)} trials ({n_done} completed) searched {searched or 'the configuration'} for the "
+        f"{'lowest' if study.direction == 'minimize' else 'highest'} {metric_info(study.objective).label} "
+        f"({study.objective}), the search's own objective."
+    ]
+    best = study.best
+    if best is None:
+        return lines + ["No trial completed: the search has no result."]
+    params = ", ".join(f"{short_key(p)}={number(best[p])}" for p in study.params)
+    lines.append(
+        f"Best trial by {study.objective}: trial {int(best['number'])} (run {best['run']}) with "
+        f"{number(best['value'], metric_digits(study.objective))}{unit_suffix(study.objective)}"
+        + (f" at {params}" if params else "")
+        + "."
+    )
+    row = runs[runs["run"] == best["run"]]
+    if len(row):
+        r = row.iloc[0]
+        sem = f" ± {number(r.get('test_nll_sem'), 2)}" if pd.notna(r.get("test_nll_sem")) else ""
+        tests = [
+            f"{METRICS[m].label} {number(r.get(m), metric_digits(m))}{sem if m == 'test_nll' else ''}{unit_suffix(m)}"
+            for m in ("test_nll", "acc", "nmi", "ari")
+            if pd.notna(r.get(m))
+        ]
+        if tests:
+            lines.append(f"Its test numbers: {', '.join(tests)}" + (" (± the SEM over test points)." if sem else "."))
+    lines.append(
+        "Trials are chosen by the search's objective only; the other trials' test numbers are reported "
+        "below, not ranked (choosing among them by a test number would select on test data)."
+    )
+    return lines
+
+
 def verdict(
-    runs: pd.DataFrame, summary: pd.DataFrame | None = None, comparisons: dict | None = None
+    runs: pd.DataFrame,
+    summary: pd.DataFrame | None = None,
+    comparisons: dict | None = None,
+    studies: list[OptunaStudy] | None = None,
 ) -> list[tuple[str, list[str]]]:
     """The verdict written from the data, as sections: [(title, [sentence, ...]), ...].
 
-    "Runs" (what was run and what was excluded), one section per metric of VERDICT_METRICS (best
-    configuration and how clearly it leads, then every paired model comparison on common seeds),
+    "Runs" (what was run and what was excluded); for runs that hold a search (an Optuna study), one
+    section per study first: its best trial by the search's own objective and that trial's test
+    numbers; then one section per metric of VERDICT_METRICS (the best configuration and how clearly it
+    leads, left out when the runs hold a search, then every paired model comparison on common seeds),
     and "Caveats" (what the data says about how far to trust it).
     """
     sections: list[tuple[str, list[str]]] = []
@@ -89,6 +134,9 @@ def verdict(
         "on the seeds both sides share."
     )
 
+    studies = optuna_studies(runs) if studies is None else studies
+    for study in studies:
+        sections.append((f"Optuna study {study.name or study.sweep_dir.name}", study_sentences(study, runs)))
     comparisons = comparisons if comparisons is not None else {m: paired_comparisons(runs, m) for m in VERDICT_METRICS}
     for metric in VERDICT_METRICS:
         if f"{metric}_mean" not in summary:
@@ -96,6 +144,13 @@ def verdict(
         m, dg = METRICS[metric], metric_digits(metric)
         title = m.label[0].upper() + m.label[1:]
         ranked = best_configs(summary, metric)
+        table = comparisons.get(metric)
+        if table is None:
+            table = pd.DataFrame()
+        if studies:  # a search is decided by its own objective (above), never by a test metric
+            if not table.empty:
+                sections.append((title, [describe_comparison(row, metric, keys) for _, row in table.iterrows()]))
+            continue
         if ranked.empty:
             if metric == "acc":
                 sections.append(
@@ -125,8 +180,7 @@ def verdict(
             s += f"; runner-up {config_label(second.to_dict(), keys)} with {number(second[f'{metric}_mean'], dg)}"
             s += _separation(runs, best, second, metric, keys)
         lines.append(s + ".")
-        table = comparisons.get(metric)
-        if table is not None and not table.empty:
+        if not table.empty:
             for _, row in table.iterrows():
                 lines.append(describe_comparison(row, metric, keys))
             if len(table) > 1:

@@ -32,7 +32,8 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: str | None 
     keys = A.group_keys(runs)
     summary = A.summarize(runs)
     comps = {m: A.paired_comparisons(runs, m) for m in A.VERDICT_METRICS}
-    sections = A.verdict(runs, summary, comps)
+    studies = A.optuna_studies(runs)
+    sections = A.verdict(runs, summary, comps, studies)
 
     runs.drop(columns=["last_update"]).to_csv(rd.file("runs.csv"), index=False)
     summary.to_csv(rd.file("summary.csv"), index=False)
@@ -60,6 +61,9 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: str | None 
     )
     doc.h(2, "Verdict")
     doc.verdict(sections)
+
+    for i, study in enumerate(studies):  # a search's own result comes before any table of test numbers
+        _optuna_section(doc, rd, study, tag=f"_{i + 1}" if len(studies) > 1 else "")
 
     ex = excluded_display(runs)
     doc.h(2, f"Excluded runs ({len(ex)})")
@@ -124,10 +128,6 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: str | None 
         ),
     ]
     _draw(doc, rd, figs)
-
-    studies = A.optuna_studies(runs)
-    for i, study in enumerate(studies):
-        _optuna_section(doc, rd, study, tag=f"_{i + 1}" if len(studies) > 1 else "")
 
     doc.h(2, f"All runs ({len(runs)})")
     doc.table(runs_display(runs), collapsed=f"Show the table of all {len(runs)} runs (also runs.csv)")

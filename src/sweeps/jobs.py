@@ -1,8 +1,8 @@
 """What one job of a sweep needs: its CPU share, its objective(s), the record that joins it to its
 trial, and the check that a `sweep=` / `experiment=` name exists.
 
-Light on purpose (omegaconf and the standard library; Hydra's override parser when used): every job
-imports this module, and none of it needs Optuna.
+Light on purpose (omegaconf, the standard library and Hydra's callback base; Hydra's override parser
+when used): every job imports this module, and none of it needs Optuna.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from src.config import option_names
@@ -99,12 +101,36 @@ def objective_names(cfg: Any) -> list[str]:
 
 
 def check_objectives(cfg: Any, known: Iterable[str]) -> None:
-    """Fail before training when sweep.objectives names a key results.json does not have."""
+    """Fail before training when sweep.objectives names a test-set metric (a sweep selects on validation
+    only) or a key results.json does not have."""
     from src.config import ConfigError
+    from src.contract import TEST_KEYS
 
-    unknown = [n for n in objective_names(cfg) if n not in set(known)]
+    names = objective_names(cfg)
+    on_test = [n for n in names if n in TEST_KEYS]
+    if on_test:
+        raise ConfigError(
+            f"sweep.objectives: {', '.join(on_test)} {'is' if len(on_test) == 1 else 'are'} measured on the test "
+            "set; a sweep selects on validation only (val_nll, val_acc)"
+        )
+    unknown = [n for n in names if n not in set(known)]
     if unknown:
-        raise ConfigError(f"sweep.objectives: {unknown} are not results.json keys (e.g. val_nll, val_acc, test_nll)")
+        raise ConfigError(f"sweep.objectives: {unknown} are not results.json keys (e.g. val_nll, val_acc)")
+
+
+class ObjectivesCheck(Callback):
+    """hydra.callbacks.objectives (conf/config.yaml): every multirun checks sweep.objectives once, before
+    its first job (a grid too: its jobs would each fail on the same objective)."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from src.config import ConfigError
+        from src.contract import RESULT_KEYS
+
+        try:
+            check_objectives(config, RESULT_KEYS)
+        except ConfigError as e:  # Hydra turns a callback's Exception into a warning; SystemExit stops it
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def objective(cfg: Any, run_dir: Path, val_nll: float) -> float | list[float]:
