@@ -45,7 +45,9 @@ def _job_has_own_process(hc) -> bool:
     return "submitit" in str(hc.launcher.get("_target_", ""))
 
 
-@hydra.main(config_path="../conf", config_name="config")
+# The targets the config may instantiate (Hydra refuses others): the project's callback; the launchers and
+# the sweeper are Hydra plugins, and the sweeper whitelists its own sampler and pruner.
+@hydra.main(config_path="../conf", config_name="config", execution_whitelist=("src.sweeps.jobs.ObjectivesCheck",))
 def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
