@@ -139,8 +139,7 @@ def objective(cfg: Any, run_dir: Path, val_nll: float) -> float | list[float]:
     Default (no sweep.objectives, or [val_nll]): the validation NLL as a float. A sweep that lists
     several results.json keys (multi-objective, e.g. [val_nll, val_acc]) gets a list of floats in that
     order; it must give hydra.sweeper.direction in the same order. A missing or non-finite value
-    raises ObjectiveError: the Optuna sweeper then records the trial as failed (a NaN return would
-    crash the whole sweep with hydra-optuna-sweeper 1.3).
+    raises ObjectiveError: the Optuna sweeper then records the trial as failed, with the reason.
     """
     names = objective_names(cfg)
     if not names or names == ["val_nll"]:
