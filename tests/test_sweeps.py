@@ -348,6 +348,7 @@ INTENDED_SPACES = {
     },
 }
 INTENDED_SPACES["vae_optuna"] = INTENDED_SPACES["csrae_optuna"]
+INTENDED_SPACES["csrae_lambda"] = {"model.reg_weight": ("float", 0.5, 20.0, True)}
 
 
 @pytest.mark.parametrize("name", sorted(INTENDED_SPACES))

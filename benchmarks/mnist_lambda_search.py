@@ -1,0 +1,141 @@
+"""The MNIST study's λ, chosen on validation data: sweep=csrae_lambda (TPE over model.reg_weight alone,
+hyperband pruning) for csrae + gmm K=10 under experiment=mnist_density, at a reduced budget: 60 epochs
+with a 20-epoch warm-up (the protocol: up to 2000, warm-up 100) and val_nll with S = 500 on all 10 000
+validation points; 12 trials shared by the worker processes (hydra.sweeper.budget=study).
+
+    python benchmarks/mnist_lambda_search.py             # run or resume the search (2 workers), then --csv
+    python benchmarks/mnist_lambda_search.py --workers 1
+    python benchmarks/mnist_lambda_search.py --csv       # write benchmarks/results/mnist_lambda_search.csv
+
+The study is a journal file in the runs dir (CSRAE_RUNS_DIR, default ~/csrae-runs/mnist_converged), so a
+killed search resumes: its RUNNING trials are closed first (COMPLETE from a finished job's results.json,
+else FAIL, which does not count against the budget) and the workers fill the budget up. The CSV has one
+row per trial; benchmarks/mnist_converged.py trains its csrae rows at the reg_weight of the row with the
+lowest val_nll. β stays 1 for the VAE rows (the ELBO's own weight): nothing to search there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mnist_converged import COMMON, DEFAULT_RUNS, LAMBDA_SEARCH, ROOT  # noqa: E402
+
+NAME = "csrae_lambda"
+SEARCH = [
+    f"sweep={NAME}",
+    "experiment=mnist_density",
+    "prior.K=10",
+    "trainer.epochs=60",
+    "trainer.warmup_epochs=20",
+    "eval.is_samples=500",
+    "eval.images=false",
+    "hydra.sweeper.budget=study",
+    *COMMON,
+]
+COLUMNS = [
+    "trial",
+    "state",
+    "reg_weight",
+    "val_nll",
+    "val_nll_sem",
+    "epochs_run",
+    "last_interim",
+    "test_nll",
+    "run_dir",
+]
+
+
+def storage(runs: Path) -> str:
+    return str(runs / "lambda_search" / "study.log")
+
+
+def run_search(runs: Path, workers: int, extra: list[str]) -> None:
+    import optuna
+
+    from src.sweeps.storage import ensure_study
+    from src.sweeps.trials import close_stale
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = ensure_study(storage(runs), NAME, ["minimize"], ["val_nll"])
+    closed = close_stale(study, 0, ["val_nll"])
+    if closed["complete"] or closed["fail"]:
+        print(f"closed trials a killed search left running: {closed}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    procs = []
+    for w in range(workers):
+        log = open(runs / "lambda_search" / f"w{w}-{stamp}.log", "w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "src.run",
+            "-m",
+            *SEARCH,
+            *extra,
+            f"hydra.sweeper.storage={storage(runs)}",
+            f"hydra.sweep.dir={runs / 'lambda_search' / f'w{w}-{stamp}'}",
+        ]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        sys.exit(f"error: a search worker failed (exit codes {codes}); logs in {runs / 'lambda_search'}")
+
+
+def write_csv(runs: Path) -> Path:
+    from src.sweeps.storage import load_existing_study
+
+    study = load_existing_study(storage(runs), NAME)
+    rows = []
+    for t in study.trials:
+        job = Path(str(t.user_attrs.get("sweep_dir"))) / str(t.user_attrs.get("job_num"))
+        try:
+            r = json.loads((job / "results.json").read_text())
+        except (OSError, ValueError):
+            r = {}
+        done = t.state.name == "COMPLETE"
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "reg_weight": t.params.get("model.reg_weight"),
+                "val_nll": t.value if done else None,  # pruned trials' values are interim: never compared
+                "val_nll_sem": r.get("val_nll_sem") if done else None,
+                "epochs_run": r.get("epochs_run"),
+                "last_interim": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+                "test_nll": r.get("test_nll") if done else None,  # shown, never used to choose
+                "run_dir": str(job),
+            }
+        )
+    LAMBDA_SEARCH.parent.mkdir(parents=True, exist_ok=True)
+    with open(LAMBDA_SEARCH, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return LAMBDA_SEARCH
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", action="store_true", help="only write the CSV from the study")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. for a smoke run in another --runs-dir")
+    args = ap.parse_args(argv)
+    runs = args.runs_dir.expanduser().resolve()
+    (runs / "lambda_search").mkdir(parents=True, exist_ok=True)
+    if not args.csv:
+        run_search(runs, max(1, args.workers), args.extra)
+    print(f"wrote {write_csv(runs)}")
+
+
+if __name__ == "__main__":
+    main()
