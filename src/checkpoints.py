@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from src.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ def fingerprint(*configs) -> str:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # Through a Python file: a failed write then surfaces as its OSError (disk full), which
+    # torch.save(obj, path) reports only as an opaque RuntimeError.
+    with replace_atomically(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(

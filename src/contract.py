@@ -14,6 +14,8 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from src.files import replace_atomically
+
 FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label accuracies
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
 
@@ -104,12 +106,9 @@ def write_results(run_dir: Path, results: dict) -> None:
     """Atomically (re)write results.json, every RESULT_KEYS key first: a reader never sees half a file."""
     full = {k: results.get(k) for k in RESULT_KEYS}
     full.update({k: v for k, v in results.items() if k not in full})
-    tmp = Path(run_dir) / "results.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(strict(full), f, indent=2, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(run_dir) / "results.json")
+    text = json.dumps(strict(full), indent=2, default=str, allow_nan=False)
+    with replace_atomically(Path(run_dir) / "results.json") as tmp:
+        tmp.write_text(text)
 
 
 def reset_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
@@ -118,14 +117,10 @@ def reset_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METR
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
-    with open(tmp, "w", newline="") as f:
+    with replace_atomically(path) as tmp, open(tmp, "w", newline="") as f:  # a kill must not lose the rows kept
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:

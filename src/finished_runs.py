@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from src.checkpoints import CheckpointError, best_checkpoint, load_checkpoint
 from src.config import ConfigError, validate
 from src.contract import key_config, strict
 from src.data import IMAGE_SHAPES, load_dataset
+from src.files import replace_atomically
 from src.formatting import headline
 from src.models import Autoencoder, build_model, count_parameters
 from src.pipeline import USER_ERRORS, config_fingerprint
@@ -183,9 +183,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[Path, dict]:
             "device": str(device),
         }
         path = run_dir / f"eval_{tag}.json"
-        tmp = path.with_name(path.name + ".tmp")  # a reader never sees half a file
-        tmp.write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        with replace_atomically(path) as tmp:  # a reader never sees half a file
+            tmp.write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
         return path, record
     finally:
         if took_lock:

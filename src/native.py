@@ -14,12 +14,13 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from src.files import replace_atomically
 
 SOURCE = Path(__file__).with_name("pair_sums_native.cpp")
 FLAGS = ["-O3", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC"]
@@ -49,17 +50,11 @@ def _cpu_signature() -> str:
 
 def _build(compiler: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
+    with replace_atomically(path, unique=True) as tmp:  # concurrent builders each leave a complete file
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=300
+            [compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True, timeout=300
         )
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache dir from loading it
-        os.replace(tmp, path)  # atomic: concurrent builders each leave a complete file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(tmp, 0o755)  # readable by the other users of a shared cache dir, whatever the umask
 
 
 @cache

@@ -7,7 +7,6 @@ a run directory, so tests and notebooks can call it directly.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from src.checkpoints import CheckpointError, fingerprint, load_best_weights
 from src.config import ConfigError, typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
+from src.files import replace_atomically
 from src.geco import GecoSettings
 from src.models import build_model, count_parameters
 from src.train import CompileError, NonFiniteLossError, TrainSettings, build_optimizer, fit, resolve_device
@@ -161,9 +161,8 @@ def _record_config(cfg, run_dir: Path) -> None:
     if path.exists():
         return
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
-    os.replace(tmp, path)
+    with replace_atomically(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
 
 
 def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:

@@ -433,3 +433,66 @@ def test_idx_file_with_a_wrong_magic_number(tmp_path, run_cli):
         "0x00000801",
         "gunzip",
     )
+
+
+# === FLUSHED TO DISK =================================================================================
+
+
+class WriteLog:
+    """os.fsync and os.replace, recorded (by path) as the code calls them, then done for real."""
+
+    def __init__(self, monkeypatch):
+        import os
+
+        self.events: list[tuple[str, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def replace(src, dst, **kw):
+            self.events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+            return real_replace(src, dst, **kw)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def unflushed(self) -> list[str]:
+        """Every rename whose file was not fsynced before it, or whose directory was not fsynced after."""
+        import os
+
+        bad = []
+        for i, event in enumerate(self.events):
+            if event[0] != "replace":
+                continue
+            _, src, dst = event
+            if ("fsync", src) not in self.events[:i]:
+                bad.append(f"{dst}: file not flushed before the rename")
+            if ("fsync", os.path.dirname(dst)) not in self.events[i + 1 :]:
+                bad.append(f"{dst}: directory not flushed after the rename")
+        return bad
+
+    def renamed(self) -> set[str]:
+        return {Path(e[2]).name for e in self.events if e[0] == "replace"}
+
+
+def test_every_write_then_rename_reaches_the_disk(compose, tmp_path, monkeypatch):
+    """Of the write-then-rename writers only results.json called fsync (and none its directory):
+    after a power loss last.pt, on which exact resume depends, could be empty though renamed."""
+    from src import native
+    from src.finished_runs import reevaluate
+    from src.pipeline import run_experiment
+    from src.report.reportdir import ReportDir
+
+    writes = WriteLog(monkeypatch)
+    run_dir = tmp_path / "run"
+    run_experiment(compose(*QUICK), run_dir)
+    reevaluate(run_dir, ["eval.is_samples=5"])
+    ReportDir(tmp_path / "report", run_dir).clear()
+    if shutil.which("c++"):
+        native._build("c++", tmp_path / "cache" / "lib.so")
+    expected = {"results.json", "config.yaml", "metrics.csv", "last.pt", "best.pt", "eval_is_samples=5.json"}
+    assert expected | {".csrae_report"} <= writes.renamed()
+    assert writes.unflushed() == []
+    assert not list(tmp_path.rglob("*.tmp"))

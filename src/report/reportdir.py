@@ -4,11 +4,11 @@ file the report did not write."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from src import analysis as A
+from src.files import replace_atomically
 
 OUTPUTS = Path("outputs")
 MANIFEST = ".csrae_report"  # in every report dir: the files this command wrote there (the only ones it deletes)
@@ -104,8 +104,7 @@ class ReportDir:
         return self.path / name
 
     def _save(self) -> None:
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(
-            json.dumps({"written_by": "python -m src.report", "source": self.source, "files": self.files}, indent=1)
-        )
-        os.replace(tmp, self.path / MANIFEST)
+        with replace_atomically(self.path / MANIFEST) as tmp:
+            tmp.write_text(
+                json.dumps({"written_by": "python -m src.report", "source": self.source, "files": self.files}, indent=1)
+            )
