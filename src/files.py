@@ -88,7 +88,7 @@ def replace_atomically(path: Path | str, unique: bool = False) -> Iterator[Path]
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         cause = storage_cause(e)
-        if cause is not None and cause is not e:
-            raise cause from None
+        if cause is not None:  # named by the file meant, not its temporary name (or none, from torch)
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     fsync_dir(path.parent)

@@ -30,7 +30,7 @@ from src.checkpoints import CheckpointError, best_checkpoint, load_checkpoint
 from src.config import ConfigError, validate
 from src.contract import key_config, strict
 from src.data import IMAGE_SHAPES, load_dataset
-from src.files import replace_atomically
+from src.files import replace_atomically, write_error
 from src.formatting import headline
 from src.models import Autoencoder, build_model, count_parameters
 from src.pipeline import USER_ERRORS, config_fingerprint
@@ -216,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         path, record = reevaluate(args.run_dir, args.overrides)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        error = e if isinstance(e, USER_ERRORS) else write_error(e)  # a full disk too: one line
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)

@@ -18,7 +18,7 @@ from src.checkpoints import CheckpointError, fingerprint, load_best_weights
 from src.config import ConfigError, typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
-from src.files import replace_atomically
+from src.files import WriteError, replace_atomically, write_error
 from src.geco import GecoSettings
 from src.models import build_model, count_parameters
 from src.train import CompileError, NonFiniteLossError, TrainSettings, build_optimizer, fit, resolve_device
@@ -31,7 +31,15 @@ def _value(v: Any) -> Any:  # an enum by its name
 
 
 # Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    NonFiniteLossError,
+    CompileError,
+    rundir.RunDirError,
+    WriteError,
+)
 
 GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
 
@@ -144,14 +152,25 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
         results.update(
             status="interrupted", error=f"interrupted (Ctrl-C or SIGTERM); rerun with hydra.run.dir={run_dir} to resume"
         )
-        write_results(run_dir, results)
+        _record_end(run_dir, results)
         raise
     except Exception as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        write_results(run_dir, results)
+        disk = write_error(e)  # disk full, quota, read-only: the user's to fix, in one line
+        results.update(status="failed", error=str(disk) if disk else f"{type(e).__name__}: {e}")
+        _record_end(run_dir, results)
+        if disk:
+            raise disk from None
         raise
     finally:
         _finish_tracker(tracker, results)
+
+
+def _record_end(run_dir: Path, results: dict) -> None:
+    """Write the failed or interrupted record; a failure to write it must not hide why the run ended."""
+    try:
+        write_results(run_dir, results)
+    except OSError as e:
+        log.error("results.json could not record the %s run: %s", results["status"], e.strerror or e)
 
 
 def _record_config(cfg, run_dir: Path) -> None:
@@ -195,7 +214,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
             )
     except Exception as e:
         if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
-            write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            _record_end(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
 

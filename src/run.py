@@ -166,6 +166,9 @@ def _claim_run_dir(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # A log line that cannot be written (run.log on a full disk) must not print a traceback of its own:
+    # the run's outcome is reported once, by results.json and the error line.
+    logging.raiseExceptions = False
     if (bad := jobs.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
         print(f"error: {bad}", file=sys.stderr)
         sys.exit(2)

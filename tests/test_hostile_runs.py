@@ -17,11 +17,14 @@ To extend: add the case to its group, make it fail on the code before your fix, 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +46,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert all(w in lines[0] for w in words), (words, lines[0])
     return lines[0]
+
+
+def assert_ends_in_one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """For commands that log their progress on stderr (python -m src.evaluate): the progress, then one
+    `error: ...` line, exit 2, no traceback."""
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    lines = lines_of(proc)
+    assert proc.returncode == 2, (proc.returncode, lines)
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    assert all(w in lines[-1] for w in words), (words, lines[-1])
+    return lines[-1]
 
 
 def epochs_in_metrics(run_dir: Path) -> list[int]:
@@ -496,3 +510,103 @@ def test_every_write_then_rename_reaches_the_disk(compose, tmp_path, monkeypatch
     assert expected | {".csrae_report"} <= writes.renamed()
     assert writes.unflushed() == []
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# === DISK FULL =======================================================================================
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs of its own, to fill with `fill_disk` (mounting needs root: skipped otherwise)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({p.stderr.strip() or 'mount failed'}; needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill_disk(disk: Path) -> None:
+    """Fill the file system to its last byte (writes shrink until not even one byte fits)."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        size = 1 << 20
+        while size:
+            try:
+                os.write(fd, bytes(size))
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                size //= 2
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_records_it(small_disk, cli_env, run_cli):
+    """The disk filled up during training: ENOSPC writing best.pt, then again writing the failed record.
+    The run ended in a traceback, results.json stayed `running` and best.pt.tmp / results.json.tmp kept
+    the disk full."""
+    run_dir = small_disk / "run"
+    cmd = cli_command(run_dir, ["trainer.epochs=200", "trainer.patience=0", "prior.K=3"])
+    proc = subprocess.Popen(
+        cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or never started"
+            time.sleep(0.02)
+        fill_disk(small_disk)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    line = assert_one_line_error(done, "No space left on device", str(run_dir))
+    r = read_results(run_dir)
+    assert r["status"] == "failed" and "No space left on device" in r["error"], r
+    assert line == f"error: {r['error']}"
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_the_failure_is_recorded_on_a_disk_that_stays_full(small_disk):
+    """No room for a temporary copy of results.json: the failed record is written over the `running` one."""
+    from src.contract import write_results
+
+    write_results(small_disk, {"status": "running"})
+    fill_disk(small_disk)
+    write_results(small_disk, {"status": "failed", "error": "cannot write best.pt: No space left on device"})
+    r = read_results(small_disk)
+    assert (r["status"], r["error"]) == ("failed", "cannot write best.pt: No space left on device")
+    assert not list(small_disk.glob("*.tmp"))
+
+
+def test_a_full_disk_under_the_report_and_the_evaluation_gives_one_line(small_disk, tiny_run, cli_env, tmp_path):
+    """`python -m src.report --out` and `python -m src.evaluate` on a full disk: a traceback, and the
+    report left its manifest's .tmp behind."""
+    run_dir = small_disk / "run"
+    shutil.copytree(tiny_run, run_dir)
+    fill_disk(small_disk)
+    report = subprocess.run(
+        [sys.executable, "-m", "src.report", str(tiny_run), "--out", str(small_disk / "reports"), "--quiet"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(report, "No space left on device", str(small_disk / "reports"))
+    before = snapshot(run_dir)
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "src.evaluate", str(run_dir), "eval.is_samples=5"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ends_in_one_error_line(evaluation, "No space left on device", str(run_dir))
+    assert snapshot(run_dir) == before
+    assert not list(small_disk.rglob("*.tmp"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import analysis as A
+from src.files import write_error
 from src.formatting import number
 from src.report.render import Doc, md_text
 from src.report.reportdir import OUTPUTS, ReportDir, ReportDirError, report_name
@@ -243,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ReportDirError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        disk = write_error(e)  # disk full, quota, read-only --out: one line
+        if disk is None:
+            raise
+        print(f"error: {disk}", file=sys.stderr)
         return 2
     runs = pd.read_csv(out / "runs.csv")
     n_ok = int((runs["status"] == A.COMPLETED).sum())
