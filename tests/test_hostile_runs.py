@@ -211,6 +211,39 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, run_cli, cli_
     assert epochs_in_metrics(run_dir) == list(range(1, 13))
 
 
+def test_two_runs_started_in_the_same_second_both_run_in_their_own_dirs(tmp_path, run_cli, cli_env):
+    """Two runs into the default `outputs/runs/${now:...}` dir in the same second: the second's Hydra
+    rewrote the first run's .hydra/ and run.log before it was refused, so the finished run contradicted
+    its own results.json. `${now:%Y}` makes "the same second" certain; the space checks
+    that the dir is handed to Hydra intact."""
+    template = tmp_path / "my runs" / "${now:%Y}"
+    procs = [
+        subprocess.Popen(
+            cli_command(template, [*QUICK, f"trainer.seed={seed}"]),
+            cwd=run_cli.cwd,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    year = time.strftime("%Y")
+    dirs = sorted((tmp_path / "my runs").iterdir())
+    assert [d.name for d in dirs] == [year, f"{year}_2"]
+    seeds = set()
+    for d in dirs:
+        config = (d / ".hydra" / "config.yaml").read_text()
+        seed = read_results(d)["seed"]
+        assert f"trainer.seed={seed}" in (d / ".hydra" / "overrides.yaml").read_text()
+        assert f"\n  seed: {seed}\n" in config
+        assert sum(f"done: {d}  " in out for out, _ in outputs) == 1
+        seeds.add(seed)
+    assert seeds == {0, 1}
+
+
 def test_a_killed_run_leaves_no_stale_lock(tmp_path, run_cli, cli_env):
     """The lock dies with its process: after SIGKILL the same command resumes."""
     run_dir = tmp_path / "run"
