@@ -109,10 +109,14 @@ def config_fingerprint(cfg) -> str:
 
 
 def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
-    """The configuration's checks, then src.rundir.check: may this run write into run_dir? Writes nothing."""
+    """Everything checked before a run starts, writing nothing: the configuration, what run_dir already
+    holds (src.rundir.check), the device, the dataset's files and the tracker's settings."""
     validate(cfg)
     settings = _settings(cfg)
     rundir.check(run_dir, settings)
+    resolve_device(cfg.trainer.device)
+    check_available(cfg.dataset)
+    trackers.check(cfg, run_dir)
     return settings
 
 
@@ -162,7 +166,7 @@ def _run(cfg, run_dir: Path, extra: dict | None) -> float:
             raise disk from None
         raise
     finally:
-        _finish_tracker(tracker, results)
+        tracker.finish(results)  # a tracker's failure is a warning, never the run's outcome (src.trackers)
 
 
 def _record_end(run_dir: Path, results: dict) -> None:
@@ -184,17 +188,9 @@ def _record_config(cfg, run_dir: Path) -> None:
         tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
 
 
-def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:
-    """Hand the final results to the tracker; a tracker's failure is logged, never the run's outcome."""
-    try:
-        tracker.finish(results)
-    except Exception as e:  # noqa: BLE001 - results.json is already written and is the record
-        log.warning("logger: could not record the results (%s: %s)", type(e).__name__, e)
-
-
 def _preflight(cfg, run_dir: Path, results: dict) -> None:
-    """Checks that load nothing: the config, what the run dir already holds (check_run_dir), the
-    device and that the dataset's files are there.
+    """Checks that load nothing (check_run_dir): the config, what the run dir already holds, the
+    device, that the dataset's files are there, the tracker's settings.
 
     A failure here leaves an earlier run's results.json in this directory untouched (its record
     stays true); in a fresh directory it writes status failed, like any other failure.
@@ -204,8 +200,6 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         for warning in unknown_keys(cfg):
             log.warning("%s", warning)
         settings = check_run_dir(cfg, run_dir)
-        resolve_device(cfg.trainer.device)
-        check_available(cfg.dataset)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning(
                 "prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",

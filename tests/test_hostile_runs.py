@@ -402,6 +402,22 @@ ONE_LINE = {
         ["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
         ["prior.kmeans_samples", "prior.K"],
     ),
+    # Optional trackers: their settings are checked up front (docs/CONTRACT.md, "Trackers").
+    "mlflow-unknown-scheme": (["logger=mlflow", "logger.tracking_uri=foo://bar"], ["logger.tracking_uri=foo://bar"]),
+    "mlflow-no-host": (["logger=mlflow", "logger.tracking_uri=http:/x"], ["logger.tracking_uri=http:/x", "host"]),
+    "mlflow-file-store": (["logger=mlflow", "logger.tracking_uri=mlruns"], ["logger.tracking_uri=mlruns"]),
+    "mlflow-server-down": (
+        ["logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9"],
+        ["logger.tracking_uri=http://127.0.0.1:9", "127.0.0.1:9", "logger=none"],
+    ),
+    "mlflow-database-down-password-masked": (
+        ["logger=mlflow", "logger.tracking_uri=postgresql://me:s3cret@127.0.0.1:9/db"],
+        ["logger.tracking_uri=postgresql://me:***@127.0.0.1:9/db", "127.0.0.1:9"],
+    ),
+    "tensorboard-dir-under-a-file": (
+        ["logger=tensorboard", "logger.dir=/dev/null/tb"],
+        ["logger.dir=/dev/null/tb", "/dev/null", "not a directory"],
+    ),
 }
 
 
@@ -643,3 +659,51 @@ def test_a_full_disk_under_the_report_and_the_evaluation_gives_one_line(small_di
     assert_ends_in_one_error_line(evaluation, "No space left on device", str(run_dir))
     assert snapshot(run_dir) == before
     assert not list(small_disk.rglob("*.tmp"))
+
+
+# === OPTIONAL PARTS ==================================================================================
+# A tracker and the native loops are optional: settings that cannot work are refused up front in one
+# line; a part that breaks later is dropped with one warning and the run goes on.
+
+
+def test_an_unreachable_mlflow_server_fails_fast_and_is_recorded(tmp_path, run_cli):
+    """logger.tracking_uri=http://127.0.0.1:9 hung before training: urllib3 retried for minutes."""
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    proc = run_cli(run_dir, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9", timeout=60)
+    assert time.monotonic() - started < 45
+    line = assert_one_line_error(proc, "logger.tracking_uri=http://127.0.0.1:9")
+    r = read_results(run_dir)
+    assert r["status"] == "failed" and line.removeprefix("error: ") in r["error"]
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_a_missing_tracker_package_gives_one_line(tmp_path, run_cli, cli_env):
+    """logger=mlflow without mlflow installed: an ImportError traceback from inside the run."""
+    shadow = tmp_path / "shadow" / "mlflow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'mlflow'\")\n")
+    env = {**cli_env, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{cli_env['PYTHONPATH']}"}
+    proc = subprocess.run(
+        cli_command(tmp_path / "run", ["logger=mlflow"]), cwd=run_cli.cwd, env=env, capture_output=True, text=True
+    )
+    assert_one_line_error(proc, "logger=mlflow", "pip install", "logger=none")
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_with_one_warning(compose, tmp_path, monkeypatch, caplog):
+    """The tracker is a copy: its failure in epoch 2 (a full disk under logger.dir) failed the whole run."""
+    from src import trackers
+    from src.pipeline import run_experiment
+
+    calls = []
+
+    def failing(self, row):
+        calls.append(row["epoch"])
+        if row["epoch"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trackers.TensorBoardTracker, "log_epoch", failing)
+    run_experiment(compose("trainer.epochs=3", "prior.K=3", "logger=tensorboard"), tmp_path)
+    assert read_results(tmp_path)["status"] == "completed" and calls == [1, 2]
+    warnings = [r.getMessage() for r in caplog.records if "logger=tensorboard" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
