@@ -678,6 +678,15 @@ def test_an_unreachable_mlflow_server_fails_fast_and_is_recorded(tmp_path, run_c
     assert not (run_dir / "metrics.csv").exists()
 
 
+def test_a_refused_tracker_changes_nothing_in_a_finished_run(finished, run_cli):
+    """Resuming with a tracker (or data) that cannot work: the checks came after Hydra had rewritten
+    the finished run's .hydra/ and run.log."""
+    before = snapshot(finished)
+    proc = run_cli(finished, *QUICK, "logger=tensorboard", "logger.dir=/dev/null/tb")
+    assert_one_line_error(proc, "logger.dir=/dev/null/tb")
+    assert snapshot(finished) == before
+
+
 def test_a_missing_tracker_package_gives_one_line(tmp_path, run_cli, cli_env):
     """logger=mlflow without mlflow installed: an ImportError traceback from inside the run."""
     shadow = tmp_path / "shadow" / "mlflow"
