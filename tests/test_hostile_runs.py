@@ -716,3 +716,58 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_warning(compose, tmp_p
     assert read_results(tmp_path)["status"] == "completed" and calls == [1, 2]
     warnings = [r.getMessage() for r in caplog.records if "logger=tensorboard" in r.getMessage()]
     assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
+
+
+CS_STEP = (
+    "import torch; from src import native, divergences as dv; x = torch.randn(3, 4, dtype=torch.float64); "
+    "print(float(dv.cs_divergence(x, x, x, x, None).sum()), native.library() is not None)"
+)
+
+
+def damaged_native_cache(tmp_path: Path, cli_env: dict, damage: str) -> tuple[Path, dict]:
+    """A cache dir of this test's own (never the user's) whose native library was built, then damaged."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler (c++) to build the native loops")
+    env = {**cli_env, "CSRAE_CACHE_DIR": str(tmp_path / "cache"), "CXX": "c++"}
+    built = subprocess.run([sys.executable, "-c", CS_STEP], env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0 and built.stdout.split()[-1] == "True", built.stderr
+    (lib,) = (tmp_path / "cache").glob("*.so")
+    if damage == "truncated":  # a partial copy
+        lib.write_bytes(lib.read_bytes()[: lib.stat().st_size // 2])
+    else:
+        for checksum in (tmp_path / "cache").glob("*.sha256"):
+            checksum.unlink()
+    return lib, env
+
+
+def native_warnings(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if "native" in line]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no checksum"])
+def test_a_damaged_native_library_is_rebuilt_with_one_warning(tmp_path, cli_env, damage):
+    """A truncated cached library (a partial copy) was loaded as it was: SIGBUS at the first CS step,
+    no message, and every later run on the machine died the same way."""
+    lib, env = damaged_native_cache(tmp_path, cli_env, damage)
+    step = subprocess.run([sys.executable, "-c", CS_STEP], env=env, capture_output=True, text=True, timeout=300)
+    assert step.returncode == 0, (step.returncode, step.stderr)
+    assert step.stdout.split()[-1] == "True"  # rebuilt and used
+    warnings = native_warnings(step)
+    assert len(warnings) == 1 and str(lib) in warnings[0] and "rebuilt" in warnings[0], step.stderr
+    again = subprocess.run([sys.executable, "-c", CS_STEP], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and native_warnings(again) == [], again.stderr
+
+
+def test_a_damaged_native_library_without_a_compiler_falls_back_with_one_warning(tmp_path, cli_env):
+    lib, env = damaged_native_cache(tmp_path, cli_env, "truncated")
+    broken = tmp_path / "bin" / "c++"  # the same compiler name (the cache key), but it cannot build
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\necho 'c++: cannot build here' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env["PATH"] = f"{broken.parent}{os.pathsep}{env['PATH']}"
+    step = subprocess.run([sys.executable, "-c", CS_STEP], env=env, capture_output=True, text=True, timeout=300)
+    assert step.returncode == 0, (step.returncode, step.stderr)
+    value, native_used = step.stdout.split()
+    assert math.isfinite(float(value)) and native_used == "False"  # the torch code
+    warnings = native_warnings(step)
+    assert len(warnings) == 1 and str(lib) in warnings[0] and "torch" in warnings[0], step.stderr
