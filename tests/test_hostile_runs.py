@@ -771,3 +771,52 @@ def test_a_damaged_native_library_without_a_compiler_falls_back_with_one_warning
     assert math.isfinite(float(value)) and native_used == "False"  # the torch code
     warnings = native_warnings(step)
     assert len(warnings) == 1 and str(lib) in warnings[0] and "torch" in warnings[0], step.stderr
+
+
+# === READ-ONLY RUN DIRS ==============================================================================
+
+
+@pytest.fixture
+def read_only_run(tiny_run, tmp_path):
+    """A finished run in a directory this process cannot write (an archive, a colleague's share): a
+    read-only bind mount (root ignores file modes), or the modes taken away when not root."""
+    run_dir = tmp_path / "archive" / "run"
+    shutil.copytree(tiny_run, run_dir)
+    if os.geteuid() != 0:
+        for p in [run_dir, *run_dir.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        yield run_dir
+        for p in [run_dir, *run_dir.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+        return
+    mount = subprocess.run(["mount", "--bind", str(run_dir), str(run_dir)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot bind-mount a read-only run dir ({mount.stderr.strip()})")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(run_dir)], check=True, capture_output=True)
+        yield run_dir
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir)], check=False)
+
+
+def evaluate_cli(*argv, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.evaluate", *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_evaluating_a_read_only_run_dir_is_refused_in_one_line(read_only_run, cli_env, tmp_path):
+    """An OSError traceback on .lock (src.run already said this in one line)."""
+    before = snapshot(read_only_run)
+    proc = evaluate_cli(read_only_run, "eval.is_samples=5", env=cli_env, cwd=tmp_path)
+    assert_one_line_error(proc, str(read_only_run), "--out")
+    assert snapshot(read_only_run) == before
+
+
+def test_a_read_only_run_dir_is_evaluated_into_another_dir(read_only_run, cli_env, tmp_path):
+    out = tmp_path / "evaluations"
+    proc = evaluate_cli(read_only_run, "--out", out, "eval.is_samples=5", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "eval_is_samples=5.json").read_text())
+    assert record["run_dir"] == str(read_only_run) and record["is_samples"] == 5
+    assert f"{out / 'eval_is_samples=5.json'}: test NLL" in proc.stdout
