@@ -820,3 +820,14 @@ def test_a_read_only_run_dir_is_evaluated_into_another_dir(read_only_run, cli_en
     record = json.loads((out / "eval_is_samples=5.json").read_text())
     assert record["run_dir"] == str(read_only_run) and record["is_samples"] == 5
     assert f"{out / 'eval_is_samples=5.json'}: test NLL" in proc.stdout
+
+
+def test_run_experiment_into_a_read_only_dir_gives_one_line(read_only_run, compose):
+    """From Python (or a sweep job) an OSError from the lock file, where src.run says one line."""
+    from src.pipeline import USER_ERRORS, run_experiment
+
+    before = snapshot(read_only_run)
+    with pytest.raises(USER_ERRORS, match="cannot use run dir") as e:
+        run_experiment(compose(*QUICK), read_only_run)
+    assert "\n" not in str(e.value) and str(read_only_run) in str(e.value)
+    assert snapshot(read_only_run) == before
