@@ -116,6 +116,8 @@ def _require(ok: bool, message: str) -> None:
 # torch.manual_seed takes 64 bits but numpy / scikit-learn (the k-means refit) only 32; the run
 # also seeds its evaluation with seed + 1.
 MAX_SEED = 2**32 - 2
+# samples.png is one grid: past this it is unreadable, and decoding them all at once may not fit in memory.
+MAX_IMAGES = 10_000
 
 
 def _floats(node: Any, prefix: str = ""):
@@ -161,6 +163,11 @@ def validate(cfg: Any) -> None:
     )
     _require(e.is_samples >= 1, f"eval.is_samples must be >= 1, got {e.is_samples}")
     _require(e.is_chunk >= 1 and e.is_batch >= 1, "eval.is_chunk and eval.is_batch must be >= 1")
+    _require(
+        1 <= e.n_images <= MAX_IMAGES,
+        f"eval.n_images must be in [1, {MAX_IMAGES}] (samples in samples.png; eval.images=false for none), "
+        f"got {e.n_images}",
+    )
     # Early stopping, the best checkpoint and the validation NLL all need a validation split.
     _require(
         0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,

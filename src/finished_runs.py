@@ -175,8 +175,6 @@ def reevaluate(run_dir: Path, overrides: list[str], out_dir: Path | None = None)
         )
         tag = eval_tag(overrides)
         image_dir = out_dir / f"eval_{tag}"  # pictures, with eval.images=true: the run's own stay as they are
-        if cfg.eval.images:
-            image_dir.mkdir(exist_ok=True)
         metrics = evaluate.evaluate_model(run.model, data, cfg.eval, cfg.trainer.seed, image_dir, device)
         if "images" in metrics:
             metrics["images"] = [f"{image_dir.name}/{name}" for name in metrics["images"]]

@@ -402,6 +402,9 @@ ONE_LINE = {
         ["prior.init=kmeans", "prior.kmeans_epoch=1", "prior.kmeans_samples=2", "prior.K=5"],
         ["prior.kmeans_samples", "prior.K"],
     ),
+    # Accepted, then the run trained every epoch and died in its evaluation.
+    "n-images-0": (["eval.images=true", "eval.n_images=0"], ["eval.n_images", "got 0"]),
+    "n-images-huge": (["eval.images=true", f"eval.n_images={10**9}"], ["eval.n_images", str(10**9)]),
     # Optional trackers: their settings are checked up front (docs/CONTRACT.md, "Trackers").
     "mlflow-unknown-scheme": (["logger=mlflow", "logger.tracking_uri=foo://bar"], ["logger.tracking_uri=foo://bar"]),
     "mlflow-no-host": (["logger=mlflow", "logger.tracking_uri=http:/x"], ["logger.tracking_uri=http:/x", "host"]),
@@ -427,6 +430,51 @@ def test_bad_value_gives_one_line(case, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     assert_one_line_error(run_cli(run_dir, *overrides, "trainer.epochs=2", timeout=120), *words)
     assert not (run_dir / "metrics.csv").exists()  # refused up front, not at step 1
+
+
+def test_a_refused_evaluation_leaves_no_empty_dir(finished, cli_env, tmp_path):
+    """python -m src.evaluate RUN eval.images=true eval.n_images=0 died in evaluation and left an empty
+    eval_<tag>/ in the run dir."""
+    before = snapshot(finished)
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.evaluate", str(finished), "eval.images=true", "eval.n_images=0"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
+    assert_one_line_error(proc, "eval.n_images")
+    assert snapshot(finished) == before and not list(finished.glob("eval_*"))
+
+
+def test_an_interrupted_evaluation_leaves_no_empty_dir(finished, monkeypatch):
+    """The pictures' dir was made before the evaluation started, and stayed, empty, when it did not end."""
+    from src import evaluate
+    from src.finished_runs import reevaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "importance_sampled_nll", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reevaluate(finished, ["eval.images=true", "eval.is_samples=5"])
+    assert not list(finished.glob("eval_*"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["dataset.max_train=1"], ["dataset.max_eval=1", "eval.images=true"]],
+    ids=["one-training-point", "one-test-point"],
+)
+def test_the_smallest_splits_still_evaluate(tmp_path, run_cli, overrides):
+    """Accepted, trained, then died in evaluation: the few-label classifier with one class
+    (max_train=1), the latent picture's PCA of one point (max_eval=1)."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(run_dir, *QUICK, *overrides)
+    assert proc.returncode == 0, proc.stderr
+    r = read_results(run_dir)
+    assert r["status"] == "completed" and math.isfinite(r["test_nll"])
+    assert "non_finite" not in r, r["non_finite"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
