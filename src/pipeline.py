@@ -98,7 +98,12 @@ def _settings(cfg) -> TrainSettings:
         refit_after_pretraining=kmeans,
         geco=geco,
         fingerprint=fingerprint(
-            _model_identity(to_plain(m)), to_plain(p), data_identity, t.seed, to_plain(cfg.optimizer), schedule
+            model=_model_identity(to_plain(m)),
+            prior=to_plain(p),
+            dataset=data_identity,
+            seed=t.seed,
+            optimizer=to_plain(cfg.optimizer),
+            schedule=schedule,
         ),
     )
 

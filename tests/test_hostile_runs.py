@@ -288,6 +288,16 @@ def test_a_refused_resume_changes_nothing_in_the_run_dir(finished, run_cli, extr
     assert snapshot(finished) == before
 
 
+def test_a_refused_resume_names_the_keys_that_differ_and_both_values(finished, run_cli):
+    """The refusal said "a different configuration (model, prior, ...)" but not which key differed."""
+    proc = run_cli(finished, *QUICK, "optimizer.lr=0.01", "trainer.batch_size=64", "model.hidden_dims=[32]")
+    line = assert_one_line_error(proc, "different configuration", "last.pt")
+    assert "optimizer.lr=0.01 (the checkpoint has 0.0005)" in line, line
+    assert "trainer.batch_size=64 (the checkpoint has 100)" in line, line
+    assert "model.hidden_dims=[32] (the checkpoint has none)" in line, line
+    assert "prior." not in line and "dataset." not in line  # only what differs
+
+
 def test_a_refused_resume_into_an_interpolated_run_dir_changes_nothing(tiny_run, tmp_path, run_cli):
     """`hydra.run.dir=runs/K${prior.K}`: the early check skipped every interpolated dir, so Hydra
     rewrote the finished run's .hydra/ before the refusal."""
