@@ -166,6 +166,25 @@ def test_results_json_is_strict_json(compose, tmp_path, monkeypatch):
     assert math.isfinite(r["test_nll"])
 
 
+def test_the_headline_carries_the_many_to_one_caveat_of_the_report():
+    """K=500 on ten classes printed "ACC 0.860 (many_to_one)" beside ARI 0.046, without the caveat the
+    report gives the same number."""
+    import pandas as pd
+
+    from src import analysis as A
+    from src.formatting import MANY_TO_ONE, headline
+
+    record = {"test_nll": 90.1, "test_nll_sem": 0.2, "is_samples": 10, "val_nll": 90.3, "K": 500}
+    over = headline({**record, "acc": 0.86, "acc_mapping": "many_to_one", "nmi": 0.31, "ari": 0.046})
+    assert "ACC 0.860 (K=500 components, more than the classes: " + MANY_TO_ONE + ")" in over, over
+    matched = headline({**record, "K": 10, "acc": 0.7, "acc_mapping": "hungarian", "nmi": 0.6, "ari": 0.5})
+    assert "ACC 0.700 (hungarian)" in matched and MANY_TO_ONE not in matched
+    run = {**record, "status": "completed", "model": "csrae", "acc": 0.86, "acc_mapping": "many_to_one"}
+    run.update(best_epoch=3, epochs_run=5, stopped_early=False, n_clusters_used=480)
+    notes = A.caveats(pd.DataFrame([run]), pd.DataFrame({"n_runs": [1]}))
+    assert any(MANY_TO_ONE in note for note in notes), notes  # the report's caveat is the same text
+
+
 def test_a_nested_non_finite_value_keeps_the_real_error(compose, tmp_path):
     """`-m 'optimizer.lr=1e-3,inf'`: the sweep's params ({"optimizer.lr": inf}) are nested in the record,
     so writing the failed record raised "Out of range float values are not JSON compliant" instead of
