@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from numbers import Integral, Real
 from typing import Any
 
@@ -10,6 +12,13 @@ MISSING = "–"  # what a table or sentence shows for null, NaN or a value that 
 #: What clustering ACC means when there are more components than classes (acc_mapping many_to_one):
 #: said wherever such an ACC is shown (run headlines, the report's caveats).
 MANY_TO_ONE = "a many-to-one majority mapping, which favours large K; NMI and ARI are not mapped"
+
+
+def plain_when_redirected() -> None:
+    """No colour codes in a log that is not a terminal: NO_COLOR (no-color.org), which Optuna's
+    coloured log lines (colorlog) honour, set for this process and its jobs unless the user chose."""
+    if not sys.stderr.isatty() and "FORCE_COLOR" not in os.environ:
+        os.environ.setdefault("NO_COLOR", "1")
 
 
 def number(v: Any, digits: int | None = None) -> str:

@@ -6,6 +6,7 @@ a run directory, so tests and notebooks can call it directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -134,12 +135,33 @@ def run_experiment(cfg, run_dir: Path, extra: dict | None = None) -> float:
     in it changes.
     """
     run_dir, cfg = Path(run_dir), typed_config(cfg)
-    took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
+    with _shown_unless_logging_is_set_up():
+        took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
+        try:
+            return _run(cfg, run_dir, extra)
+        finally:
+            if took_lock:
+                rundir.unlock(run_dir)
+
+
+@contextlib.contextmanager
+def _shown_unless_logging_is_set_up():
+    """Called from Python with no logging set up, Python would show only warnings: the run's lines
+    (epochs, a resume, a finished run evaluated again) then go to stderr as plain text, as
+    `python -m src.run` shows them. Where logging is set up (Hydra, an application), it decides."""
+    if logging.getLogger().hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger, level = logging.getLogger("src"), logging.getLogger("src").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        return _run(cfg, run_dir, extra)
+        yield
     finally:
-        if took_lock:
-            rundir.unlock(run_dir)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _run(cfg, run_dir: Path, extra: dict | None) -> float:

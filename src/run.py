@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from src import rundir
 from src.config import compose_config, register_configs
 from src.contract import RESULT_KEYS
-from src.formatting import headline
+from src.formatting import headline, plain_when_redirected
 from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
 from src.sweeps import jobs
 
@@ -201,6 +201,7 @@ if __name__ == "__main__":
     # A log line that cannot be written (run.log on a full disk) must not print a traceback of its own:
     # the run's outcome is reported once, by results.json and the error line.
     logging.raiseExceptions = False
+    plain_when_redirected()
     if (bad := jobs.unknown_sweep(sys.argv[1:])) is not None:  # Hydra would skip an unknown sweep silently
         print(f"error: {bad}", file=sys.stderr)
         sys.exit(2)

@@ -908,3 +908,60 @@ def test_run_experiment_into_a_read_only_dir_gives_one_line(read_only_run, compo
         run_experiment(compose(*QUICK), read_only_run)
     assert "\n" not in str(e.value) and str(read_only_run) in str(e.value)
     assert snapshot(read_only_run) == before
+
+
+# === SAID ONCE, IN PLAIN TEXT ========================================================================
+
+RUN_FROM_PYTHON = (
+    "import sys; from src.config import compose_config; from src.pipeline import run_experiment; "
+    "run_experiment(compose_config('debug=smoke', 'trainer.device=cpu', 'trainer.progress=false', 'prior.K=3'), "
+    "sys.argv[1])"
+)
+
+
+def test_run_experiment_from_python_says_what_it_does(tmp_path, cli_env):
+    """From Python (no logging set up) run_experiment printed nothing, and on a finished run dir it
+    evaluated the run again and rewrote results.json without a word."""
+    run_dir = tmp_path / "run"
+
+    def from_python() -> str:
+        p = subprocess.run(
+            [sys.executable, "-c", RUN_FROM_PYTHON, str(run_dir)], env=cli_env, capture_output=True, text=True
+        )
+        assert p.returncode == 0, p.stderr
+        assert "\x1b" not in p.stdout + p.stderr
+        return p.stderr
+
+    first = from_python()
+    assert "epoch 1/1" in first and "evaluating: S=10" in first, first
+    again = from_python()
+    said = [line for line in again.splitlines() if "nothing left to train" in line]
+    assert len(said) == 1 and str(run_dir / "checkpoints" / "last.pt") in said[0], again
+    assert "evaluating it again" in said[0] and "results.json" in said[0]
+    assert "epoch 1/1" not in again and "resumed from" not in again  # said once, not twice
+
+
+def test_a_redirected_sweep_log_has_no_colour_codes(tmp_path, run_cli, cli_env):
+    """Optuna's log lines reached a redirected log with their terminal colour codes."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.run",
+            "-m",
+            "sweep=csrae_optuna",
+            "debug=smoke",
+            "trainer.progress=false",
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        ],
+        cwd=run_cli.cwd,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "A new study created" in proc.stderr  # Optuna's own line, which carried the codes
+    assert "\x1b" not in proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ import pandas as pd
 
 from src import analysis as A
 from src.files import write_error
-from src.formatting import number
+from src.formatting import number, plain_when_redirected
 from src.report.render import Doc, md_text
 from src.report.reportdir import OUTPUTS, ReportDir, ReportDirError, report_name
 from src.report.tables import comparisons_display, excluded_display, runs_display, summary_display
@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", help="report directory name (default: derived from DIR)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
+    plain_when_redirected()
     if args.dir is None:
         target = A.newest_sweep(OUTPUTS)
         if target is None:
