@@ -127,11 +127,16 @@ def write_results(run_dir: Path, results: dict) -> None:
 
 
 def reset_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
-    """Keep only the rows of completed (checkpointed) epochs, so that a resumed run lists each epoch once."""
+    """Keep only the rows of completed (checkpointed) epochs, so that a resumed run lists each epoch once.
+    A row cut short (a full disk, a crash while appending) is dropped: its epoch is not checkpointed."""
     rows = []
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if all(r.get(c) for c in columns) and r["epoch"].isdigit() and int(r["epoch"]) <= keep_through_epoch
+            ]
     with replace_atomically(path) as tmp, open(tmp, "w", newline="") as f:  # a kill must not lose the rows kept
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from src.checkpoints import load_checkpoint
+from src.files import NO_SPACE_ERRNOS
 from src.train import TrainSettings
 
 LOCK_FILE = ".lock"
@@ -39,8 +40,12 @@ def lock(run_dir: Path) -> bool:
     except OSError as e:
         raise RunDirError(f"cannot use run dir {run_dir}: {e.strerror or e}") from None
     _flock(fd, run_dir, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:  # a full disk: the lock is held, only the pid it shows to others is missing
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
     _held[key] = fd
     return True
 

@@ -697,6 +697,43 @@ def test_a_full_disk_fails_the_run_in_one_line_and_records_it(small_disk, cli_en
     assert not list(run_dir.rglob("*.tmp"))
 
 
+def test_a_run_started_on_a_full_disk_fails_in_one_line(small_disk, compose):
+    """From Python (or a sweep job) the pid written into the lock file raised a bare OSError."""
+    from src.pipeline import USER_ERRORS, run_experiment
+
+    fill_disk(small_disk)
+    with pytest.raises(USER_ERRORS, match="No space left on device") as e:
+        run_experiment(compose(*QUICK), small_disk / "run")
+    assert "\n" not in str(e.value)
+    assert not list(small_disk.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("torn", ["1", "1,40.5,39", "\x00\x00"], ids=["epoch-only", "short-row", "zeros"])
+def test_a_torn_metrics_row_is_dropped_on_resume(finished, run_cli, torn):
+    """The last row cut short by a full disk or a crash ("1" of epoch 12's row) was kept on resume as a
+    second epoch 1 with empty values; one whose epoch is not a number ended the resume in a traceback."""
+    with open(finished / "metrics.csv", "a") as f:
+        f.write(torn)
+    proc = run_cli(finished, "trainer.epochs=3", "prior.K=3")
+    assert proc.returncode == 0, proc.stderr
+    assert epochs_in_metrics(finished) == [1, 2, 3]
+    with open(finished / "metrics.csv", newline="") as f:
+        assert all(None not in row.values() and "" not in row.values() for row in csv.DictReader(f))
+
+
+def test_a_report_out_dir_that_cannot_be_made_gives_one_line(tiny_run, cli_env, tmp_path):
+    """--out under a file: a NotADirectoryError traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.report", str(tiny_run), "--out", "/dev/null/reports", "--quiet"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(proc, "/dev/null/reports")
+
+
 def test_the_failure_is_recorded_on_a_disk_that_stays_full(small_disk):
     """No room for a temporary copy of results.json: the failed record is written over the `running` one."""
     from src.contract import write_results

@@ -89,7 +89,10 @@ class ReportDir:
 
     def clear(self) -> None:
         """Create the directory; delete the files the previous report listed in its manifest."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ReportDirError(f"cannot create {self.path}: {e.strerror or e}; choose another --out/--name") from None
         for f in self._old_files():
             target = self.path / f
             if target.is_file() and not target.is_symlink():
