@@ -801,6 +801,40 @@ def test_a_refused_tracker_changes_nothing_in_a_finished_run(finished, run_cli):
     assert snapshot(finished) == before
 
 
+DOWNLOAD = """
+import socket, sys, threading
+server = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+threading.Thread(target=lambda: [server.accept() for _ in iter(int, 1)], daemon=True).start()
+silent = f"http://127.0.0.1:{server.getsockname()[1]}/"
+from torchvision import datasets
+datasets.MNIST.mirrors = [silent]
+datasets.CIFAR10.url = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # nothing listens: refused
+from src import data
+from src.config import compose_config
+data.DOWNLOAD_TIMEOUT_S = 2
+cfg = compose_config(f"dataset={sys.argv[1]}", "dataset.download=true", f"dataset.root={sys.argv[2]}")
+try:
+    data.load_dataset(cfg.dataset)
+except data.DataError as e:
+    print(f"error: {e}")
+"""
+
+
+@pytest.mark.parametrize("dataset,why", [("mnist", "timed out"), ("cifar10", "Connection refused")])
+def test_a_download_that_fails_ends_in_one_line(tmp_path, cli_env, dataset, why):
+    """dataset.download=true: a mirror that takes the connection and then says nothing made the run wait
+    forever (no timeout on the download's socket); CIFAR-10 unreachable ended in a URLError traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DOWNLOAD, dataset, str(tmp_path / "data")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith(f"error: {dataset}") and why in proc.stdout, proc.stdout
+
+
 def test_a_missing_tracker_package_gives_one_line(tmp_path, run_cli, cli_env):
     """logger=mlflow without mlflow installed: an ImportError traceback from inside the run."""
     shadow = tmp_path / "shadow" / "mlflow"
