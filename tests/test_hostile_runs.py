@@ -1,17 +1,26 @@
-"""Hostile but realistic use of single runs and run directories (issue 8): one test per case.
+"""Hostile but realistic use of single runs and run directories: one test per case.
 
-The cases are grouped by the promise they check:
+The cases are grouped by the promise they check (the `# === NAME ===` sections below):
 
-- WRONG NUMBERS: every number a run prints or records belongs to the command that printed it
-  (never another run's checkpoint, never a contradictory results.json, strict JSON only).
-- LOST DATA: nothing a user already has is overwritten, and a refused run changes nothing in its
-  run directory (`snapshot` compares every file, .hydra/ and run.log included).
+- WRONG NUMBERS: every number a run prints or records belongs to the command that printed it, with the
+  caveat it needs (never another run's checkpoint, never a contradictory results.json, strict JSON only).
+- LOST DATA: nothing a user already has is overwritten, and a refused run changes nothing in its run
+  directory or in any other run's (`snapshot` compares every file, .hydra/ and run.log included).
 - ONE-LINE ERRORS: a user mistake ends with one `error: ...` line on stderr, exit code 2 and no
-  traceback. Add a case to ONE_LINE (overrides, words the line must contain) or, when it needs
-  files, write a test next to the IDX ones.
+  traceback, before any work. Add a case to ONE_LINE (overrides, words the line must contain) or, when
+  it needs files, write a test next to the IDX ones.
+- FLUSHED TO DISK: every write-then-rename is flushed, file and directory (`WriteLog` records them).
+- DISK FULL: on a real small file system (`small_disk`, a tmpfs of its own, filled by `fill_disk`): one
+  line, results.json `failed` with the reason, no temporary file left behind.
+- OPTIONAL PARTS: trackers, the native library, downloads. Settings that cannot work are refused in one
+  line up front; a part that breaks later is dropped with one warning; nothing waits without end.
+- READ-ONLY RUN DIRS: `read_only_run`, an archive or a colleague's share.
+- SAID ONCE, IN PLAIN TEXT: what a run does is said once, and a redirected log holds no colour codes.
 
-To extend: add the case to its group, make it fail on the code before your fix, and keep it quick
-(digits, one thread, a few epochs; `tiny_run` below gives a finished run to copy).
+To add a case: put it in its group, run it once against the code before your fix and see it fail,
+and keep it quick (digits, one thread, a few epochs; `tiny_run` below gives a finished run to copy).
+A case that needs root (mounting a file system) skips elsewhere, saying why. The native library cases
+build in a cache dir of their own (CSRAE_CACHE_DIR), never in the user's.
 """
 
 from __future__ import annotations
