@@ -151,7 +151,7 @@ def _claim_run_dir(cfg: DictConfig) -> str | None:
         # the dir Hydra will make, so it is left to run_experiment.
         dirs = {os.path.abspath(str(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])) for _ in range(2)}
     except Exception:  # noqa: BLE001 - an interpolation Hydra will report itself
-        return
+        return None
     if len(dirs) != 1:
         return None
     run_dir = Path(dirs.pop())  # as Hydra makes it
