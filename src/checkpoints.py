@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from src.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,48 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or belongs to another configuration."""
 
 
-def fingerprint(*configs) -> str:
-    return json.dumps(configs, sort_keys=True, default=str)
+#: What each part of a fingerprint is, by the config keys it holds (trainer.seed is a number, the rest dicts).
+FINGERPRINT_PARTS = ("model", "prior", "dataset", "trainer.seed", "optimizer", "trainer")
+
+
+def fingerprint(model: dict, prior: dict, dataset: dict, seed: int, optimizer: dict, schedule: dict) -> str:
+    """The configuration a checkpoint belongs to (src.pipeline decides what enters each part)."""
+    return json.dumps([model, prior, dataset, seed, optimizer, schedule], sort_keys=True, default=str)
+
+
+def _config_keys(fingerprint: str) -> dict | None:
+    """A fingerprint as {config key: value}, or None when it is not one of fingerprint()'s."""
+    try:
+        parts = json.loads(fingerprint)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(parts, list) or len(parts) != len(FINGERPRINT_PARTS):
+        return None
+    out = {}
+    for name, part in zip(FINGERPRINT_PARTS, parts):
+        out.update({f"{name}.{k}": v for k, v in part.items()} if isinstance(part, dict) else {name: part})
+    return out
+
+
+def differences(stored: str, current: str) -> str:
+    """`key=now (the checkpoint has then)` for every key whose value differs, '; '-separated ('' if unknown)."""
+    then, now = _config_keys(stored), _config_keys(current)
+    if then is None or now is None:
+        return ""
+
+    def shown(values: dict, key: str) -> str:
+        v = values.get(key)
+        return "none" if v is None else v if isinstance(v, str) else json.dumps(v)
+
+    keys = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    return "; ".join(f"{k}={shown(now, k)} (the checkpoint has {shown(then, k)})" for k in keys)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # Through a Python file: a failed write then surfaces as its OSError (disk full), which
+    # torch.save(obj, path) reports only as an opaque RuntimeError.
+    with replace_atomically(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(
@@ -67,10 +102,10 @@ def load_checkpoint(path: Path, fingerprint: str | None = None, fix: str = RESUM
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this harness; {fix}")
     if fingerprint is not None and ckpt.get("fingerprint") != fingerprint:
-        raise CheckpointError(
-            f"checkpoint {path} was written for a different configuration (model, prior, dataset, "
-            f"seed, optimizer, batch size or warm-up); {fix}"
+        which = differences(str(ckpt.get("fingerprint")), fingerprint) or (
+            "model, prior, dataset, seed, optimizer, batch size or warm-up"
         )
+        raise CheckpointError(f"checkpoint {path} was written for a different configuration ({which}); {fix}")
     return ckpt
 
 

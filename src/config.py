@@ -124,6 +124,8 @@ def _require(ok: bool, message: str) -> None:
 # torch.manual_seed takes 64 bits but numpy / scikit-learn (the k-means refit) only 32; the run
 # also seeds its evaluation with seed + 1.
 MAX_SEED = 2**32 - 2
+# samples.png is one grid: past this it is unreadable, and decoding them all at once may not fit in memory.
+MAX_IMAGES = 10_000
 
 
 def _floats(node: Any, prefix: str = ""):
@@ -173,6 +175,11 @@ def validate(cfg: Any) -> None:
     _require(
         e.interim_is_samples >= 1 and e.interim_points >= 1,
         "eval.interim_is_samples and eval.interim_points must be >= 1",
+    )
+    _require(
+        1 <= e.n_images <= MAX_IMAGES,
+        f"eval.n_images must be in [1, {MAX_IMAGES}] (samples in samples.png; eval.images=false for none), "
+        f"got {e.n_images}",
     )
     # Early stopping, the best checkpoint and the validation NLL all need a validation split.
     _require(

@@ -14,6 +14,8 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from src.files import NO_SPACE_ERRNOS, replace_atomically
+
 FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label accuracies
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
 
@@ -106,31 +108,44 @@ def strict(results: dict) -> dict:
 
 
 def write_results(run_dir: Path, results: dict) -> None:
-    """Atomically (re)write results.json, every RESULT_KEYS key first: a reader never sees half a file."""
+    """Atomically (re)write results.json, every RESULT_KEYS key first: a reader never sees half a file.
+
+    On a full disk, where the temporary copy finds no room, the existing file is rewritten in place
+    (its own blocks take the new record): a record left `running` by a process that is gone misleads
+    every reader, while an interrupted in-place write at worst shows as unreadable.
+    """
     full = {k: results.get(k) for k in RESULT_KEYS}
     full.update({k: v for k, v in results.items() if k not in full})
-    tmp = Path(run_dir) / "results.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(strict(full), f, indent=2, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(run_dir) / "results.json")
+    data = json.dumps(strict(full), indent=2, default=str, allow_nan=False).encode()
+    path = Path(run_dir) / "results.json"
+    try:
+        with replace_atomically(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        if e.errno not in NO_SPACE_ERRNOS or not path.is_file():
+            raise
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def reset_metrics(path: Path, keep_through_epoch: int, columns: list[str] = METRIC_COLUMNS) -> None:
-    """Keep only the rows of completed (checkpointed) epochs, so that a resumed run lists each epoch once."""
+    """Keep only the rows of completed (checkpointed) epochs, so that a resumed run lists each epoch once.
+    A row cut short (a full disk, a crash while appending) is dropped: its epoch is not checkpointed."""
     rows = []
     if keep_through_epoch > 0 and path.exists():
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-    tmp = path.with_suffix(".csv.tmp")  # a kill while rewriting must not lose the rows kept
-    with open(tmp, "w", newline="") as f:
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if all(r.get(c) for c in columns) and r["epoch"].isdigit() and int(r["epoch"]) <= keep_through_epoch
+            ]
+    with replace_atomically(path) as tmp, open(tmp, "w", newline="") as f:  # a kill must not lose the rows kept
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def append_metrics(path: Path, row: dict, columns: list[str] = METRIC_COLUMNS) -> None:

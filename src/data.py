@@ -21,9 +21,11 @@ Nothing is written under ``root`` unless ``download`` is true: missing files rai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +230,22 @@ def _train_val_sizes(name: str, n: int, root: Path) -> tuple[int, int]:
     return n - val, val
 
 
+# A mirror that takes the connection and then stops answering: an error in a minute, not a wait without end
+# (torchvision's download sets no timeout). Per socket operation: a slow download that goes on is not cut.
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@contextlib.contextmanager
+def _download_timeout(download: bool):
+    previous = socket.getdefaulttimeout()
+    if download:
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _wrap_torchvision_error(name: str, root: Path, exc: Exception) -> DataError:
     msg = " ".join(str(exc).split())
     return DataError(f"{name}: torchvision could not load the files under {root}: {msg}")
@@ -283,9 +301,10 @@ def _load_mnist_like(cfg: Any, name: str) -> tuple[tuple, tuple, tuple, Callable
     if all((raw / f).is_file() for f in _IDX_FILES):
         _check_idx_files(name, raw)
     try:
-        tr = cls(root=str(root), train=True, download=download)
-        te = cls(root=str(root), train=False, download=download)
-    except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
+        with _download_timeout(download):
+            tr = cls(root=str(root), train=True, download=download)
+            te = cls(root=str(root), train=False, download=download)
+    except (RuntimeError, AssertionError, TypeError, ValueError, OSError) as exc:  # OSError: a failed download
         raise _wrap_torchvision_error(name, root, exc) from exc
     x, y = tr.data.unsqueeze(1), torch.as_tensor(tr.targets)  # uint8 [60000, 1, 28, 28], int64
     n_train, n_val = _train_val_sizes(name, x.shape[0], root)
@@ -304,9 +323,10 @@ def _load_cifar10(cfg: Any) -> tuple[tuple, tuple, tuple, Callable, tuple[int, i
     root = _root(cfg)
     download = bool(cfg.download)
     try:
-        tr = datasets.CIFAR10(root=str(root), train=True, download=download)
-        te = datasets.CIFAR10(root=str(root), train=False, download=download)
-    except (RuntimeError, TypeError, ValueError, KeyError, EOFError) as exc:
+        with _download_timeout(download):
+            tr = datasets.CIFAR10(root=str(root), train=True, download=download)
+            te = datasets.CIFAR10(root=str(root), train=False, download=download)
+    except (RuntimeError, TypeError, ValueError, KeyError, EOFError, OSError) as exc:  # OSError: a failed download
         raise _wrap_torchvision_error("cifar10", root, exc) from exc
 
     def chw(data: Any) -> torch.Tensor:  # numpy [N, 32, 32, 3] uint8 -> torch [N, 3, 32, 32] uint8

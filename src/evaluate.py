@@ -207,7 +207,7 @@ def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir:
     test_recon, test_reg = loss_terms_mean(model, data.test.x, device=device)
     out = {
         "test_nll": test_nll.mean().item(),
-        "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item(),
+        "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item() if len(test_nll) > 1 else None,
         "test_recon": test_recon,
         "test_reg": test_reg,
         "val_nll": val_nll,
@@ -285,7 +285,8 @@ def write_images(
     seed: int = 0,
     clusters: np.ndarray | None = None,
 ) -> list[str]:
-    """samples.png, components.png, reconstructions.png, latent_scatter.png; returns the file names."""
+    """samples.png, components.png, reconstructions.png, latent_scatter.png in out_dir (created here, so
+    that an evaluation that ends early leaves no empty one); returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,6 +296,7 @@ def write_images(
     model.eval()
     g = torch.Generator().manual_seed(seed)
     written = []
+    Path(out_dir).mkdir(exist_ok=True)
 
     samples, _ = model.sample(n_images, generator=g)
     save_grid(samples, out_dir / "samples.png", nrow=int(math.ceil(math.sqrt(n_images))))
@@ -316,12 +318,12 @@ def write_images(
     written.append("reconstructions.png")
 
     means = posterior_means(model, x_test)
-    if means.shape[1] > 2:
+    if means.shape[1] > 2 and len(means) >= 2:  # two components need two points
         from sklearn.decomposition import PCA
 
         coords, axis = PCA(n_components=2, random_state=0).fit_transform(means), "PC"
     else:
-        coords, axis = np.pad(means, ((0, 0), (0, 2 - means.shape[1]))), "z"
+        coords, axis = np.pad(means[:, :2], ((0, 0), (0, max(0, 2 - means.shape[1])))), "z"
     panels = [("label", y_test.numpy())] + ([("component", clusters)] if clusters is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
     for ax, (title, colour) in zip(axes[0], panels):

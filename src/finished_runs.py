@@ -31,6 +31,7 @@ from src.checkpoints import CheckpointError, best_checkpoint, load_checkpoint
 from src.config import ConfigError, validate
 from src.contract import key_config, strict
 from src.data import IMAGE_SHAPES, load_dataset
+from src.files import replace_atomically, write_error
 from src.formatting import headline
 from src.models import Autoencoder, build_model, count_parameters
 from src.pipeline import USER_ERRORS, config_fingerprint
@@ -147,12 +148,18 @@ def eval_tag(overrides: list[str]) -> str:
     return tag
 
 
-def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[Path, dict]:
-    """Evaluate a finished run again, with its own config plus `overrides`; returns the file written and its record."""
+def reevaluate(run_dir: Path, overrides: list[str], out_dir: Path | None = None) -> tuple[Path, dict]:
+    """Evaluate a finished run again, with its own config plus `overrides`; returns the file written and its record.
+
+    The record (and pictures) go to out_dir, by default the run dir. A run dir this process cannot
+    write (an archive, a colleague's share) is read under a shared lock, and needs another out_dir.
+    """
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
     cfg = with_overrides(run_config(run_dir), overrides)
+    _check_writable(out_dir)
     try:
-        took_lock = rundir.lock(run_dir)
+        took_lock = rundir.lock(run_dir) if os.access(run_dir, os.W_OK) else rundir.lock_to_read(run_dir)
     except rundir.RunDirError as e:
         raise rundir.RunDirError(
             f"{str(e).split(';')[0]}: a run still training it, or another evaluation; evaluate it once that has ended"
@@ -167,9 +174,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[Path, dict]:
             "loaded %s (epoch %d, %d parameters) on %s", run.checkpoint, run.epoch, count_parameters(run.model), device
         )
         tag = eval_tag(overrides)
-        image_dir = run_dir / f"eval_{tag}"  # pictures, with eval.images=true: the run's own stay as they are
-        if cfg.eval.images:
-            image_dir.mkdir(exist_ok=True)
+        image_dir = out_dir / f"eval_{tag}"  # pictures, with eval.images=true: the run's own stay as they are
         metrics = evaluate.evaluate_model(run.model, data, cfg.eval, cfg.trainer.seed, image_dir, device)
         if "images" in metrics:
             metrics["images"] = [f"{image_dir.name}/{name}" for name in metrics["images"]]
@@ -182,14 +187,26 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[Path, dict]:
             **metrics,
             "device": str(device),
         }
-        path = run_dir / f"eval_{tag}.json"
-        tmp = path.with_name(path.name + ".tmp")  # a reader never sees half a file
-        tmp.write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        path = out_dir / f"eval_{tag}.json"
+        with replace_atomically(path) as tmp:  # a reader never sees half a file
+            tmp.write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
         return path, record
     finally:
         if took_lock:
             rundir.unlock(run_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse, before any work, to evaluate into a directory that cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        why = None if os.access(out_dir, os.W_OK | os.X_OK) else "read-only, or no write permission"
+    except OSError as e:
+        why = e.strerror or str(e)
+    if why:
+        raise rundir.RunDirError(
+            f"cannot write in {out_dir} ({why}); evaluate into a directory you can write with --out DIR"
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,23 +219,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m src.evaluate",
         description="Evaluate a finished (or interrupted) run again, as it evaluates itself at its end, from its "
         ".hydra/config.yaml and checkpoints/best.pt, with the overrides given. Writes "
-        "RUN_DIR/eval_<tag>.json (tag: the eval.* and dataset.max_eval overrides, sorted, 'default' "
-        "without any); results.json is not touched.",
+        "RUN_DIR/eval_<tag>.json, or OUT/eval_<tag>.json with --out (tag: the eval.* and dataset.max_eval "
+        "overrides, sorted, 'default' without any); results.json is not touched.",
         epilog=f"overrides: eval.* and {', '.join(EVAL_KEYS)}; others are refused. Example: python -m src.evaluate "
         "outputs/runs/DATE/TIME eval.is_samples=5000 eval.clustering=false. Exit codes: 0 written, 2 a user "
         "error (one line on stderr: not a run dir, a refused override, a run dir in use, no checkpoint, "
-        "a checkpoint of another configuration), 130 interrupted.",
+        "a checkpoint of another configuration, a directory that cannot be written, a full disk), 130 interrupted.",
     )
     parser.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory to evaluate")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. eval.is_samples=5000")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write there instead of RUN_DIR (a run dir you cannot write)"
+    )
+    args = parser.parse_intermixed_args(argv)
     if args.run_dir is None:
         parser.error("give the run directory to evaluate")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        path, record = reevaluate(args.run_dir, args.overrides)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        path, record = reevaluate(args.run_dir, args.overrides, args.out)
+    except Exception as e:
+        error = e if isinstance(e, USER_ERRORS) else write_error(e)  # a full disk too: one line
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)

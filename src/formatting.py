@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from numbers import Integral, Real
 from typing import Any
 
 MISSING = "–"  # what a table or sentence shows for null, NaN or a value that is not finite
+#: What clustering ACC means when there are more components than classes (acc_mapping many_to_one):
+#: said wherever such an ACC is shown (run headlines, the report's caveats).
+MANY_TO_ONE = "a many-to-one majority mapping, which favours large K; NMI and ARI are not mapped"
+
+
+def plain_when_redirected() -> None:
+    """No colour codes in a log that is not a terminal: NO_COLOR (no-color.org), which Optuna's
+    coloured log lines (colorlog) honour, set for this process and its jobs unless the user chose."""
+    if not sys.stderr.isatty() and "FORCE_COLOR" not in os.environ:
+        os.environ.setdefault("NO_COLOR", "1")
 
 
 def number(v: Any, digits: int | None = None) -> str:
@@ -38,9 +50,11 @@ def headline(r: dict, digits: int = 2) -> str:
         f"val NLL {number(r.get('val_nll'), digits)}",
     ]
     if r.get("acc") is not None:
+        mapping = r.get("acc_mapping")
+        if mapping == "many_to_one":
+            mapping = f"K={r.get('K')} components, more than the classes: {MANY_TO_ONE}"
         parts.append(
-            f"ACC {number(r['acc'], 3)} ({r.get('acc_mapping')}) NMI {number(r.get('nmi'), 3)} "
-            f"ARI {number(r.get('ari'), 3)}"
+            f"ACC {number(r['acc'], 3)} ({mapping}) NMI {number(r.get('nmi'), 3)} ARI {number(r.get('ari'), 3)}"
         )
     timing = []
     if r.get("epochs_run") is not None:  # a re-evaluation has no training of its own

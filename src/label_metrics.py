@@ -50,12 +50,15 @@ def clustering_metrics(labels: np.ndarray, clusters: np.ndarray, n_components: i
 
 
 def fewlabel_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray | None:
-    """Indices of n training points per class, fixed by seed; None when a class has fewer than n.
+    """Indices of n training points per class, fixed by seed; None when a class has fewer than n, or
+    when there is only one class (nothing to tell apart).
 
     One seeded permutation per class, of which the first n are taken: the subsets for growing n are
     nested, and they do not depend on the model, so runs compare on the same labelled points.
     """
     labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return None
     rng = np.random.default_rng(seed)
     picked = []
     for c in np.unique(labels):

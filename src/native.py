@@ -4,6 +4,11 @@ The library is compiled once per machine with the system C++ compiler (about a s
 headers) into a cache directory ($CSRAE_CACHE_DIR, default ~/.cache/csrae-sweeps), under a name that
 hashes the source, the flags and the CPU's instruction sets, and loaded with ctypes. Without a
 compiler, or with CSRAE_NATIVE=0, `library()` is None and src/pair_sums.py uses its tiled torch code.
+
+The build writes the library's size and SHA-256 beside it (`<name>.so.sha256`). A cached library is
+loaded only when it matches them: a partial copy would be mapped as it is and die with SIGBUS at
+its first call. One that does not match, or has no checksum, is rebuilt (or, without a compiler,
+left for the torch code), with one warning.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from src.files import replace_atomically
 
 SOURCE = Path(__file__).with_name("pair_sums_native.cpp")
 FLAGS = ["-O3", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC"]
@@ -47,19 +53,33 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _fingerprint(data: bytes) -> str:
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def _damage(path: Path) -> str | None:
+    """Why the cached library cannot be trusted (None: it is exactly what its build wrote)."""
+    try:
+        expected = _checksum_path(path).read_text().strip()
+    except FileNotFoundError:
+        return "has no checksum file"
+    return None if _fingerprint(path.read_bytes()) == expected else "does not match the size and checksum of its build"
+
+
 def _build(compiler: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
+    with replace_atomically(path, unique=True) as tmp:  # concurrent builders each leave a complete file
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=300
+            [compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True, timeout=300
         )
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache dir from loading it
-        os.replace(tmp, path)  # atomic: concurrent builders each leave a complete file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(tmp, 0o755)  # readable by the other users of a shared cache dir, whatever the umask
+        built = _fingerprint(tmp.read_bytes())
+    with replace_atomically(_checksum_path(path), unique=True) as tmp:
+        tmp.write_text(built + "\n")
 
 
 @cache
@@ -68,20 +88,26 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("CSRAE_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CXX", "c++")
+    damage = None
     try:
         key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_signature()]).encode())
         path = cache_dir() / f"pair_sums_native_{key.hexdigest()[:16]}.so"
-        if not path.exists():
+        if path.exists():
+            damage = _damage(path)
+        if damage or not path.exists():
             _build(compiler, path)
         try:
             lib = ctypes.CDLL(str(path))
-        except OSError:  # a cached file that does not load (another libstdc++, a partial copy): build anew
+        except OSError:  # a library built for another system (another libstdc++): build anew
             _build(compiler, path)
             lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", None) or e
-        log.warning("native mixture loops unavailable (%s); using the tiled torch code", str(detail).strip()[:300])
+        detail = str(getattr(e, "stderr", None) or e).strip()[:300]
+        cached = f"{path} {damage} and could not be rebuilt: " if damage else ""
+        log.warning("native mixture loops unavailable (%s%s); using the tiled torch code", cached, detail)
         return None
+    if damage:
+        log.warning("native mixture loops: %s %s; rebuilt", path, damage)
     for s in _SUFFIX.values():
         for name, args in (
             (f"row_scores_{s}", [_P, _P, _P, _P, _I, _I, _I, _I, _P]),

@@ -6,8 +6,8 @@ a run directory, so tests and notebooks can call it directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from src.checkpoints import CheckpointError, fingerprint, load_best_weights
 from src.config import ConfigError, typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
 from src.data import DataError, check_available, load_dataset
+from src.files import WriteError, replace_atomically, write_error
 from src.geco import GecoSettings, default_rate
 from src.models import build_model, count_parameters
 from src.train import (
@@ -39,7 +40,15 @@ def _value(v: Any) -> Any:  # an enum by its name
 
 
 # Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, CompileError, rundir.RunDirError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    NonFiniteLossError,
+    CompileError,
+    rundir.RunDirError,
+    WriteError,
+)
 
 GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
 
@@ -98,7 +107,12 @@ def _settings(cfg) -> TrainSettings:
         refit_after_pretraining=kmeans,
         geco=geco,
         fingerprint=fingerprint(
-            _model_identity(to_plain(m)), to_plain(p), data_identity, t.seed, to_plain(cfg.optimizer), schedule
+            model=_model_identity(to_plain(m)),
+            prior=to_plain(p),
+            dataset=data_identity,
+            seed=t.seed,
+            optimizer=to_plain(cfg.optimizer),
+            schedule=schedule,
         ),
     )
 
@@ -109,10 +123,14 @@ def config_fingerprint(cfg) -> str:
 
 
 def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
-    """The configuration's checks, then src.rundir.check: may this run write into run_dir? Writes nothing."""
+    """Everything checked before a run starts, writing nothing: the configuration, what run_dir already
+    holds (src.rundir.check), the device, the dataset's files and the tracker's settings."""
     validate(cfg)
     settings = _settings(cfg)
     rundir.check(run_dir, settings)
+    resolve_device(cfg.trainer.device)
+    check_available(cfg.dataset)
+    trackers.check(cfg, run_dir)
     return settings
 
 
@@ -129,12 +147,33 @@ def run_experiment(cfg, run_dir: Path, extra: dict | None = None, reporter=None)
     results.json says pruned and TrainingPruned is raised.
     """
     run_dir, cfg = Path(run_dir), typed_config(cfg)
-    took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
+    with _shown_unless_logging_is_set_up():
+        took_lock = rundir.lock(run_dir)  # False when this process already holds it (src.run takes it before Hydra)
+        try:
+            return _run(cfg, run_dir, extra, reporter)
+        finally:
+            if took_lock:
+                rundir.unlock(run_dir)
+
+
+@contextlib.contextmanager
+def _shown_unless_logging_is_set_up():
+    """Called from Python with no logging set up, Python would show only warnings: the run's lines
+    (epochs, a resume, a finished run evaluated again) then go to stderr as plain text, as
+    `python -m src.run` shows them. Where logging is set up (Hydra, an application), it decides."""
+    if logging.getLogger().hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger, level = logging.getLogger("src"), logging.getLogger("src").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        return _run(cfg, run_dir, extra, reporter)
+        yield
     finally:
-        if took_lock:
-            rundir.unlock(run_dir)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
@@ -161,14 +200,25 @@ def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
         results.update(
             status="interrupted", error=f"interrupted (Ctrl-C or SIGTERM); rerun with hydra.run.dir={run_dir} to resume"
         )
-        write_results(run_dir, results)
+        _record_end(run_dir, results)
         raise
     except Exception as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        write_results(run_dir, results)
+        disk = write_error(e)  # disk full, quota, read-only: the user's to fix, in one line
+        results.update(status="failed", error=str(disk) if disk else f"{type(e).__name__}: {e}")
+        _record_end(run_dir, results)
+        if disk:
+            raise disk from None
         raise
     finally:
-        _finish_tracker(tracker, results)
+        tracker.finish(results)  # a tracker's failure is a warning, never the run's outcome (src.trackers)
+
+
+def _record_end(run_dir: Path, results: dict) -> None:
+    """Write the failed or interrupted record; a failure to write it must not hide why the run ended."""
+    try:
+        write_results(run_dir, results)
+    except OSError as e:
+        log.error("results.json could not record the %s run: %s", results["status"], e.strerror or e)
 
 
 def _record_config(cfg, run_dir: Path) -> None:
@@ -178,22 +228,13 @@ def _record_config(cfg, run_dir: Path) -> None:
     if path.exists():
         return
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
-    os.replace(tmp, path)
-
-
-def _finish_tracker(tracker: trackers.Tracker, results: dict) -> None:
-    """Hand the final results to the tracker; a tracker's failure is logged, never the run's outcome."""
-    try:
-        tracker.finish(results)
-    except Exception as e:  # noqa: BLE001 - results.json is already written and is the record
-        log.warning("logger: could not record the results (%s: %s)", type(e).__name__, e)
+    with replace_atomically(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
 
 
 def _preflight(cfg, run_dir: Path, results: dict) -> None:
-    """Checks that load nothing: the config, what the run dir already holds (check_run_dir), the
-    device and that the dataset's files are there.
+    """Checks that load nothing (check_run_dir): the config, what the run dir already holds, the
+    device, that the dataset's files are there, the tracker's settings.
 
     A failure here leaves an earlier run's results.json in this directory untouched (its record
     stays true); in a fresh directory it writes status failed, like any other failure.
@@ -203,8 +244,6 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         for warning in unknown_keys(cfg):
             log.warning("%s", warning)
         settings = check_run_dir(cfg, run_dir)
-        resolve_device(cfg.trainer.device)
-        check_available(cfg.dataset)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning(
                 "prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
@@ -213,7 +252,7 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
             )
     except Exception as e:
         if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
-            write_results(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            _record_end(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
 

@@ -8,6 +8,7 @@ they are raised so the sweeper records the job as failed and goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from src import rundir
 from src.config import compose_config, register_configs
 from src.contract import RESULT_KEYS
-from src.formatting import headline
+from src.formatting import headline, plain_when_redirected
 from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
 from src.sweeps import jobs
 from src.train import TrainingPruned
@@ -147,27 +148,32 @@ def _sweep_syntax(override: str) -> bool:
         return True
 
 
-def _claim_run_dir(cfg: DictConfig) -> None:
+def _claim_run_dir(cfg: DictConfig) -> str | None:
     """Lock and check an explicit hydra.run.dir before Hydra rewrites its .hydra/ and run.log, so
     that a refused run (dir in use, another run's checkpoints, a shorter resume) changes nothing.
 
-    The lock stays held for the whole process (run_experiment finds it held). A timestamped default
-    dir is new: run_experiment locks it.
+    A timestamped dir (`${now:...}`, the default) is meant to be new: a fresh one is created here,
+    with `_2`, `_3`, ... appended when a run started in the same second has it already, and returned
+    as the `hydra.run.dir=` override that makes Hydra use it.
+
+    The lock stays held for the whole process (run_experiment finds it held).
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
     raw = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir"))
-    if "${now:" in raw or "${hydra" in raw:  # a new timestamped dir, or values only Hydra's runtime knows
-        return
+    if "${hydra" in raw:  # values only Hydra's runtime knows
+        return None
+    if "${now:" in raw:
+        return _new_timestamped_dir(cfg)
     try:
         # Resolved twice: a value that changes between resolutions (a clock, a custom resolver) is not
         # the dir Hydra will make, so it is left to run_experiment.
         dirs = {os.path.abspath(str(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])) for _ in range(2)}
     except Exception:  # noqa: BLE001 - an interpolation Hydra will report itself
-        return
+        return None
     if len(dirs) != 1:
-        return
+        return None
     run_dir = Path(dirs.pop())  # as Hydra makes it
     try:
         if run_dir.exists() and not run_dir.is_dir():
@@ -176,13 +182,39 @@ def _claim_run_dir(cfg: DictConfig) -> None:
         if any(p.name != rundir.LOCK_FILE for p in run_dir.iterdir()):
             check_run_dir(cfg, run_dir)  # a fresh dir gets its checks (and a failed record) in run_experiment
     except InterpolationResolutionError:  # a value only Hydra's runtime resolves: run_experiment checks again
-        return
+        return None
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         print(f"error: cannot use hydra.run.dir={run_dir}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
+    return None
+
+
+def _new_timestamped_dir(cfg: DictConfig) -> str | None:
+    """Create and lock a new run dir for a `${now:...}` template; the `hydra.run.dir=` override naming it."""
+    from hydra.core.override_parser.types import Quote, QuotedString
+    from omegaconf import OmegaConf
+
+    try:
+        base = os.path.abspath(str(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]))
+    except Exception:  # noqa: BLE001 - an interpolation Hydra will report itself
+        return None
+    try:
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = base if n == 1 else f"{base}_{n}"
+            try:
+                os.mkdir(run_dir)  # atomic: of two runs in the same second, each gets a name of its own
+                break
+            except FileExistsError:
+                continue
+        rundir.lock(Path(run_dir))
+    except OSError as e:
+        print(f"error: cannot create a run dir under {os.path.dirname(base)}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    return "hydra.run.dir=" + QuotedString(text=run_dir, quote=Quote.single).with_quotes()
 
 
 def _pruner_outside_optuna(argv: list[str]) -> str | None:
@@ -201,11 +233,15 @@ def _pruner_outside_optuna(argv: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
+    # A log line that cannot be written (run.log on a full disk) must not print a traceback of its own:
+    # the run's outcome is reported once, by results.json and the error line.
+    logging.raiseExceptions = False
+    plain_when_redirected()
     for check in (jobs.unknown_sweep, _pruner_outside_optuna):  # Hydra would run the wrong thing silently
         if (bad := check(sys.argv[1:])) is not None:
             print(f"error: {bad}", file=sys.stderr)
             sys.exit(2)
     composed = _check_single_run_overrides(sys.argv[1:])
-    if composed is not None:
-        _claim_run_dir(composed)
+    if composed is not None and (pinned := _claim_run_dir(composed)) is not None:
+        sys.argv.append(pinned)
     main()

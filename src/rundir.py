@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from src.checkpoints import load_checkpoint
+from src.files import NO_SPACE_ERRNOS
 from src.train import TrainSettings
 
 LOCK_FILE = ".lock"
@@ -27,30 +28,51 @@ class RunDirError(ValueError):
     """The run directory is in use or holds another run; the message is one line."""
 
 
-def lock(run_dir: Path, create: bool = True) -> bool:
-    """Take the run dir's lock for this process; True if taken by this call, False if already held
-    (or, with create=False, if there is no lock file yet). Raises RunDirError if another process holds it."""
+def lock(run_dir: Path) -> bool:
+    """Take the run dir's lock for this process; True if taken by this call, False if already held.
+    Raises RunDirError if another process holds it, or if the directory cannot be written."""
     key = os.path.realpath(run_dir)
     if key in _held:
         return False
-    path = Path(run_dir) / LOCK_FILE
-    if not create and not path.exists():
-        return False
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot use run dir {run_dir}: {e.strerror or e}") from None
+    _flock(fd, run_dir, fcntl.LOCK_EX)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:  # a full disk: the lock is held, only the pid it shows to others is missing
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
+    _held[key] = fd
+    return True
+
+
+def lock_to_read(run_dir: Path) -> bool:
+    """For a run dir this process can only read (an archive, a colleague's share): a shared lock on its
+    .lock, so that no run trains there while it is read. True if taken by this call; False when already
+    held or when there is no .lock (no run has been there to hold one). RunDirError while a run holds it."""
+    key = os.path.realpath(run_dir)
+    if key in _held or not (Path(run_dir) / LOCK_FILE).exists():
+        return False
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    _flock(fd, run_dir, fcntl.LOCK_SH)
+    _held[key] = fd
+    return True
+
+
+def _flock(fd: int, run_dir: Path, mode: int) -> None:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
         pid = f" (pid {holder})" if holder.isdigit() else ""
         raise RunDirError(
             f"run dir {run_dir} is in use by another process{pid}; wait for it to end or use another hydra.run.dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _held[key] = fd
-    return True
 
 
 def unlock(run_dir: Path) -> None:

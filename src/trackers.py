@@ -28,17 +28,34 @@ Names, the same in both trackers where they can be:
   params, metrics, artifacts config.yaml, results.json and images/, status FINISHED / FAILED /
   KILLED. A resumed run starts a new MLflow run. View:
   `mlflow ui --backend-store-uri sqlite:///outputs/mlflow/mlflow.db`.
+
+A tracker is a copy, so it is handled in two steps:
+- `check(cfg, run_dir)`, before the run starts and writing nothing: the package is installed, the
+  tracking URI is one MLflow takes and its server or database answers (in seconds: MLflow itself
+  retries for minutes), logger.dir can be written. What fails is a one-line ConfigError.
+- `open_tracker(cfg, run_dir)`: a tracker that fails to open, or fails later (a server that goes
+  away, a full disk under logger.dir), is dropped with one warning and the run goes on without it.
+  MLflow's HTTP requests are retried twice with a 10 s timeout (MLFLOW_HTTP_REQUEST_MAX_RETRIES
+  and MLFLOW_HTTP_REQUEST_TIMEOUT, when not set, instead of MLflow's 7 retries and 120 s).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from src.config import ConfigError
 from src.contract import CONFIG_COLUMNS, FLOAT_KEYS, INT_KEYS, RESULT_KEYS, key_config
+
+log = logging.getLogger(__name__)
 
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 
@@ -157,6 +174,8 @@ class MLflowTracker(Tracker):
     def __init__(
         self, tracking_uri: str, experiment: str, run_name: str, config: dict, config_yaml: str, run_dir: Path
     ):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server gone mid-run: seconds, not minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
@@ -201,24 +220,163 @@ class MLflowTracker(Tracker):
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(results.get("status"), "FAILED"))
 
 
-def open_tracker(cfg, run_dir: Path) -> Tracker:
-    """The tracker `cfg.logger` asks for (Tracker() for logger=none or no logger group)."""
+def _logger(cfg) -> tuple[Any, str | None]:
+    """The logger config and its name (None for logger=none or no logger group)."""
     from omegaconf import OmegaConf
 
     logger = OmegaConf.select(cfg, "logger", default=None) if OmegaConf.is_config(cfg) else getattr(cfg, "logger", None)
-    name = (
-        getattr(getattr(logger, "name", None), "value", getattr(logger, "name", None)) if logger is not None else None
-    )
-    if name in (None, "none"):
-        return Tracker()
-    container = OmegaConf.to_container(
-        OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True, enum_to_str=True
-    )
-    config_yaml = OmegaConf.to_yaml(container)
-    title = logger.run_name or run_name(cfg)
+    name = getattr(logger, "name", None)
+    name = getattr(name, "value", name)  # an enum by its name
+    return logger, None if name in (None, "none") else name
+
+
+def _event_dir(logger, run_dir: Path) -> Path:
+    """Where TensorBoard's runs go: logger.dir, else <run dir>/tensorboard (each run in <run name>/)."""
+    return Path(logger.dir) if logger.dir else Path(run_dir) / "tensorboard"
+
+
+def check(cfg, run_dir: Path) -> None:
+    """The logger's settings, checked before the run starts; ConfigError (one line) names what to fix."""
+    logger, name = _logger(cfg)
+    if name is None:
+        return
+    try:
+        importlib.import_module("torch.utils.tensorboard" if name == "tensorboard" else "mlflow")
+    except ImportError as e:
+        raise ConfigError(
+            f"logger={name} needs the {name} package ({_first_line(e)}): pip install -e .[{name}], or use logger=none"
+        ) from None
     if name == "tensorboard":
-        log_dir = (Path(logger.dir) if logger.dir else run_dir / "tensorboard") / title
-        return TensorBoardTracker(log_dir, container, config_yaml, run_dir)
-    if name == "mlflow":
-        return MLflowTracker(str(logger.tracking_uri), str(logger.experiment), title, container, config_yaml, run_dir)
-    raise ValueError(f"unknown logger {name!r}")
+        _check_writable("logger.dir", _event_dir(logger, run_dir))
+    elif name == "mlflow":
+        _check_tracking_uri(str(logger.tracking_uri))
+    else:
+        raise ConfigError(f"unknown logger {name!r}")
+
+
+def _check_writable(key: str, path: Path) -> None:
+    """path, or the directory it would be created in, can be written."""
+    existing = next(p for p in [Path(path).absolute(), *Path(path).absolute().parents] if p.exists())
+    why = "is not a directory" if not existing.is_dir() else None
+    if why is None and not os.access(existing, os.W_OK | os.X_OK):
+        why = "cannot be written"
+    if why:
+        raise ConfigError(f"{key}={path} cannot be used: {existing} {why}; choose another {key}, or use logger=none")
+
+
+_SERVER_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """A URI MLflow takes, whose server or database answers now (one attempt each, a few seconds).
+    Its password, if it holds one, is masked in the message."""
+    from src.sweeps.storage import scrub
+
+    try:
+        _try_tracking_uri(uri)
+    except ConfigError as e:
+        raise ConfigError(scrub(e, uri)) from None
+
+
+def _try_tracking_uri(uri: str) -> None:
+    key = f"logger.tracking_uri={uri}"
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+        if scheme in _SERVER_PORTS:
+            if not parts.hostname:
+                raise ConfigError(f"{key} names no host; give {scheme}://HOST[:PORT]/..., or use logger=none")
+            host, port = parts.hostname, parts.port or _SERVER_PORTS[scheme]
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+            except OSError as e:
+                raise ConfigError(
+                    f"{key}: nothing answers at {host}:{port} ({e.strerror or e}); start the server, or use logger=none"
+                ) from None
+        if scheme in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(uri)
+            try:
+                engine.connect().close()
+            finally:
+                engine.dispose()
+        elif scheme == "sqlite":
+            database = uri[len("sqlite:///") :]
+            if database and database != ":memory:":
+                _check_writable("logger.tracking_uri", Path(database).parent)
+        elif scheme not in _SERVER_PORTS:
+            from mlflow import MlflowClient
+
+            MlflowClient(uri)  # MLflow's own verdict on the scheme (and its file store); builds nothing for these
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever MLflow or the database driver says, in one line
+        raise ConfigError(f"{key}: {_first_line(e)}; fix it, or use logger=none") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return text.split(". ")[0][:300]
+
+
+def _drop(logger, name: str, e: Exception) -> None:
+    from src.sweeps.storage import scrub
+
+    log.warning(
+        "logger=%s failed (%s: %s); the run goes on without it (metrics.csv and results.json are the record)",
+        name,
+        type(e).__name__,
+        scrub(_first_line(e), logger.tracking_uri),  # a server's URL may hold a password
+    )
+
+
+class _Guarded(Tracker):
+    """A tracker that stops copying, with one warning, the first time it fails: the run goes on."""
+
+    def __init__(self, logger, name: str, tracker: Tracker):
+        self.logger, self.name, self.tracker = logger, name, tracker
+
+    def _call(self, method: str, arg: dict) -> None:
+        if self.tracker is None:
+            return
+        try:
+            getattr(self.tracker, method)(arg)
+        except Exception as e:  # noqa: BLE001 - a copy failing never fails the run
+            self.tracker = None
+            _drop(self.logger, self.name, e)
+
+    def log_pretrain_epoch(self, row: dict) -> None:
+        self._call("log_pretrain_epoch", row)
+
+    def log_epoch(self, row: dict) -> None:
+        self._call("log_epoch", row)
+
+    def finish(self, results: dict) -> None:
+        self._call("finish", results)
+
+
+def open_tracker(cfg, run_dir: Path) -> Tracker:
+    """The tracker `cfg.logger` asks for (Tracker() for logger=none), its settings already checked
+    (check). One that fails to open, or fails later, is dropped with one warning."""
+    from omegaconf import OmegaConf
+
+    logger, name = _logger(cfg)
+    if name is None:
+        return Tracker()
+    try:
+        container = OmegaConf.to_container(
+            OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True, enum_to_str=True
+        )
+        config_yaml = OmegaConf.to_yaml(container)
+        title = logger.run_name or run_name(cfg)
+        if name == "tensorboard":
+            tracker = TensorBoardTracker(_event_dir(logger, run_dir) / title, container, config_yaml, run_dir)
+        else:
+            tracker = MLflowTracker(
+                str(logger.tracking_uri), str(logger.experiment), title, container, config_yaml, run_dir
+            )
+    except Exception as e:  # noqa: BLE001 - reported once, as any later failure of the tracker
+        _drop(logger, name, e)
+        return Tracker()
+    return _Guarded(logger, name, tracker)

@@ -321,7 +321,16 @@ def fit(
     state = TrainState()
     if settings.resume and last.exists():
         state = TrainState(**restore(load_checkpoint(last, settings.fingerprint), last, model, optimizer, generator))
-        log.info("resumed from %s after epoch %d", last, state.epoch)
+        if state.stopped_early or state.epoch >= settings.epochs:
+            log.info(
+                "%s holds a finished run (%d epochs%s): nothing left to train; evaluating it again (results.json "
+                "is rewritten; raise trainer.epochs to train on)",
+                last,
+                state.epoch,
+                ", stopped early" if state.stopped_early else "",
+            )
+        else:
+            log.info("resumed from %s after epoch %d", last, state.epoch)
     loop = _Loop(model, data, optimizer, generator, settings, device)
     _pretrain(loop, state, run_dir, on_pretrain_epoch)
     reset_metrics(metrics, state.epoch)

@@ -145,6 +145,24 @@ def test_debug_smoke_shortens_a_protocol():
     assert compose_config("debug=smoke", "trainer.epochs=3", tiny=False).trainer.epochs == 3  # the command line wins
 
 
+@pytest.mark.parametrize("experiment", sorted(f.stem for f in (CONF / "experiment").glob("*.yaml")))
+def test_debug_smoke_shortens_an_experiments_pretraining(experiment):
+    """experiment=mnist_clustering debug=smoke still pretrained for 50 epochs before its one epoch."""
+    full = compose_config(f"experiment={experiment}", tiny=False).trainer
+    smoke = compose_config(f"experiment={experiment}", "debug=smoke", tiny=False).trainer
+    assert smoke.epochs == 1 and smoke.pretrain_epochs == min(full.pretrain_epochs, 1)
+
+
+def test_debug_smoke_pretraining_follows_the_experiments_and_the_command_line():
+    def pretrain(*overrides):
+        return compose_config(*overrides, tiny=False).trainer.pretrain_epochs
+
+    assert pretrain("debug=smoke") == 0  # no pretraining stays none
+    assert pretrain("experiment=[mnist_clustering,digits_smoke]", "debug=smoke") == 0  # the last experiment wins
+    assert pretrain("experiment=[mnist_clustering,mnist_density]", "debug=smoke") == 1
+    assert pretrain("experiment=mnist_clustering", "debug=smoke", "trainer.pretrain_epochs=3") == 3
+
+
 def test_help_lists_only_the_options_a_command_line_selects(tmp_path):
     import subprocess
     import sys

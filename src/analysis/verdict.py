@@ -13,7 +13,7 @@ from src.analysis.loading import completed, status_counts
 from src.analysis.stats import best_configs, paired_comparisons, paired_test, per_seed, summarize
 from src.analysis.studies import OptunaStudy, optuna_studies
 from src.analysis.vocabulary import METRICS, VERDICT_METRICS, metric_digits, metric_info, unit_suffix
-from src.formatting import number, p_value
+from src.formatting import MANY_TO_ONE, number, p_value
 
 
 def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str:
@@ -281,10 +281,7 @@ def caveats(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
                     f"average, so its clustering scores describe a collapsed assignment."
                 )
     if "acc_mapping" in ok and (ok["acc_mapping"] == "many_to_one").any():
-        out.append(
-            "ACC for K above the number of classes uses a many-to-one majority mapping, which favours "
-            "large K; compare ACC across K with care (NMI and ARI are not mapped)."
-        )
+        out.append(f"ACC for K above the number of classes uses {MANY_TO_ONE}. Compare ACC across K with care.")
     if ok["model"].nunique() > 1 and "test_reg" in ok:
         out.append(
             "Regulariser values (test_reg) and training losses are KL for vae and Cauchy–Schwarz divergence "

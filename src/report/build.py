@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from src import analysis as A
-from src.formatting import number
+from src.files import write_error
+from src.formatting import number, plain_when_redirected
 from src.report.render import Doc, md_text
 from src.report.reportdir import OUTPUTS, ReportDir, ReportDirError, report_name
 from src.report.tables import comparisons_display, excluded_display, runs_display, summary_display
@@ -229,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", help="report directory name (default: derived from DIR)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
+    plain_when_redirected()
     if args.dir is None:
         target = A.newest_sweep(OUTPUTS)
         if target is None:
@@ -247,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ReportDirError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        disk = write_error(e)  # disk full, quota, read-only --out: one line
+        if disk is None:
+            raise
+        print(f"error: {disk}", file=sys.stderr)
         return 2
     runs = pd.read_csv(out / "runs.csv")
     n_ok = int((runs["status"] == A.COMPLETED).sum())

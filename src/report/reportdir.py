@@ -4,11 +4,11 @@ file the report did not write."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from src import analysis as A
+from src.files import replace_atomically
 
 OUTPUTS = Path("outputs")
 MANIFEST = ".csrae_report"  # in every report dir: the files this command wrote there (the only ones it deletes)
@@ -89,7 +89,10 @@ class ReportDir:
 
     def clear(self) -> None:
         """Create the directory; delete the files the previous report listed in its manifest."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ReportDirError(f"cannot create {self.path}: {e.strerror or e}; choose another --out/--name") from None
         for f in self._old_files():
             target = self.path / f
             if target.is_file() and not target.is_symlink():
@@ -104,8 +107,7 @@ class ReportDir:
         return self.path / name
 
     def _save(self) -> None:
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(
-            json.dumps({"written_by": "python -m src.report", "source": self.source, "files": self.files}, indent=1)
-        )
-        os.replace(tmp, self.path / MANIFEST)
+        with replace_atomically(self.path / MANIFEST) as tmp:
+            tmp.write_text(
+                json.dumps({"written_by": "python -m src.report", "source": self.source, "files": self.files}, indent=1)
+            )
