@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,31 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM arriving inside the block takes effect as soon as it ends: a stop never cuts
+    a write in half (torch.save interrupted inside its zip writer fails with a RuntimeError of its own,
+    and the stop would be lost). Main thread only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: h for s, h in previous.items() if h is not None}  # None: not set from Python, left alone
+    for s in previous:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            os.kill(os.getpid(), caught[0])  # now, to the handler it was meant for
+
+
 @contextlib.contextmanager
 def replace_atomically(path: Path | str, unique: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; write the new content there. On leaving the block the
@@ -81,9 +108,10 @@ def replace_atomically(path: Path | str, unique: bool = False) -> Iterator[Path]
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp" if unique else f"{path.name}.tmp")
     try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, path)
+        with stops_deferred():
+            yield tmp
+            fsync_file(tmp)
+            os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

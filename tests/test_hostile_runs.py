@@ -647,6 +647,36 @@ def test_every_write_then_rename_reaches_the_disk(compose, tmp_path, monkeypatch
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_stop_during_a_checkpoint_write_waits_for_the_write(tmp_path):
+    """SIGTERM (the harness raises KeyboardInterrupt for it) arriving while a checkpoint is written:
+    the write completes and is renamed into place, then the stop takes effect. Cut in the middle,
+    torch.save fails inside its zip writer with a RuntimeError of its own and the stop becomes a crash."""
+    import collections
+    import signal
+
+    import torch
+
+    from src.checkpoints import atomic_torch_save
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    class StopWhileWriting:  # pickled by torch.save: sends SIGTERM from inside the write
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return (collections.OrderedDict, ())  # a type weights_only loading accepts
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"weights": torch.ones(100_000), "stop": StopWhileWriting()}, tmp_path / "last.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(saved["weights"], torch.ones(100_000)) and saved["stop"] == {}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 # === DISK FULL =======================================================================================
 
 

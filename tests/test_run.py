@@ -239,7 +239,7 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, run_cli, cli
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130
+    assert p.returncode == 130, err[-3000:]
     assert "Traceback" not in out + err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [f"interrupted: rerun the same command with hydra.run.dir={run_dir} to resume"], lines
