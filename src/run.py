@@ -211,6 +211,9 @@ def _new_timestamped_dir(cfg: DictConfig) -> str | None:
             except FileExistsError:
                 continue
         rundir.lock(Path(run_dir))
+    except rundir.RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except OSError as e:
         print(f"error: cannot create a run dir under {os.path.dirname(base)}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import itertools
 import json
 import math
 import os
@@ -734,6 +735,28 @@ def test_a_full_disk_fails_the_run_in_one_line_and_records_it(small_disk, cli_en
     assert r["status"] == "failed" and "No space left on device" in r["error"], r
     assert line == f"error: {r['error']}"
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_new_run_dir_without_room_for_its_lock_gives_one_line(tmp_path, run_cli):
+    """The default `${now:...}` run dir made, but no inode left for its .lock: a RunDirError traceback."""
+    disk = tmp_path / "inodes"
+    disk.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64", "tmpfs", str(disk)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs (needs root)")
+    try:
+        (disk / "runs").mkdir()
+        for i in itertools.count():  # use up every inode, then free one: the run dir gets it, its .lock none
+            try:
+                (disk / f"f{i}").touch()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                (disk / f"f{i - 1}").unlink()
+                break
+        proc = run_cli(disk / "runs" / "${now:%Y}", *QUICK)
+        assert_one_line_error(proc, "No space left on device")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_run_started_on_a_full_disk_fails_in_one_line(small_disk, compose):
