@@ -1,4 +1,4 @@
-"""Hostile but realistic use of reports, sweeps and Optuna studies (issue 8): one test per case.
+"""Hostile but realistic use of reports, sweeps and Optuna studies: one test per case.
 
 Each test is something a user really does (a typo, a rerun, Ctrl-C, a broken file) and says in its
 docstring what happened before the fix. The cases are grouped by the promise they check:
@@ -121,7 +121,7 @@ def copy_runs(two_runs: Path, dest: Path) -> Path:
 
 
 def test_report_named_after_its_own_run_dir_deletes_nothing(two_runs, tmp_path):
-    """`python -m src.report X --out PARENT --name X`, twice: the second call used to delete the run's
+    """`python -m src.report X --out PARENT --name X`, twice: the second call must not delete the run's
     metrics.csv and images (the first had marked X as a report dir). Now both refuse in one line."""
     run = shutil.copytree(two_runs / "0", tmp_path / "X")
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
@@ -139,7 +139,7 @@ def test_report_refuses_a_sweep_dir_and_a_dir_inside_a_run(two_runs, tmp_path):
 
 
 def test_report_rerun_deletes_only_files_listed_in_its_manifest(two_runs, tmp_path):
-    """A user's own files in a report dir (notes, a figure of their own) used to be deleted by the
+    """A user's own files in a report dir (notes, a figure of their own) must not be deleted by the
     next report (it cleared every .png/.csv/.md/.html). A stale figure of the report itself still goes."""
     out = tmp_path / "reports"
     assert report(two_runs, out).returncode == 0
