@@ -29,9 +29,9 @@ def pg_url() -> str:
     if url is None:
         unavailable("PostgreSQL", "CSRAE_TEST_PG_URL is not set", HOW)
     try:
-        import psycopg2
+        import psycopg  # the driver SQLAlchemy uses for postgresql:// URLs
 
-        psycopg2.connect(url, connect_timeout=10).close()
+        psycopg.connect(url, connect_timeout=10).close()
     except Exception as e:  # noqa: BLE001 - any failure to connect means: no server for these tests
         unavailable("PostgreSQL", f"{type(e).__name__}: {str(e).strip().splitlines()[0]}", HOW)
     assert ":" not in url.split("://", 1)[1].split("@")[0], "the test URL must not carry a password"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +52,7 @@ def test_hyperband_sweep_prunes_trials_and_trains_at_most_three_quarters_of_the_
 
     # the report counts pruned trials apart and never compares them
     out = subprocess.run(
-        ["python", "-m", "src.report", str(tmp_path / "hb"), "--out", str(tmp_path / "rep"), "--quiet"],
+        [sys.executable, "-m", "src.report", str(tmp_path / "hb"), "--out", str(tmp_path / "rep"), "--quiet"],
         cwd=REPO,
         env=subprocess_env(),
         capture_output=True,
@@ -125,7 +126,7 @@ def test_pruner_on_a_multi_objective_sweep_is_refused_and_trains_nothing(tmp_pat
 def test_pruner_outside_an_optuna_sweep_is_refused(tmp_path):
     for args in (["pruner=median"], ["-m", "model=vae,csrae", "pruner=median"]):
         p = subprocess.run(
-            ["python", "-m", "src.run", *args, *TINY, f"hydra.run.dir={tmp_path / 'run'}"]
+            [sys.executable, "-m", "src.run", *args, *TINY, f"hydra.run.dir={tmp_path / 'run'}"]
             + [f"hydra.sweep.dir={tmp_path / 'grid'}"],
             cwd=REPO,
             env=subprocess_env(),
@@ -178,7 +179,7 @@ def test_two_workers_on_one_study_finish_exactly_its_budget(tmp_path):
         f"hydra.sweeper.storage={tmp_path / 'study.log'}",  # a journal file: no database server
     ]
     create = subprocess.run(
-        ["python", "-m", "src.sweeps", "create", *common[:1], common[-1]],
+        [sys.executable, "-m", "src.sweeps", "create", *common[:1], common[-1]],
         cwd=REPO,
         env=subprocess_env(),
         capture_output=True,
