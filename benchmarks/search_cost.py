@@ -136,6 +136,7 @@ def run_search(setting: str, pruner: str) -> dict:
         "wall_seconds": round(wall, 1),
         "best_val_nll": round(best["val_nll"], 3) if best else None,
         "best_val_nll_sem": round(best["val_nll_sem"], 3) if best else None,
+        "_best": best["val_nll"] if best else None,  # unrounded: ranks compare exact values
         "_vals": [r["val_nll"] for r in done],
         "date": datetime.date.today().isoformat(),
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -149,8 +150,8 @@ def compare(rows: list[dict]) -> None:
         if base is None or row["best_val_nll"] is None or base["best_val_nll"] is None:
             continue
         row["cpu_vs_none"] = round(row["cpu_seconds"] / base["cpu_seconds"], 3)
-        row["best_rank_among_none"] = 1 + sum(v < row["best_val_nll"] for v in base["_vals"])
-        row["within_none_95ci"] = row["best_val_nll"] <= base["best_val_nll"] + 1.96 * base["best_val_nll_sem"]
+        row["best_rank_among_none"] = 1 + sum(v < row["_best"] for v in base["_vals"])
+        row["within_none_95ci"] = row["_best"] <= base["_best"] + 1.96 * base["best_val_nll_sem"]
 
 
 def write(rows: list[dict], load: str) -> None:
