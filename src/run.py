@@ -58,11 +58,11 @@ def main(cfg: DictConfig) -> float | list[float]:
     except ValueError:  # not the main thread (some launchers): keep the default handler
         pass
     extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
-    reporter = None
+    reporter, trial_id = None, None
     if multirun:  # sweep name, Optuna study / trial / params; CPU share when jobs run side by side
         record = jobs.job_record(cfg, hc, list(hc.overrides.task))
         reporter = _trial_reporter(cfg, hc, record)
-        record.pop("trial_id", None)
+        trial_id = record.pop("trial_id", None)
         extra.update(record)
         threads = jobs.job_threads(cfg.trainer.threads, hc)
         if threads:
@@ -73,6 +73,8 @@ def main(cfg: DictConfig) -> float | list[float]:
             jobs.check_objectives(cfg, RESULT_KEYS)
         val_nll = run_experiment(cfg, run_dir, extra, reporter)
         value = jobs.objective(cfg, run_dir, val_nll) if multirun else val_nll
+        if trial_id is not None:
+            _attach_images(hc, extra.get("study"), trial_id, run_dir)
     except TrainingPruned as e:  # the trial's pruner stopped it: the sweeper records it PRUNED
         print(f"pruned: {run_dir} ({e})")
         return jobs.PrunedJob(e.epoch, e.value)
@@ -105,6 +107,13 @@ def _trial_reporter(cfg: DictConfig, hc, record: dict):
     from src.sweeps.pruning import TrialReporter
 
     return TrialReporter.for_job(cfg, hc, record)
+
+
+def _attach_images(hc, study: str | None, trial_id: int, run_dir: Path) -> None:
+    """The trial's images as Optuna artifacts when hydra.sweeper.artifact_dir is set (src.sweeps.artifacts)."""
+    from src.sweeps.artifacts import upload_images
+
+    upload_images(hc, study, trial_id, run_dir)
 
 
 def _print_headline(run_dir: Path) -> None:

@@ -24,6 +24,9 @@ class CsraeOptunaSweeperConf(OptunaSweeperConf):
     # invocation: n_trials more trials per command; study: the study as a whole holds n_trials
     # (finished or running), so several worker processes share one budget.
     budget: str = "invocation"
+    # A directory: each trial's images become Optuna artifacts there (optuna-dashboard shows them on the
+    # trial's page). None: off (the artifacts copy every image).
+    artifact_dir: str | None = None
 
 
 ConfigStore.instance().store(

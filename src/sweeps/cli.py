@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from src.sweeps.artifacts import artifact_store
 from src.sweeps.jobs import sweep_names, unknown_sweep
 from src.sweeps.storage import (
     StudyStorageError,
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     try:
-        settings = sweeper_settings(compose_sweep(args.overrides))
+        composed = compose_sweep(args.overrides)
+        settings = sweeper_settings(composed)
     except Exception as e:  # noqa: BLE001 - every composition error is the user's input
         cause = f": {_first_line(e.__cause__)}" if e.__cause__ is not None else ""
         print(f"error: {_first_line(e).rstrip('.')}{cause}", file=sys.stderr)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     storage, name, directions, objectives = settings
     try:
-        return _command(args, storage, name, directions, objectives)
+        return _command(args, storage, name, directions, objectives, composed.hydra)
     except StudyStorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _command(args, storage: str, name: str, directions: list[str], objectives: list[str]) -> int:
+def _command(args, storage: str, name: str, directions: list[str], objectives: list[str], hydra_cfg) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each command prints its own one-line summary
@@ -142,12 +144,13 @@ def _command(args, storage: str, name: str, directions: list[str], objectives: l
                 file=sys.stderr,
             )
     elif args.command == "dashboard":
-        serve_dashboard(storage, study, args.host, args.port)
+        serve_dashboard(storage, study, args.host, args.port, artifact_store(hydra_cfg))
     return 0
 
 
-def serve_dashboard(storage: str, study, host: str, port: int) -> None:
-    """Serve optuna-dashboard for the storage (a database or a journal file) until Ctrl-C."""
+def serve_dashboard(storage: str, study, host: str, port: int, artifacts=None) -> None:
+    """Serve optuna-dashboard for the storage (a database or a journal file) until Ctrl-C; with the
+    sweep's artifact store (hydra.sweeper.artifact_dir), its trials' images."""
     try:
         from optuna_dashboard import run_server
     except ImportError:
@@ -158,4 +161,4 @@ def serve_dashboard(storage: str, study, host: str, port: int) -> None:
     opened = optuna.storages.get_storage(open_storage(storage))
     study_id = opened.get_study_id_from_name(study.study_name)
     print(f"{study_summary(study)}: http://{host}:{port}/dashboard/studies/{study_id}  (Ctrl-C stops)", flush=True)
-    run_server(opened, host=host, port=port)
+    run_server(opened, host=host, port=port, artifact_store=artifacts)
