@@ -185,6 +185,11 @@ def posterior_means(model: Autoencoder, x: Tensor, batch: int = 1000, device=Non
     return torch.cat([model.encode(x[i : i + batch].to(device))[0].cpu() for i in range(0, x.shape[0], batch)]).numpy()
 
 
+def standard_error(points: torch.Tensor) -> float | None:
+    """The standard error of the mean of per-point values; None for a single point (no spread to see)."""
+    return (points.std() / math.sqrt(len(points))).item() if len(points) > 1 else None
+
+
 def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir: Path, device) -> dict:
     """The metrics of results.json for the model's current weights: test and validation NLL (S = ev.is_samples),
     the test loss terms, clustering and few-label accuracies where asked for, pictures in out_dir.
@@ -207,11 +212,11 @@ def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir:
     test_recon, test_reg = loss_terms_mean(model, data.test.x, device=device)
     out = {
         "test_nll": test_nll.mean().item(),
-        "test_nll_sem": (test_nll.std() / math.sqrt(len(test_nll))).item() if len(test_nll) > 1 else None,
+        "test_nll_sem": standard_error(test_nll),
         "test_recon": test_recon,
         "test_reg": test_reg,
         "val_nll": val_nll,
-        "val_nll_sem": (val_points.std() / math.sqrt(len(val_points))).item(),
+        "val_nll_sem": standard_error(val_points),
         "acc": None,
         "nmi": None,
         "ari": None,

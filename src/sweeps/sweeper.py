@@ -201,7 +201,10 @@ class Sweep:
 
         if ret.status != JobStatus.COMPLETED:
             error = ret._return_value  # the job's exception (JobReturn.return_value would raise it)
-            self.errors[trial.number] = _first_line(error) if isinstance(error, BaseException) else str(error)
+            text = _first_line(error) if isinstance(error, BaseException) else str(error)
+            # A job's own dir in its error would keep trials that failed alike apart in the summary.
+            job_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+            self.errors[trial.number] = text.replace(str(job_dir), "<job dir>") if job_dir else text
             if isinstance(error, KeyboardInterrupt) or "interrupted" in self.errors[trial.number]:
                 trial.set_user_attr("interrupted", True)
             self.study.tell(trial, state=TrialState.FAIL)
