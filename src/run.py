@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import rundir
+from src import interrupts, rundir
 from src.config import compose_config, register_configs
 from src.contract import RESULT_KEYS
 from src.formatting import headline, plain_when_redirected
@@ -30,10 +29,6 @@ from src.train import TrainingPruned
 
 log = logging.getLogger(__name__)
 register_configs()
-
-
-def _sigterm_as_interrupt(signum, frame):  # schedulers stop jobs with SIGTERM: record "interrupted"
-    raise KeyboardInterrupt
 
 
 class JobInterrupted(RuntimeError):
@@ -53,10 +48,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    try:
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    except ValueError:  # not the main thread (some launchers): keep the default handler
-        pass
+    interrupts.install()  # schedulers stop jobs with SIGTERM: record "interrupted"
     extra = {"run_dir": str(run_dir), "job_num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
     reporter, trial_id = None, None
     if multirun:  # sweep name, Optuna study / trial / params; CPU share when jobs run side by side

@@ -566,31 +566,44 @@ def test_sweep_that_flips_the_direction_of_an_existing_study(tmp_path):
     assert load_study(tmp_path).trials == []
 
 
-def test_a_second_signal_cannot_cut_the_interrupt_bookkeeping_short(monkeypatch):
+def test_a_second_signal_cannot_cut_the_interrupt_bookkeeping_short(monkeypatch, tmp_path):
     """While a stopped sweep records its trial FAIL (interrupted) and writes trials.csv, a second SIGTERM
-    (`kill PID; kill PID`) raised KeyboardInterrupt there: a traceback and the trial left RUNNING."""
+    (`kill PID; kill PID`) raised KeyboardInterrupt there: a traceback and the trial left RUNNING. Stops
+    are ignored during that bookkeeping, and the handlers are put back after it."""
+    import optuna
     from omegaconf import OmegaConf
 
     from src.sweeps import sweeper as sweeper_module
 
     seen = {}
 
-    def interrupted(self, arguments):
-        raise KeyboardInterrupt
+    class StoppedSweep:
+        running: list = []
 
-    def stopped(self, settings, sweep_dir):
+        def __init__(self, *args):
+            pass
+
+        def run(self, *args):
+            raise KeyboardInterrupt
+
+    def bookkeeping(study, running):
         seen.update(term=signal.getsignal(signal.SIGTERM), int=signal.getsignal(signal.SIGINT))
-        return 130
+        return [0]
 
-    sweeper = object.__new__(sweeper_module.OptunaSweeper)
-    sweeper._config = OmegaConf.create({"hydra": {"sweep": {"dir": "unused"}}})
-    monkeypatch.setattr(sweeper_module, "sweeper_settings", lambda cfg: None)
-    monkeypatch.setattr(sweeper_module.OptunaSweeper.__bases__[0], "sweep", interrupted)  # the plugin's sweeper
-    monkeypatch.setattr(sweeper_module.OptunaSweeper, "_stopped", stopped)
+    study = optuna.create_study()
+    monkeypatch.setattr(sweeper_module, "preflight", lambda config, settings: None)
+    monkeypatch.setattr(sweeper_module, "search_space", lambda params, arguments: ({}, {}, []))
+    monkeypatch.setattr(sweeper_module, "ensure_study", lambda *args, **kwargs: study)
+    monkeypatch.setattr(sweeper_module, "Sweep", StoppedSweep)
+    monkeypatch.setattr(sweeper_module, "fail_interrupted", bookkeeping)
+    monkeypatch.setattr(sweeper_module, "export_trials", lambda *args: tmp_path / "trials.csv")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    settings = {"storage": "unused", "study_name": "s", "direction": "minimize", "sampler": None}
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as stop:
-            sweeper.sweep([])
+            sweeper_module.run_sweep(config, settings, None, [])
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])

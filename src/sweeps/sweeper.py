@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src import interrupts
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
 from src.sweeps.storage import (
@@ -116,10 +117,6 @@ def make_sampler(sampler_cfg: Any):
 
 
 # --- the loop -----------------------------------------------------------------------------------
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _first_line(e: BaseException) -> str:
@@ -306,10 +303,8 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
             OmegaConf.select(config, "hydra.runtime.choices.sweep", default="NAME"),
         )
     sweep = Sweep(config, settings, launcher, study, sweep_dir)
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    except ValueError:  # not the main thread
-        previous = None
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    interrupts.install()
     code, message = 0, None
     try:
         sweep.run(space, fixed, fixed_overrides)
@@ -332,8 +327,7 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
     except SweepFailed as e:
         code, message = 2, f"error: {e}"
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.restore(previous)
         try:
             out = export_trials(storage, name, sweep_dir / TRIALS_CSV, objectives)
             log.info("trials of study %s written to %s", name, out)
