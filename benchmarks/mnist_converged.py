@@ -53,6 +53,7 @@ COMMON = [f"dataset.root={DATA_ROOT}", "trainer.threads=1", "trainer.progress=fa
 # The λ search: its trials (one row each; columns include reg_weight and val_nll). The csrae rows train
 # at the reg_weight of its trial with the lowest val_nll (chosen_lambda).
 LAMBDA_SEARCH = RESULTS / "mnist_lambda_search.csv"
+LAMBDA_SWEEP = ROOT / "conf" / "sweep" / "csrae_lambda.yaml"  # the search's space and budget
 # Stands for model.reg_weight=<that λ> in a row's overrides (resolve); shown as is in the plan table.
 CHOSEN_LAMBDA = "model.reg_weight=<λ-search>"
 KAPPA = 60  # GECO reconstruction target, nats: about where a converged vae+standard reconstructs (provisional)
@@ -99,19 +100,29 @@ NOT_RUN = (
     "not run yet: queued behind the rows above it (a converged run takes about 2-6 core-hours here, "
     "two at a time); rerun the queue to train it"
 )
-WAITING = f"waiting for the λ search: {LAMBDA_SEARCH.name} (the λ with the lowest val_nll) does not exist yet"
+WAITING = f"waiting for the λ search: {LAMBDA_SEARCH.name} (the λ with the lowest val_nll) is missing or unfinished"
+
+
+def lambda_budget() -> int:
+    """How many finished trials make the λ search complete: its sweep file's n_trials."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(LAMBDA_SWEEP).hydra.sweeper.n_trials)
 
 
 def chosen_lambda() -> float | None:
     """model.reg_weight of the λ search's trial with the lowest val_nll (validation data only); None while
-    LAMBDA_SEARCH is missing or has no trial with a val_nll (pruned and failed trials have none)."""
+    LAMBDA_SEARCH is missing, holds fewer finished (COMPLETE or PRUNED) trials than the search's budget
+    (it is rewritten as trials finish), or has no trial with a val_nll (pruned and failed trials have none)."""
     try:
         with open(LAMBDA_SEARCH, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         return None
-    if rows and not {"reg_weight", "val_nll"} <= set(rows[0]):
-        raise ValueError(f"{LAMBDA_SEARCH} needs the columns reg_weight and val_nll")
+    if rows and not {"state", "reg_weight", "val_nll"} <= set(rows[0]):
+        raise ValueError(f"{LAMBDA_SEARCH} needs the columns state, reg_weight and val_nll")
+    if sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) < lambda_budget():
+        return None
     done = [(float(r["val_nll"]), float(r["reg_weight"])) for r in rows if r["val_nll"] not in ("", None)]
     done = [d for d in done if math.isfinite(d[0])]
     return min(done)[1] if done else None

@@ -1,7 +1,8 @@
 """The MNIST study's λ, chosen on validation data: sweep=csrae_lambda (TPE over model.reg_weight alone,
 hyperband pruning) for csrae + gmm K=10 under experiment=mnist_density, at a reduced budget: 60 epochs
 with a 20-epoch warm-up (the protocol: up to 2000, warm-up 100) and val_nll with S = 500 on all 10 000
-validation points; 12 trials shared by the worker processes (hydra.sweeper.budget=study).
+validation points (no clustering or few-label scores: only val_nll is compared); 12 trials shared by
+the worker processes (hydra.sweeper.budget=study).
 
     python benchmarks/mnist_lambda_search.py             # run or resume the search (2 workers), then --csv
     python benchmarks/mnist_lambda_search.py --workers 1
@@ -9,9 +10,12 @@ validation points; 12 trials shared by the worker processes (hydra.sweeper.budge
 
 The study is a journal file in the runs dir (CSRAE_RUNS_DIR, default ~/csrae-runs/mnist_converged), so a
 killed search resumes: its RUNNING trials are closed first (COMPLETE from a finished job's results.json,
-else FAIL, which does not count against the budget) and the workers fill the budget up. The CSV has one
-row per trial; benchmarks/mnist_converged.py trains its csrae rows at the reg_weight of the row with the
-lowest val_nll. β stays 1 for the VAE rows (the ELBO's own weight): nothing to search there.
+else FAIL, which does not count against the budget) and the workers fill the budget up. The CSV is
+rewritten whenever a trial finishes (commit it: it is the search's memory); a search whose runs dir was
+lost starts its new study from the CSV's finished trials (values and interim curves), so only unfinished
+trials are run again. The CSV has one row per trial; benchmarks/mnist_converged.py trains its csrae rows at
+the reg_weight of the row with the lowest val_nll. β stays 1 for the VAE rows (the ELBO's own weight):
+nothing to search there.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnist_converged import COMMON, DEFAULT_RUNS, LAMBDA_SEARCH, ROOT  # noqa: E402
+from mnist_converged import COMMON, DEFAULT_RUNS, LAMBDA_SEARCH, LAMBDA_SWEEP, ROOT  # noqa: E402
 
 NAME = "csrae_lambda"
 SEARCH = [
@@ -38,6 +42,8 @@ SEARCH = [
     "trainer.warmup_epochs=20",
     "eval.is_samples=500",
     "eval.images=false",
+    "eval.clustering=false",
+    "eval.fewlabel=false",
     "hydra.sweeper.budget=study",
     *COMMON,
 ]
@@ -51,6 +57,7 @@ COLUMNS = [
     "last_interim",
     "test_nll",
     "run_dir",
+    "interims",  # {epoch: interim val NLL} as JSON: what the pruner compared
 ]
 
 
@@ -66,6 +73,9 @@ def run_search(runs: Path, workers: int, extra: list[str]) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = ensure_study(storage(runs), NAME, ["minimize"], ["val_nll"])
+    restored = restore(study)
+    if restored:
+        print(f"new study: took back {restored} finished trials from {LAMBDA_SEARCH}", flush=True)
     closed = close_stale(study, 0, ["val_nll"])
     if closed["complete"] or closed["fail"]:
         print(f"closed trials a killed search left running: {closed}", flush=True)
@@ -85,9 +95,49 @@ def run_search(runs: Path, workers: int, extra: list[str]) -> None:
             f"hydra.sweep.dir={runs / 'lambda_search' / f'w{w}-{stamp}'}",
         ]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-    codes = [p.wait() for p in procs]
+    finished = None
+    while any(p.poll() is None for p in procs):
+        time.sleep(30)
+        now = _finished_trials(runs)
+        if now != finished:
+            finished = now
+            write_csv(runs)
+    codes = [p.returncode for p in procs]
     if any(codes):
         sys.exit(f"error: a search worker failed (exit codes {codes}); logs in {runs / 'lambda_search'}")
+
+
+def restore(study) -> int:
+    """Give a study with no trials the finished (COMPLETE or PRUNED) trials of the committed CSV, with their
+    values and interim curves, so that the sampler and the pruner go on from them; returns how many."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    from src.sweeps.space import search_space
+
+    if study.trials or not LAMBDA_SEARCH.is_file():
+        return 0
+    space = search_space(OmegaConf.load(LAMBDA_SWEEP).hydra.sweeper.params)[0]
+    with open(LAMBDA_SEARCH, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["state"] in ("COMPLETE", "PRUNED")]
+    for row in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState[row["state"]],
+                params={"model.reg_weight": float(row["reg_weight"])},
+                distributions=space,
+                value=float(row["val_nll"]) if row["state"] == "COMPLETE" else None,
+                intermediate_values={int(k): float(v) for k, v in json.loads(row["interims"] or "{}").items()},
+                user_attrs={"restored": {k: row[k] for k in ("val_nll_sem", "epochs_run", "test_nll", "run_dir")}},
+            )
+        )
+    return len(rows)
+
+
+def _finished_trials(runs: Path) -> int:
+    from src.sweeps.storage import load_existing_study
+
+    return sum(t.state.is_finished() for t in load_existing_study(storage(runs), NAME).trials)
 
 
 def write_csv(runs: Path) -> Path:
@@ -100,7 +150,7 @@ def write_csv(runs: Path) -> Path:
         try:
             r = json.loads((job / "results.json").read_text())
         except (OSError, ValueError):
-            r = {}
+            r = t.user_attrs.get("restored", {})  # a trial taken back from the CSV: its run dir is gone
         done = t.state.name == "COMPLETE"
         rows.append(
             {
@@ -112,14 +162,17 @@ def write_csv(runs: Path) -> Path:
                 "epochs_run": r.get("epochs_run"),
                 "last_interim": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
                 "test_nll": r.get("test_nll") if done else None,  # shown, never used to choose
-                "run_dir": str(job),
+                "run_dir": r.get("run_dir", str(job)),
+                "interims": json.dumps({str(k): v for k, v in sorted(t.intermediate_values.items())}),
             }
         )
     LAMBDA_SEARCH.parent.mkdir(parents=True, exist_ok=True)
-    with open(LAMBDA_SEARCH, "w", newline="") as f:
+    tmp = LAMBDA_SEARCH.with_suffix(".csv.tmp")  # a reader never sees half a file
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, LAMBDA_SEARCH)
     return LAMBDA_SEARCH
 
 

@@ -483,10 +483,14 @@ def test_the_queue_waits_for_the_lambda_search_then_takes_its_best_validation_tr
         plan = {r["name"]: r for r in csv.DictReader(f)}
     assert plan["csrae_s0"]["state"] == "waiting" and "λ search" in plan["csrae_s0"]["reason"]
 
-    # A search whose best validation trial is not its best test trial: λ follows val_nll.
-    q.LAMBDA_SEARCH.write_text(
-        "number,reg_weight,val_nll,test_nll\n0,1.5,30.2,29.0\n1,2.25,29.8,29.9\n2,4.0,,\n3,8.0,31.0,30.5\n"
-    )
+    # A search whose best validation trial is not its best test trial: λ follows val_nll, once the search
+    # has finished its budget (the CSV is rewritten as trials finish).
+    monkeypatch.setattr(q, "lambda_budget", lambda: 4)
+    rows = ["0,COMPLETE,1.5,30.2,29.0", "1,COMPLETE,2.25,29.8,29.9", "2,PRUNED,4.0,,", "3,COMPLETE,8.0,31.0,30.5"]
+    header = "number,state,reg_weight,val_nll,test_nll\n"
+    q.LAMBDA_SEARCH.write_text(header + "\n".join(rows[:3] + ["3,RUNNING,8.0,,"]) + "\n")
+    assert q.chosen_lambda() is None
+    q.LAMBDA_SEARCH.write_text(header + "\n".join(rows) + "\n")
     assert q.chosen_lambda() == 2.25
     q.run_queue(runs, parallel=1, only=None)
     assert read_results(runs / "csrae_s0")["reg_weight"] == 2.25
@@ -560,3 +564,40 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     assert back["diff"] == pytest.approx(-row["diff"], abs=2e-3)
     with open(q.PAIRED) as f:
         assert [(r["a"], r["b"]) for r in csv.DictReader(f)] == [("a_s0", "b_s0"), ("b_s0", "a_s0")]
+
+
+def test_a_lambda_search_whose_runs_dir_was_lost_goes_on_from_its_csv(tmp_path, monkeypatch):
+    """The search's study lives in the runs dir, which a new machine may not have: its committed CSV gives
+    a new study the finished trials back (values, interim curves, results), so only the rest run again."""
+    import importlib
+
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    search = importlib.import_module("mnist_lambda_search")
+    monkeypatch.setattr(search, "LAMBDA_SEARCH", tmp_path / "mnist_lambda_search.csv")
+    search.LAMBDA_SEARCH.write_text(
+        ",".join(search.COLUMNS)
+        + "\n"
+        + '0,COMPLETE,1.5,96.5,0.3,60,97.1,96.0,/lost/0,"{""10"": 120.5, ""60"": 97.1}"\n'
+        + '1,PRUNED,12.0,,,20,130.2,,/lost/1,"{""10"": 140.0, ""20"": 130.2}"\n'
+        + "2,RUNNING,3.0,,,,,,/lost/2,{}\n"
+    )
+    runs = tmp_path / "runs"
+    (runs / "lambda_search").mkdir(parents=True)
+    from src.sweeps.storage import ensure_study
+
+    study = ensure_study(search.storage(runs), search.NAME, ["minimize"], ["val_nll"])
+    assert search.restore(study) == 2
+    assert search.restore(study) == 0  # only a new study takes trials back
+    done, pruned = study.trials
+    assert (done.state.name, done.value, done.params) == ("COMPLETE", 96.5, {"model.reg_weight": 1.5})
+    assert (pruned.state.name, pruned.intermediate_values) == ("PRUNED", {10: 140.0, 20: 130.2})
+    search.write_csv(runs)
+    with open(search.LAMBDA_SEARCH, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["state"], r["reg_weight"], r["val_nll"], r["test_nll"], r["run_dir"]) for r in rows] == [
+        ("COMPLETE", "1.5", "96.5", "96.0", "/lost/0"),
+        ("PRUNED", "12.0", "", "", "/lost/1"),
+    ]
+    assert json.loads(rows[0]["interims"]) == {"10": 120.5, "60": 97.1}
