@@ -18,6 +18,7 @@ tiny settings (1 epoch, S = 10, no images, one thread); study files and sweep di
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import signal
@@ -402,6 +403,71 @@ def test_sweep_in_which_every_trial_fails(tmp_path):
     assert "Record does not exist" not in line and "Job failed" not in line
     assert (tmp_path / "sweep" / "trials.csv").is_file()
     assert [t.state.name for t in load_study(tmp_path).trials] == ["FAIL", "FAIL"]
+
+
+def storage_blips_twice(config, trial):
+    """custom_search_space hook: the study storage fails twice (a server restarting) when trial 0 is told."""
+    from sqlalchemy.exc import OperationalError
+
+    if trial.number != 0:
+        return
+    storage, blips = trial.study._storage, iter(range(2))
+    tell = storage.set_trial_state_values
+
+    def flaky(*args, **kwargs):
+        if next(blips, None) is not None:
+            raise OperationalError("UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
+        return tell(*args, **kwargs)
+
+    storage.set_trial_state_values = flaky
+
+
+def storage_breaks(config, trial):
+    """custom_search_space hook: the SQLite study file is overwritten with garbage while trial 1 runs."""
+    if trial.number == 1:
+        path = str(config.hydra.sweeper.storage).removeprefix("sqlite:///")
+        with open(path, "r+b") as f:
+            f.write(b"not a database any more" * 200)
+
+
+def test_a_storage_that_fails_for_a_moment_is_tried_again(tmp_path):
+    """PostgreSQL restarted mid-sweep: a 130-line traceback and a completed job's trial left RUNNING.
+    Storage calls are tried again for a while, so a short outage costs nothing."""
+    hook = "hydra.sweeper.custom_search_space=tests.test_hostile_sweeps.storage_blips_twice"
+    p = python(*optuna_sweep(tmp_path, hook), cwd=tmp_path / "cwd")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert (p.stdout + p.stderr).count("server closed the connection unexpectedly; trying again") == 2
+    assert [t.state.name for t in load_study(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_storage_that_stays_broken_stops_the_sweep_in_one_line(tmp_path):
+    """The study file broke mid-sweep (disk full, corrupt): a traceback and no trials.csv. Now one line that
+    says what to run once the storage works again, and trials.csv from what the jobs recorded."""
+    hook = "hydra.sweeper.custom_search_space=tests.test_hostile_sweeps.storage_breaks"
+    p = python(*optuna_sweep(tmp_path, hook, n_trials=3), cwd=tmp_path / "cwd")
+    assert_one_line_error(p, "not a readable SQLite database", "close-stale sweep=vae_optuna")
+    with open(tmp_path / "sweep" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["number"], r["run_status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
+    assert all(float(r["val_nll"]) > 0 for r in rows)
+    assert not (tmp_path / "sweep" / "2").exists()  # nothing ran after the storage broke
+
+
+def test_retrying_gives_up_in_one_error_after_its_waits(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from src.sweeps import storage
+
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(storage, "STORAGE_WAITS", (0, 0))
+    with pytest.raises(storage.StudyStorageError, match="connection refused"):
+        storage.retrying("postgresql://u:hunter2@db/x", down)
+    assert len(calls) == 3
 
 
 # --- 4. secrets and formats ------------------------------------------------------------------------

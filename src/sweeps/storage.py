@@ -218,6 +218,24 @@ def storage_error(storage: Any, e: BaseException) -> StudyStorageError:
     return StudyStorageError(scrub(f"{where} {why}", storage))
 
 
+# Seconds to wait before each new attempt of a storage call that failed: rides out a database server's
+# restart or a busy lock (15 s in all); after that the sweep stops in one line.
+STORAGE_WAITS = (1, 2, 4, 8)
+
+
+def retrying(storage: Any, call, *args, **kwargs):
+    """call(*args, **kwargs), tried again after each of STORAGE_WAITS while it fails with a storage error.
+    A permanent error (a corrupt or read-only file) or the last failure raises StudyStorageError."""
+    for wait in (*STORAGE_WAITS, None):
+        try:
+            return call(*args, **kwargs)
+        except storage_errors() as e:
+            if wait is None or any(p in str(e).lower() for p in _PERMANENT):
+                raise storage_error(storage, e) from None
+            log.warning("%s; trying again in %d s", storage_error(storage, e), wait)
+            time.sleep(wait)
+
+
 # --- the study ----------------------------------------------------------------------------------
 
 

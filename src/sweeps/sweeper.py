@@ -31,15 +31,17 @@ from src import interrupts
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
 from src.sweeps.storage import (
+    STORAGE_WAITS,
     StudyStorageError,
     directions_of,
     ensure_study,
     export_trials,
     masked,
+    retrying,
     storage_errors,
     study_summary,
 )
-from src.sweeps.trials import fail_interrupted, record_trial
+from src.sweeps.trials import fail_interrupted, record_trial, trials_from_jobs
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ class Sweep:
         self.mine: list[int] = []  # trial numbers this invocation asked for
         self.running: list = []  # of those, the trials launched and not yet told
         self.errors: dict[int, str] = {}  # trial number -> first line of its job's error
+        self.storage = settings["storage"]
         self.job_idx = 0
         self.extend = _search_space_hook(settings.get("custom_search_space"))
 
@@ -142,7 +145,8 @@ class Sweep:
         from optuna.trial import TrialState
 
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        return sum(1 for t in self.study.get_trials(deepcopy=False, states=states) if below is None or t.number < below)
+        trials = retrying(self.storage, self.study.get_trials, deepcopy=False, states=states)
+        return sum(1 for t in trials if below is None or t.number < below)
 
     def _ask(self, space: dict):
         """A new trial, or None when a study budget is spent (a trial asked at the same moment as another
@@ -152,10 +156,10 @@ class Sweep:
         n_trials = self.settings["n_trials"]
         if self.settings["budget"] == "study" and self._active() >= n_trials:
             return None
-        trial = self.study.ask(space)
+        trial = retrying(self.storage, self.study.ask, space)
         if self.settings["budget"] == "study" and self._active(below=trial.number) >= n_trials:
-            trial.set_user_attr("over_budget", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+            retrying(self.storage, trial.set_user_attr, "over_budget", True)
+            self._record(trial, state=TrialState.FAIL)
             return None
         record_trial(self.config, trial)
         if self.extend is not None:
@@ -203,13 +207,13 @@ class Sweep:
             job_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
             self.errors[trial.number] = text.replace(str(job_dir), "<job dir>") if job_dir else text
             if isinstance(error, KeyboardInterrupt) or "interrupted" in self.errors[trial.number]:
-                trial.set_user_attr("interrupted", True)
-            self.study.tell(trial, state=TrialState.FAIL)
+                retrying(self.storage, trial.set_user_attr, "interrupted", True)
+            self._record(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, self.errors[trial.number])
             return "FAIL"
         value = ret.return_value
         if isinstance(value, PrunedJob):
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._record(trial, state=TrialState.PRUNED)
             log.info("trial %d pruned after epoch %d (interim val NLL %.3f)", trial.number, value.epoch, value.value)
             return "PRUNED"
         values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -219,11 +223,15 @@ class Sweep:
             values = []
         if len(values) != len(self.directions) or not all(math.isfinite(v) for v in values):
             self.errors[trial.number] = f"the job returned {value!r}, not {len(self.directions)} finite number(s)"
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._record(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, self.errors[trial.number])
             return "FAIL"
-        self.study.tell(trial, values)
+        self._record(trial, values=values)
         return "COMPLETE"
+
+    def _record(self, trial, **outcome) -> None:
+        """study.tell, retried while the storage fails (told twice is told once: skip_if_finished)."""
+        retrying(self.storage, self.study.tell, trial, skip_if_finished=True, **outcome)
 
     def _error_summary(self) -> str:
         by_error: dict[str, list[int]] = {}
@@ -239,14 +247,16 @@ class Sweep:
         """optimization_results.yaml, as the Optuna plugin writes it (when the study has a finished trial)."""
         from optuna.trial import TrialState
 
-        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not retrying(self.storage, self.study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,)):
             return
         if len(self.directions) == 1:
-            best = self.study.best_trial
+            best = retrying(self.storage, lambda: self.study.best_trial)
             out = {"name": "optuna", "best_params": best.params, "best_value": best.value}
             log.info("best trial %d: value %s, params %s", best.number, best.value, best.params)
         else:
-            front = [{"params": t.params, "values": t.values} for t in self.study.best_trials]
+            front = [
+                {"params": t.params, "values": t.values} for t in retrying(self.storage, lambda: self.study.best_trials)
+            ]
             out = {"name": "optuna", "solutions": front}
             log.info("Pareto front: %d trials", len(front))
         OmegaConf.save(OmegaConf.create(out), self.sweep_dir / "optimization_results.yaml")
@@ -265,6 +275,16 @@ def _search_space_hook(target: str | None):
 
 class SweepFailed(RuntimeError):
     """Too many trials failed (one line for the user)."""
+
+
+def write_trials_csv(storage: str, name: str, sweep_dir: Path, objectives: list[str]) -> None:
+    """<sweep dir>/trials.csv from the study, or from the job dirs when the study cannot be read."""
+    out = sweep_dir / TRIALS_CSV
+    try:
+        log.info("trials of study %s written to %s", name, export_trials(storage, name, out, objectives))
+    except (StudyStorageError, *storage_errors()) as e:
+        log.warning("trials.csv written from the job dirs alone (the study cannot be read: %s)", e)
+        trials_from_jobs(sweep_dir, out, objectives)
 
 
 def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
@@ -318,21 +338,28 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
         # A second Ctrl-C or SIGTERM must not cut the bookkeeping short (a traceback, a RUNNING trial).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        failed = fail_interrupted(study, sweep.running)
         code = 130
+        try:
+            failed = f"trial(s) {fail_interrupted(study, sweep.running, storage)} recorded FAIL (interrupted)"
+        except StudyStorageError as e:
+            failed = f"trial(s) {[t.number for t in sweep.running]} not recorded ({e})"
         message = (
-            f"interrupted: sweep stopped; trial(s) {failed} recorded FAIL (interrupted), {sweep_dir / TRIALS_CSV} "
-            f"written; rerun the command (new hydra.sweep.dir) to add trials to study {name}"
+            f"interrupted: sweep stopped; {failed}, {sweep_dir / TRIALS_CSV} written; rerun the command "
+            f"(new hydra.sweep.dir) to add trials to study {name}"
         )
     except SweepFailed as e:
         code, message = 2, f"error: {e}"
+    except StudyStorageError as e:
+        code = 2
+        message = (
+            f"error: {e}; the sweep stopped after trying for {sum(STORAGE_WAITS)} s. {sweep_dir / TRIALS_CSV} "
+            f"holds what its jobs recorded; once the storage works again, `python -m src.sweeps close-stale "
+            f"sweep={OmegaConf.select(config, 'hydra.runtime.choices.sweep', default='NAME')} "
+            "hydra.sweeper.storage=...` records the trials it left RUNNING"
+        )
     finally:
         interrupts.restore(previous)
-        try:
-            out = export_trials(storage, name, sweep_dir / TRIALS_CSV, objectives)
-            log.info("trials of study %s written to %s", name, out)
-        except (StudyStorageError, *storage_errors()) as e:
-            log.warning("trials.csv not written: %s", e)
+        write_trials_csv(storage, name, sweep_dir, objectives)
     if message:
         print(message, file=sys.stderr)
     if code:

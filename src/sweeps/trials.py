@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.sweeps.jobs import TRIALS_SUBDIR
+from src.sweeps.storage import retrying
 
 # --- the sweeper's process ----------------------------------------------------------------------
 
@@ -68,10 +69,9 @@ def record_trial(cfg: DictConfig, trial: Any) -> None:
     """
     sweep_dir = str(cfg.hydra.sweep.dir)
     job_num = next(_job_counters.setdefault(sweep_dir, itertools.count()))
-    trial.set_user_attr("sweep_dir", sweep_dir)
-    trial.set_user_attr("job_num", job_num)
-    for key, value in this_process().items():
-        trial.set_user_attr(key, value)
+    storage = OmegaConf.select(cfg, "hydra.sweeper.storage")
+    for key, value in {"sweep_dir": sweep_dir, "job_num": job_num, **this_process()}.items():
+        retrying(storage, trial.set_user_attr, key, value)
     # trial_id: what a job needs to report interim values to its trial (src.sweeps.pruning)
     record = {
         "study": trial.study.study_name,
@@ -140,15 +140,40 @@ def close_stale(
     return closed
 
 
-def fail_interrupted(study, trials: Iterable) -> list[int]:
+def fail_interrupted(study, trials: Iterable, storage: Any = None) -> list[int]:
     """Record this process's unfinished trials (optuna Trial objects) as FAIL with user attr
-    interrupted=true (a stopped sweep)."""
+    interrupted=true (a stopped sweep). Storage calls are retried (src.sweeps.storage.retrying)."""
     from optuna.trial import TrialState
 
     done = []
     for trial in trials:
-        if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
-            trial.set_user_attr("interrupted", True)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if retrying(storage, study.get_trials, deepcopy=False)[trial.number].state == TrialState.RUNNING:
+            retrying(storage, trial.set_user_attr, "interrupted", True)
+            retrying(storage, study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
             done.append(trial.number)
     return done
+
+
+def trials_from_jobs(sweep_dir: Path, out: Path, objectives: list[str]) -> Path:
+    """trials.csv from the job dirs' results.json alone, for when the study cannot be read: one row per
+    job (trial number, the job's status, its params and objectives, its run dir)."""
+    import pandas as pd
+
+    rows = []
+    for res in sorted(Path(sweep_dir).glob("*/results.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        try:
+            r = json.loads(res.read_text())
+        except (OSError, ValueError):
+            continue
+        params = {f"params_{k}": v for k, v in (r.get("params") or {}).items()}
+        values = {name: r.get(name) for name in objectives}
+        rows.append(
+            {"number": r.get("trial"), "run_status": r.get("status"), **params, **values, "run_dir": str(res.parent)}
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    pd.DataFrame(rows, columns=None if rows else ["number", "run_status", *objectives, "run_dir"]).to_csv(
+        tmp, index=False
+    )
+    os.replace(tmp, out)
+    return out
