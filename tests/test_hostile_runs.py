@@ -1097,5 +1097,7 @@ def test_a_redirected_sweep_log_has_no_colour_codes(tmp_path, run_cli, cli_env):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "study csrae_optuna: no trials yet" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert out.count("study csrae_optuna: no trials yet") == 1  # said once, in plain words
+    assert "A new study created" not in out and "Using an existing study" not in out
     assert "\x1b" not in proc.stdout + proc.stderr
