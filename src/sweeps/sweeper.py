@@ -323,6 +323,10 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
             OmegaConf.select(config, "hydra.runtime.choices.sweep", default="NAME"),
         )
     sweep = Sweep(config, settings, launcher, study, sweep_dir)
+    # What the bookkeeping after a stop needs is imported now: a stop that lands inside an import leaves
+    # the module half-made, and importing it again then fails.
+    import pandas  # noqa: F401  (trials.csv)
+
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     interrupts.install()
     code, message = 0, None
@@ -358,8 +362,9 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
             "hydra.sweeper.storage=...` records the trials it left RUNNING"
         )
     finally:
-        interrupts.restore(previous)
         write_trials_csv(storage, name, sweep_dir, objectives)
+        if code != 130:  # a stopped sweep exits next, still deaf to further stops
+            interrupts.restore(previous)
     if message:
         print(message, file=sys.stderr)
     if code:
