@@ -8,7 +8,8 @@ What it adds to the Optuna plugin's loop:
   returns a PrunedJob and its trial ends PRUNED;
 - `budget: study` shares n_trials between several worker processes on one study;
 - SIGTERM or Ctrl-C: this process's running trials are recorded FAIL (interrupted=true), trials.csv
-  is written, exit 130 with one line;
+  is written, exit 130 with one line; so too when `scancel` cancels every SLURM job of a batch
+  (src.sweeps.slurm);
 - every trial of this invocation failed: one line quoting each job's error, exit 2;
 - trials.csv (beside optimization_results.yaml) at the end, whatever happened.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src import interrupts
+from src.sweeps import slurm
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
 from src.sweeps.storage import (
@@ -180,10 +182,19 @@ class Sweep:
                 tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) + tuple(fixed_overrides) for t in trials
             ]
             self.running = trials
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except Exception as e:
+                array = slurm.lost_array(self.config, e)
+                if array is None:
+                    raise
+                returns = slurm.batch_results(self.config, array, len(trials))  # a job ended without a result
             self.job_idx += len(returns)
             failed = sum(self._tell(t, ret) == "FAIL" for t, ret in zip(trials, returns))
             self.running = []
+            cancelled = slurm.cancelled_batch(self.config, returns)
+            if cancelled:
+                raise slurm.BatchCancelled(cancelled, [t.number for t in trials])
             to_go -= len(trials)
             if failed / len(trials) > float(self.settings["max_failure_rate"]):
                 raise SweepFailed(
@@ -267,6 +278,13 @@ class SweepFailed(RuntimeError):
     """Too many trials failed (one line for the user)."""
 
 
+def _stopped(what: str, failed: list[int], sweep_dir: Path, name: str) -> str:
+    return (
+        f"interrupted: {what}; trial(s) {failed} recorded FAIL (interrupted), {sweep_dir / TRIALS_CSV} "
+        f"written; rerun the command (new hydra.sweep.dir) to add trials to study {name}"
+    )
+
+
 def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
     import optuna
 
@@ -318,12 +336,9 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
         # A second Ctrl-C or SIGTERM must not cut the bookkeeping short (a traceback, a RUNNING trial).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        failed = fail_interrupted(study, sweep.running)
-        code = 130
-        message = (
-            f"interrupted: sweep stopped; trial(s) {failed} recorded FAIL (interrupted), {sweep_dir / TRIALS_CSV} "
-            f"written; rerun the command (new hydra.sweep.dir) to add trials to study {name}"
-        )
+        code, message = 130, _stopped("sweep stopped", fail_interrupted(study, sweep.running), sweep_dir, name)
+    except slurm.BatchCancelled as e:  # scancel of the whole batch: the user stopped the sweep
+        code, message = 130, _stopped(f"sweep stopped, {e}", e.trials, sweep_dir, name)
     except SweepFailed as e:
         code, message = 2, f"error: {e}"
     finally:
