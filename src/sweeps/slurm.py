@@ -90,10 +90,17 @@ def _job_id(ret: JobReturn) -> str | None:
     return OmegaConf.select(ret.hydra_cfg, "hydra.job.id", default=None) if ret.hydra_cfg is not None else None
 
 
+def _interrupted(ret: JobReturn) -> bool:
+    """The job failed because it was stopped: SIGTERM in the job (src.run.JobInterrupted), or a JobLost
+    that SLURM cancelled."""
+    return ret.status == JobStatus.FAILED and "interrupted" in str(ret._return_value)
+
+
 def cancelled_batch(config: Any, returns: Sequence[JobReturn]) -> list[str]:
-    """The batch's SLURM job ids when SLURM records every one of them CANCELLED, else []. Asked only when
-    every job failed (a job that returned its trial's result was not cancelled)."""
-    if not is_slurm(config) or not returns or any(r.status != JobStatus.FAILED for r in returns):
+    """The batch's SLURM job ids when SLURM records every one of them CANCELLED, else []. SLURM is asked
+    only when every job of the batch was stopped; a batch stopped by its time limit or by preemption is
+    not cancelled (the sweep goes on)."""
+    if not is_slurm(config) or not returns or not all(_interrupted(r) for r in returns):
         return []
     ids = [_job_id(r) for r in returns]
     if None in ids:
