@@ -173,3 +173,119 @@ def test_scancelled_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     slurm = slurm_states(d)
     assert slurm[first[0]] == "CANCELLED" and sorted(slurm.values()).count("COMPLETED") == 3
     assert study.trials[0].user_attrs["job_num"] == 0
+
+
+def slow_first_two_trials(cfg, trial) -> None:
+    """custom_search_space hook: trials 0 and 1 train for 200 epochs (long enough to cancel a job that
+    waits for them), the others for 1."""
+    epochs = 200 if trial.number < 2 else 1
+    trial.suggest_int("trainer.epochs", epochs, epochs)
+
+
+def test_scancelled_pending_job_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    """A job cancelled before it starts has no result (submitit's launcher raises for it): its trial is
+    recorded FAIL (interrupted), the batch's other jobs are still waited for, and the sweep goes on."""
+    d = tmp_path / "cancel_pending"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [
+        *optuna_args(tmp_path, "vae_optuna", "cancel_pending", 4),
+        *SLURM,
+        "hydra.launcher.array_parallelism=2",  # job 2 waits for job 0 or 1 to end
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.custom_search_space=tests.test_slurm.slow_first_two_trials",
+        "pruner=none",
+    ]
+    command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
+            metrics = [d / job / "metrics.csv" for job in ("0", "1")]
+            if all(m.exists() and len(m.read_text().splitlines()) >= 3 for m in metrics):  # header + 2 epochs
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("jobs 0 and 1 never both started training")
+        pending = [p.name for p in (d / ".submitit").iterdir() if p.is_dir() and p.name.endswith("_2")]
+        assert len(pending) == 1 and not (d / "2").exists(), pending
+        subprocess.run(["scancel", pending[0]], check=True, timeout=30)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", *(p.name for p in (d / ".submitit").glob("*_*") if p.is_dir())], timeout=30)
+    assert proc.returncode == 0, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+
+    study = load_study(tmp_path, "vae_optuna")
+    assert states(study) == {"COMPLETE": 3, "FAIL": 1}  # the sweep went on to the second batch
+    assert study.trials[2].state.name == "FAIL" and study.trials[2].user_attrs.get("interrupted") is True
+    assert not (d / "2" / "results.json").exists()
+    for job in ("0", "1", "3"):
+        assert results(d / job)["status"] == "completed"
+
+
+def slow_trials(cfg, trial) -> None:
+    """custom_search_space hook: every trial trains for 400 epochs (long enough to be cancelled while it runs)."""
+    trial.suggest_int("trainer.epochs", 400, 400)
+
+
+def test_scancelled_array_stops_the_sweep(tmp_path):
+    """`scancel <array job id>` cancels every job of a batch: the user stopping the sweep. One line, exit
+    130 as for Ctrl-C, the batch's trials FAIL (interrupted), trials.csv written, no trial after it.
+
+    The batch has 3 trials of which SLURM runs 2 at once (array_parallelism=2): the cancel finds 2 jobs
+    training and 1 that never started (no result, which submitit's launcher raises for)."""
+    d = tmp_path / "cancel_all"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [
+        *optuna_args(tmp_path, "vae_optuna", "cancel_all", 6),
+        *SLURM,
+        "hydra.launcher.array_parallelism=2",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.custom_search_space=tests.test_slurm.slow_trials",
+    ]
+    command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
+            metrics = [d / job / "metrics.csv" for job in ("0", "1")]
+            if all(m.exists() and len(m.read_text().splitlines()) >= 3 for m in metrics):  # header + 2 epochs
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("jobs 0 and 1 never both started training")
+        tasks = sorted(p.name for p in (d / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+        array = tasks[0].split("_")[0]
+        assert tasks == [f"{array}_{i}" for i in range(3)], tasks
+        subprocess.run(["scancel", array], check=True, timeout=30)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", *(p.name for p in (d / ".submitit").glob("*_*") if p.is_dir())], timeout=30)
+    assert proc.returncode == 130, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("interrupted: sweep stopped, SLURM job(s) "), last
+    assert all(t in last for t in tasks) and str(d / "trials.csv") in last, last
+    assert (d / "trials.csv").exists()
+
+    study = load_study(tmp_path, "vae_optuna")
+    assert states(study) == {"FAIL": 3}  # no trial after the cancel, none left RUNNING
+    for t in study.trials:
+        assert t.user_attrs.get("interrupted") is True, t.user_attrs
+    assert [results(d / job)["status"] for job in ("0", "1")] == ["interrupted"] * 2
+    assert not (d / "2" / "results.json").exists()  # never started
+    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array], capture_output=True, text=True)
+    assert {line.split("|")[1].split()[0] for line in p.stdout.splitlines()} == {"CANCELLED"}, p.stdout
+    assert sorted(p.name for p in (d / ".submitit").iterdir() if p.is_dir() and "_" in p.name) == tasks  # no new batch

@@ -13,6 +13,8 @@
 - trials.py: trials and their jobs: `record_trial` links each trial to its job dir; `close_stale` and
   `fail_interrupted` close trials a killed or stopped sweep left RUNNING.
 - sweeper.py: the sweep loop run by the Hydra plugin hydra_plugins/csrae_sweeps (hydra/sweeper=csrae_optuna).
+- slurm.py: batches run as SLURM job arrays (submitit): jobs that ended without a result
+  (`batch_results`), and a batch `scancel` cancelled as a whole, which stops the sweep (`cancelled_batch`).
 - cli.py (and __main__.py): the shell side, for studies shared between processes or machines:
 
       python -m src.sweeps create sweep=csrae_optuna [hydra.sweeper.storage=URL|PATH.log ...]

@@ -8,7 +8,8 @@ What it adds to the Optuna plugin's loop:
   returns a PrunedJob and its trial ends PRUNED;
 - `budget: study` shares n_trials between several worker processes on one study;
 - SIGTERM or Ctrl-C: this process's running trials are recorded FAIL (interrupted=true), trials.csv
-  is written, exit 130 with one line;
+  is written, exit 130 with one line; so too when `scancel` cancels every SLURM job of a batch
+  (src.sweeps.slurm);
 - every trial of this invocation failed: one line quoting each job's error, exit 2;
 - trials.csv (beside optimization_results.yaml) at the end, whatever happened.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src import interrupts
+from src.sweeps import slurm
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
 from src.sweeps.storage import (
@@ -184,10 +186,19 @@ class Sweep:
                 tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) + tuple(fixed_overrides) for t in trials
             ]
             self.running = trials
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except Exception as e:
+                array = slurm.lost_array(self.config, e)
+                if array is None:
+                    raise
+                returns = slurm.batch_results(self.config, array, len(trials))  # a job ended without a result
             self.job_idx += len(returns)
             failed = sum(self._tell(t, ret) == "FAIL" for t, ret in zip(trials, returns))
             self.running = []
+            cancelled = slurm.cancelled_batch(self.config, returns)
+            if cancelled:
+                raise slurm.BatchCancelled(cancelled, [t.number for t in trials])
             to_go -= len(trials)
             if failed / len(trials) > float(self.settings["max_failure_rate"]):
                 raise SweepFailed(
@@ -287,6 +298,13 @@ def write_trials_csv(storage: str, name: str, sweep_dir: Path, objectives: list[
         trials_from_jobs(sweep_dir, out, objectives)
 
 
+def _stopped(what: str, recorded: str, sweep_dir: Path, name: str) -> str:
+    return (
+        f"interrupted: {what}; {recorded}, {sweep_dir / TRIALS_CSV} written; rerun the command "
+        f"(new hydra.sweep.dir) to add trials to study {name}"
+    )
+
+
 def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
     import optuna
 
@@ -344,13 +362,13 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         code = 130
         try:
-            failed = f"trial(s) {fail_interrupted(study, sweep.running, storage)} recorded FAIL (interrupted)"
+            recorded = f"trial(s) {fail_interrupted(study, sweep.running, storage)} recorded FAIL (interrupted)"
         except StudyStorageError as e:
-            failed = f"trial(s) {[t.number for t in sweep.running]} not recorded ({e})"
-        message = (
-            f"interrupted: sweep stopped; {failed}, {sweep_dir / TRIALS_CSV} written; rerun the command "
-            f"(new hydra.sweep.dir) to add trials to study {name}"
-        )
+            recorded = f"trial(s) {[t.number for t in sweep.running]} not recorded ({e})"
+        message = _stopped("sweep stopped", recorded, sweep_dir, name)
+    except slurm.BatchCancelled as e:  # scancel of the whole batch: the user stopped the sweep
+        recorded = f"trial(s) {e.trials} recorded FAIL (interrupted)"
+        code, message = 130, _stopped(f"sweep stopped, {e}", recorded, sweep_dir, name)
     except SweepFailed as e:
         code, message = 2, f"error: {e}"
     except StudyStorageError as e:
