@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py: what the benchmarks share
+from common import read_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 COPIES = RESULTS / "mnist_converged_runs"  # beside the report dir: the report writes only into its own
@@ -177,13 +180,6 @@ def command(name: str, experiment: str, overrides: list[str], runs: Path, epochs
     ]
 
 
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def active(run_dir: Path) -> bool:
     """Whether a process on this machine is training run_dir (its command line names it)."""
     needle = f"hydra.run.dir={run_dir} ".encode()
@@ -208,7 +204,7 @@ def state(name: str, runs: Path, waiting: bool = False) -> tuple[str, str]:
     """(state, reason): done | training | resumable | failed | waiting (for the λ search, when `waiting`
     and nothing of the run exists) | todo."""
     d = runs / name
-    r = _json(d / "results.json")
+    r = read_json(d / "results.json")
     if r is not None and r.get("status") == "completed":
         return "done", ""
     if (COPIES / name / "results.json").exists() and not d.exists():
@@ -275,9 +271,9 @@ def build_tables(runs: Path) -> None:
     """mnist_converged.csv (one row per planned run, exactly COLUMNS) and mnist_converged_plan.csv."""
     rows, plan_rows = [], []
     for name, experiment, overrides, args, st, reason in plan_states(runs):
-        r = _json(COPIES / name / "results.json") if st == "done" else None
+        r = read_json(COPIES / name / "results.json") if st == "done" else None
         if r is None and st == "done":
-            r = _json(runs / name / "results.json")
+            r = read_json(runs / name / "results.json")
         if r is not None:
             base = r
         elif args is None:  # λ not chosen yet: no reg_weight to show

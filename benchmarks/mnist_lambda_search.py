@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mnist_converged.py beside it
 
 from mnist_converged import COMMON, DEFAULT_RUNS, LAMBDA_SEARCH, LAMBDA_SWEEP, ROOT  # noqa: E402
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py: what the benchmarks share
+from common import read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs"
@@ -95,13 +97,6 @@ def load_plan():
     return mod.PLAN
 
 
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def state(name: str) -> str:
     if FINAL in name:
         base = name.split(FINAL)[0]
@@ -109,7 +104,7 @@ def state(name: str) -> str:
             return "done"
         return "todo" if state(base) == "done" else "waiting"
     d = RUNS_DIR / name
-    r = _json(d / "results.json")
+    r = read_json(d / "results.json")
     if r is None:
         return "todo"
     if r.get("status") != "completed":

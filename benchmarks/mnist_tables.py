@@ -12,10 +12,8 @@ Rows appear for the runs that have finished; configurations that are still queue
 from __future__ import annotations
 
 import csv
-import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import mnist_runs  # noqa: E402
+from common import commit_stamp, cpu_name, read_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 
@@ -39,28 +38,13 @@ CLUSTER_ANCHORS = [
 
 
 def header_lines() -> list[str]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.split()[1::2]
-    if dirty:  # what the newest runs imported
-        commit += f"` (+ uncommitted changes in {', '.join(dirty)})"
-    else:
-        commit += "`"
-    cpu = ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import os
 
     import torch
 
     return [
-        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}",
-        f"- machine: {platform.node()} ({cpu or platform.processor()}, {os.cpu_count()} cores shared with other jobs), "
+        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit_stamp()}",
+        f"- machine: {platform.node()} ({cpu_name()}, {os.cpu_count()} cores shared with other jobs), "
         f"Python {platform.python_version()}, torch {torch.__version__}, CPU, 1 thread per run",
         "- protocol: dynamically binarised MNIST, 50k train / 10k val / 10k test (val/test binarised once, seed 777); "
         "gated MLP 300-300, z=40, Adam lr 5e-4, batch 100",
@@ -70,21 +54,14 @@ def header_lines() -> list[str]:
     ]
 
 
-def _json(p: Path):
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def collect() -> list[dict]:
     rows = []
     for name, ov in mnist_runs.load_plan():
         if mnist_runs.FINAL in name:  # a final evaluation of a run listed on its own
             continue
         d = mnist_runs.RUNS_DIR / name
-        r = _json(d / "results.json")
-        b = _json(d / "bench_eval.json")
+        r = read_json(d / "results.json")
+        b = read_json(d / "bench_eval.json")
         rows.append(
             {
                 "name": name,
@@ -93,7 +70,7 @@ def collect() -> list[dict]:
                 "state": mnist_runs.state(name),
                 "results": r if r and r.get("status") == "completed" else None,
                 "bench": b,
-                "final": _json(d / mnist_runs.FINAL_OUT),
+                "final": read_json(d / mnist_runs.FINAL_OUT),
             }
         )
     return rows

@@ -31,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-from sweep_parallel import git, machine
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py and sweep_parallel.py beside it
+from common import git  # noqa: E402
+from sweep_parallel import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -43,8 +43,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py: what the benchmarks share
+from common import commit_stamp, cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
 
 from src import divergences as dv  # noqa: E402
 from src import pair_sums  # noqa: E402
@@ -157,6 +161,18 @@ def ratio_stats(num: list[float], den: list[float]) -> dict:
     }
 
 
+def compared_steps(cs_model: Autoencoder, mc_model: Autoencoder, x: torch.Tensor) -> dict:
+    """The steps each K compares: CSRAE fused, reference and torch tiles only; the VAE with a Monte-Carlo
+    KL to the same prior, fused and reference."""
+    return {
+        "cs": step_fn(cs_model, x),
+        "cs_ref": step_fn(cs_model, x, reference=True),
+        "cs_tiles": step_fn(cs_model, x, tiles=True),
+        "mc": step_fn(mc_model, x),
+        "mc_ref": step_fn(mc_model, x, reference=True),
+    }
+
+
 def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[dict]:
     """Every step ratio twice, side by side in the same repetitions: the fused path (the default) and the
     reference path (broadcast math, VampPrior encoded in two calls: the code before the fused path)."""
@@ -177,22 +193,11 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
         return t
 
     def row(measure_name, setting, num, den, target=""):
-        rows.append({"measure": measure_name, "setting": setting, "target": target, **ratio_stats(num, den)})
-        print_row(rows[-1])
+        add_ratio_row(rows, measure_name, setting, num, den, target)
 
     for k in ks:
         cs_model, mc_model = make_model("csrae", "gmm", k, device), make_model("vae", "gmm", k, device)
-        t = measure(
-            k,
-            {
-                "std": vae_std,
-                "cs": step_fn(cs_model, x),
-                "cs_ref": step_fn(cs_model, x, reference=True),
-                "cs_tiles": step_fn(cs_model, x, tiles=True),
-                "mc": step_fn(mc_model, x),
-                "mc_ref": step_fn(mc_model, x, reference=True),
-            },
-        )
+        t = measure(k, {"std": vae_std, **compared_steps(cs_model, mc_model, x)})
         target = {50: "<= 1.10", 500: "<= 3.0 (stretch 2.0)"}.get(k, "")
         row(
             "(a) step csrae / vae",
@@ -224,17 +229,7 @@ def bench_steps(device, reps: int, steps: int, ks, vamp_ks=(50, 500)) -> list[di
             row("(a*) step fused / reference", f"K={k}; csrae+gmm, the same model", t["cs"], t["cs_ref"])
     for k in vamp_ks:  # the VampPrior: both objectives pay for encoding the K pseudo-inputs every step
         cs_model, mc_model = make_model("csrae", "vamp", k, device), make_model("vae", "vamp", k, device)
-        t = measure(
-            k,
-            {
-                "std": vae_std,
-                "cs": step_fn(cs_model, x),
-                "cs_ref": step_fn(cs_model, x, reference=True),
-                "cs_tiles": step_fn(cs_model, x, tiles=True),
-                "mc": step_fn(mc_model, x),
-                "mc_ref": step_fn(mc_model, x, reference=True),
-            },
-        )
+        t = measure(k, {"std": vae_std, **compared_steps(cs_model, mc_model, x)})
         row(
             "(a'') step csrae / vae",
             f"K={k}; csrae+vamp vs vae+vamp (MC KL); fused, one encoder call",
@@ -328,15 +323,14 @@ def bench_threads(reps: int, k: int = 500, steps: int = 3) -> list[dict]:
                     f()
                 out.append((time.perf_counter() - t0) / steps)
         torch.set_num_threads(1)
-        rows.append(
-            {
-                "measure": "(f) step 2 threads / 1 thread",
-                "setting": f"{label}, wall clock, {os.cpu_count()} cores shared with other jobs",
-                "target": "",
-                **ratio_stats(t2, t1),
-            }
+        add_ratio_row(
+            rows,
+            "(f) step 2 threads / 1 thread",
+            f"{label}, wall clock, {os.cpu_count()} cores shared with other jobs",
+            t2,
+            t1,
+            "",
         )
-        print_row(rows[-1])
     return rows
 
 
@@ -352,15 +346,7 @@ def bench_naive(device, reps: int, ks) -> list[dict]:
         for _ in range(reps):
             t_n.append(timed(naive, device, steps_naive))
             t_v.append(timed(vec, device, 10))
-        rows.append(
-            {
-                "measure": "(b) step naive loop CS / vectorised CS",
-                "setting": f"K={k}, batch 100 (csrae+gmm)",
-                "target": "",
-                **ratio_stats(t_n, t_v),
-            }
-        )
-        print_row(rows[-1])
+        add_ratio_row(rows, "(b) step naive loop CS / vectorised CS", f"K={k}, batch 100 (csrae+gmm)", t_n, t_v, "")
     return rows
 
 
@@ -421,15 +407,14 @@ def bench_trainer(device, reps: int, n_train: int) -> list[dict]:
             tb = CLOCK() - t0
             if rep:  # the first repetition warms up
                 t_h.append(th), t_b.append(tb)
-        rows.append(
-            {
-                "measure": "(c) epoch harness fit / bare loop",
-                "setting": f"{label}; {n_train} train + {n_val} val points, batch 100, csrae+gmm K=10",
-                "target": "<= 1.10" if ckpt else "",
-                **ratio_stats(t_h, t_b),
-            }
+        add_ratio_row(
+            rows,
+            "(c) epoch harness fit / bare loop",
+            f"{label}; {n_train} train + {n_val} val points, batch 100, csrae+gmm K=10",
+            t_h,
+            t_b,
+            "<= 1.10" if ckpt else "",
         )
-        print_row(rows[-1])
     return rows
 
 
@@ -482,6 +467,12 @@ def bench_is(device, reps: int, n_points: int, samples: int) -> list[dict]:
     return rows
 
 
+def add_ratio_row(rows: list[dict], measure: str, setting: str, num: list[float], den: list[float], target: str = ""):
+    """One measured ratio num / den (ratio_stats) appended to rows, and printed."""
+    rows.append({"measure": measure, "setting": setting, "target": target, **ratio_stats(num, den)})
+    print_row(rows[-1])
+
+
 def print_row(r: dict) -> None:
     print(
         f"{r['measure']:42s} {r['setting'][:70]:70s} ratio {r['ratio']:.3f} "
@@ -513,22 +504,11 @@ def write(rows: list[dict], device, threads: int, args) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.split()[1::2]
-    if dirty:
-        commit += f"` (+ uncommitted changes in {', '.join(dirty)})"
-    else:
-        commit += "`"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu}), {threads} torch thread(s)"
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu_name()}), {threads} torch thread(s)"
     lines = [
         "# Speed ratios (one process; median over repetitions, [min, max] spread)",
         "",
-        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}, "
+        f"- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit_stamp()}, "
         f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"- machine: {platform.node()}, {os.cpu_count()} cores shared with other jobs; device: {dev}; "
         f"torch {torch.__version__}",

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py: what the benchmarks share
+from common import git  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = ["model=vae,csrae", "prior=gmm", "prior.K=5,10"]
 CONFIGS = {  # name: (joblib workers, trainer.threads)
@@ -40,13 +43,6 @@ CONFIGS = {  # name: (joblib workers, trainer.threads)
     "2w_auto": (2, 0),
     "1w_1t": (1, 1),
 }
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> str:

@@ -231,29 +231,15 @@ def plot_optuna_history(study: OptunaStudy):
         ax.scatter(done["number"], done["value"], s=28, label="trial", zorder=3)
         best = done["value"].cummin() if study.direction == "minimize" else done["value"].cummax()
         ax.step(done["number"], best, where="post", color="C3", lw=2, label="best so far")
-    if not failed.empty:
-        y = done["value"].min() if not done.empty else 0.0
-        ax.scatter(
-            failed["number"],
-            [y] * len(failed),
-            marker="x",
-            color="grey",
-            s=40,
-            label=f"failed ({len(failed)}, drawn at the bottom)",
-            zorder=3,
-        )
-    if not pruned.empty:
-        y = done["value"].min() if not done.empty else 0.0
-        ax.scatter(
-            pruned["number"],
-            [y] * len(pruned),
-            marker="o",
-            facecolors="none",
-            edgecolors="C1",
-            s=40,
-            label=f"pruned ({len(pruned)}, drawn at the bottom)",
-            zorder=3,
-        )
+    # trials with no final value are drawn at the bottom, apart from the ones that have one
+    bottom = done["value"].min() if not done.empty else 0.0
+    for kind, trials, style in (
+        ("failed", failed, dict(marker="x", color="grey")),
+        ("pruned", pruned, dict(marker="o", facecolors="none", edgecolors="C1")),
+    ):
+        if not trials.empty:
+            label = f"{kind} ({len(trials)}, drawn at the bottom)"
+            ax.scatter(trials["number"], [bottom] * len(trials), s=40, label=label, zorder=3, **style)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{study.objective} ({study.direction})")
