@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from src.errors import UserError, first_line
 from src.resolvers import CONF_DIR, register_resolvers
 from src.schema import (
     Config,
@@ -42,7 +43,7 @@ from src.schema import (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
@@ -89,7 +90,7 @@ def typed_config(cfg: Any) -> DictConfig:
     try:
         return OmegaConf.structured(cfg)
     except OmegaConfBaseException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first) from None
 
 

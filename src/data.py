@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from src.errors import UserError
+
 __all__ = ["DataError", "Split", "DataBundle", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ _CIFAR_FILES = (
 _TRAIN_VAL = {"mnist": (50_000, 10_000), "fashion_mnist": (50_000, 10_000), "cifar10": (45_000, 5_000)}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem the user can fix (missing files, bad settings); the message is one line."""
 
 

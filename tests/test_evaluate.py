@@ -27,7 +27,8 @@ from src.data import load_dataset
 from src.divergences import kl_monte_carlo
 from src.finished_runs import load_model, main, reevaluate
 from src.models import build_model
-from src.train import TrainSettings, build_optimizer, fit
+from src.settings import TrainSettings
+from src.train import build_optimizer, fit
 
 
 @pytest.fixture(scope="module")

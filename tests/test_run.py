@@ -407,9 +407,9 @@ def test_non_finite_loss_later_keeps_the_last_good_checkpoint(compose, tmp_path,
 
 def test_compile_is_not_part_of_the_checkpoint_fingerprint(compose):
     """A run started without trainer.compile resumes with it (and back): it changes speed, not the model."""
-    from src.pipeline import _settings
+    from src.settings import train_settings
 
-    plain, compiled = _settings(compose("trainer.compile=false")), _settings(compose("trainer.compile=true"))
+    plain, compiled = train_settings(compose("trainer.compile=false")), train_settings(compose("trainer.compile=true"))
     assert compiled.compile and not plain.compile
     assert compiled.fingerprint == plain.fingerprint and "compile" not in plain.fingerprint
 

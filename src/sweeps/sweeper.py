@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import UserError, first_line, print_error
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
 from src.sweeps.storage import (
@@ -123,7 +124,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _first_line(e: BaseException) -> str:
-    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    text = first_line(e, "")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -270,7 +271,6 @@ class SweepFailed(RuntimeError):
 def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
     import optuna
 
-    from src.pipeline import USER_ERRORS
     from src.sweeps.pruning import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep says once what it opened (below)
@@ -289,9 +289,8 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
             pruner=make_pruner(config),
         )
         claim_sweep_dir(sweep_dir)
-    except (*USER_ERRORS, SweepDirInUse, StudyStorageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (UserError, SweepDirInUse, StudyStorageError, ValueError) as e:
+        raise SystemExit(print_error(e)) from None
     log.info("%s in %s", study_summary(study), masked(storage))
     running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
     if running:

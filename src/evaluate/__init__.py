@@ -340,9 +340,3 @@ def write_images(
     plt.close(fig)
     written.append("latent_scatter.png")
     return written
-
-
-if __name__ == "__main__":  # python -m src.evaluate RUN_DIR [overrides]: re-evaluate a finished run
-    from src.finished_runs import main
-
-    raise SystemExit(main())
