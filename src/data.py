@@ -82,7 +82,7 @@ class DataBundle:
     test: Split
     image_shape: tuple[int, int, int]  # (C, H, W)
     binary: bool  # train.x: grey levels to binarise per batch; val.x / test.x already 0/1
-    n_classes: int
+    n_classes: int  # labels are 0 .. n_classes - 1 (all three splits, before any cap)
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -358,6 +358,7 @@ def load_dataset(cfg: Any) -> DataBundle:
     else:
         train, val, test, to_float, shape = _load_cifar10(cfg)
     binary = name != "cifar10" and bool(cfg.binarize)
+    n_classes = 1 + max(int(y.max()) for _, y in (train, val, test))
     tr, va, te = _split_eval(
         train,
         val,
@@ -368,4 +369,4 @@ def load_dataset(cfg: Any) -> DataBundle:
         max_train=cfg.max_train,
         max_eval=cfg.max_eval,
     )
-    return DataBundle(name=name, train=tr, val=va, test=te, image_shape=shape, binary=binary, n_classes=10)
+    return DataBundle(name=name, train=tr, val=va, test=te, image_shape=shape, binary=binary, n_classes=n_classes)

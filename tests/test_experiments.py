@@ -24,7 +24,7 @@ from src.priors import GaussianMixture
 from src.settings import train_settings
 from src.train import build_optimizer, fit
 
-# The run the MNIST study started before these files existed (/work/runs/mnist_converged/vae_standard_s0),
+# A run of the MNIST study (/work/runs/mnist_converged/vae_standard_s0),
 # with its exact command-line overrides, and the fingerprint its checkpoints carry (read from its
 # checkpoints/last.pt). experiment=mnist_density must resume it.
 LIVE_RUN = [

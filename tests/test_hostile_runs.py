@@ -139,8 +139,8 @@ def test_a_shorter_resume_is_refused(finished, run_cli):
 
 
 def test_rerun_over_a_run_without_checkpoints_is_refused(tmp_path, run_cli):
-    """With trainer.checkpoint=false there is no last.pt to compare: another configuration used to
-    overwrite the finished run's results.json and metrics.csv."""
+    """With trainer.checkpoint=false there is no last.pt to compare: another configuration is still
+    refused, so the finished run's results.json and metrics.csv stay as they are."""
     run_dir = tmp_path / "run"
     assert run_cli(run_dir, *QUICK, "trainer.checkpoint=false").returncode == 0
     before = snapshot(run_dir)
@@ -373,8 +373,8 @@ def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp
 
 
 def test_the_python_entry_types_a_dataclass_like_the_command_line(tmp_path):
-    """run_experiment(Config(...)) with names as plain strings ended in an AttributeError traceback
-    inside validate; a wrong type went unchecked. Now the schema types it, as composition does."""
+    """run_experiment(Config(...)) with names as plain strings runs, and a wrong type is one ConfigError
+    line: the schema types the dataclass, as composition types the command line's config."""
     from src.config import ConfigError
     from src.pipeline import run_experiment
     from src.schema import Config, DatasetConfig, EvalConfig, PriorConfig, TrainerConfig
