@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import CONF, compose_config
+from helpers import CONF, compose_config
 from omegaconf import OmegaConf
 
 from src.config import ConfigError, validate

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_results
+from helpers import read_results
 
 from src import train as train_mod
 from src.config import ConfigError, validate
@@ -395,7 +395,7 @@ def test_results_carry_fewlabel_accuracies(compose, tmp_path):
 def _queue_module():
     import importlib.util
 
-    from conftest import REPO
+    from helpers import REPO
 
     spec = importlib.util.spec_from_file_location("mnist_converged", REPO / "benchmarks" / "mnist_converged.py")
     mod = importlib.util.module_from_spec(spec)

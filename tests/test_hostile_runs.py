@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_command, read_results
+from helpers import cli_command, read_results
 
 QUICK = ["trainer.epochs=2", "prior.K=3"]
 

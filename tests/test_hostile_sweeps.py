@@ -203,7 +203,7 @@ def test_misspelt_debug_name_runs_nothing(tmp_path):
 
 def test_report_of_a_python_api_run(tmp_path):
     """A run made with `run_experiment(cfg, dir)` has no job_num: the report stopped on KeyError."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from src.pipeline import run_experiment
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_command, read_results
+from helpers import cli_command, read_results
 
 CONTRACT_KEYS = [
     "status",
@@ -299,18 +299,6 @@ def test_missing_mnist_names_the_path_and_both_fixes(tmp_path, run_cli):
     assert list(empty.iterdir()) == []  # nothing downloaded or created under the root
     assert not (run_dir / "metrics.csv").exists() and read_results(run_dir)["status"] == "failed"
     assert {p.name for p in tmp_path.iterdir()} == {"cwd", "empty", "run"} and list(run_cli.cwd.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cli_env):
-    """A finished one-epoch run (csrae + gmm K=3) to copy into resume tests."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    cwd = tmp_path_factory.mktemp("cwd")
-    proc = subprocess.run(
-        cli_command(run_dir, ["prior.K=3"]), cwd=cwd, env=cli_env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
-    return run_dir
 
 
 def _snapshot(run_dir: Path) -> dict:

@@ -19,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli import subprocess_env
-from conftest import TINY
+from helpers import CONF, REPO, TINY
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 
 def _metrics(run_dir: Path) -> list[dict]:
