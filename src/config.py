@@ -40,6 +40,7 @@ from src.schema import (
     PriorInit,
     PriorName,
     TrainerConfig,
+    enum_value,
 )
 
 
@@ -225,7 +226,7 @@ def estimate_step_bytes(cfg: Any) -> int:
     from src.data import IMAGE_SHAPES
 
     m, p, t = cfg.model, cfg.prior, cfg.trainer
-    c, h, w = IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)]
+    c, h, w = IMAGE_SHAPES[enum_value(cfg.dataset.name)]
     pixels, latent, k, b = c * h * w, m.latent_dim, p.K, t.batch_size
     widths = list(m.hidden_dims or [m.hidden_dim, m.hidden_dim])  # the decoder mirrors the encoder
     inner = sum(a * z for a, z in zip(widths, widths[1:]))

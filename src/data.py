@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from src.errors import UserError
+from src.schema import enum_value
 
 __all__ = ["DataError", "Split", "DataBundle", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
 
@@ -95,7 +96,7 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def _name(cfg: Any) -> str:
-    return str(getattr(cfg.name, "value", cfg.name))
+    return str(enum_value(cfg.name))
 
 
 def _root(cfg: Any) -> Path:

@@ -27,16 +27,17 @@ from src.train import TrainingPruned, build_optimizer, fit, resolve_device
 log = logging.getLogger(__name__)
 
 
-def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
+def check_run_dir(cfg, run_dir: Path) -> tuple[TrainSettings, torch.device]:
     """Everything checked before a run starts, writing nothing: the configuration, what run_dir already
-    holds (src.rundir.check), the device, the dataset's files and the tracker's settings."""
+    holds (src.rundir.check), the device, the dataset's files and the tracker's settings. Returns what the
+    run derives from the configuration once: the training loop's settings and the device."""
     validate(cfg)
     settings = train_settings(cfg)
     rundir.check(run_dir, settings)
-    resolve_device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     check_available(cfg.dataset)
     trackers.check(cfg, run_dir)
-    return settings
+    return settings, device
 
 
 def run_experiment(cfg, run_dir: Path, extra: dict | None = None, reporter=None) -> float:
@@ -83,16 +84,15 @@ def _shown_unless_logging_is_set_up():
 
 def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
     results: dict = {"status": "running", **(extra or {})}
-    _preflight(cfg, run_dir, results)
+    settings, device = _preflight(cfg, run_dir, results)
     tracker = trackers.Tracker()
     try:
         write_results(run_dir, results)
         _record_config(cfg, run_dir)
         tracker = trackers.open_tracker(cfg, run_dir)
-        device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device, tracker, reporter))
+        results.update(_train_and_evaluate(cfg, run_dir, settings, device, tracker, reporter))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
@@ -137,7 +137,7 @@ def _record_config(cfg, run_dir: Path) -> None:
         tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
 
 
-def _preflight(cfg, run_dir: Path, results: dict) -> None:
+def _preflight(cfg, run_dir: Path, results: dict) -> tuple[TrainSettings, torch.device]:
     """Checks that load nothing (check_run_dir): the config, what the run dir already holds, the
     device, that the dataset's files are there, the tracker's settings.
 
@@ -148,20 +148,23 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         results.update(key_config(cfg))
         for warning in unknown_keys(cfg):
             log.warning("%s", warning)
-        settings = check_run_dir(cfg, run_dir)
+        settings, device = check_run_dir(cfg, run_dir)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning(
                 "prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
                 settings.kmeans_epoch,
                 settings.epochs,
             )
+        return settings, device
     except Exception as e:
         if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
             _record_end(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: trackers.Tracker, reporter=None) -> dict:
+def _train_and_evaluate(
+    cfg, run_dir: Path, settings: TrainSettings, device: torch.device, tracker: trackers.Tracker, reporter=None
+) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
@@ -187,7 +190,6 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: track
             if reporter.report(epoch, value) and not last:
                 raise TrainingPruned(epoch, value)
 
-    settings = train_settings(cfg)
     state = fit(
         model,
         data,

@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from src.config import ConfigError
 from src.contract import CONFIG_COLUMNS, FLOAT_KEYS, INT_KEYS, RESULT_KEYS, key_config
 from src.errors import first_line
+from src.schema import enum_value
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def _logger(cfg) -> tuple[Any, str | None]:
 
     logger = OmegaConf.select(cfg, "logger", default=None) if OmegaConf.is_config(cfg) else getattr(cfg, "logger", None)
     name = getattr(logger, "name", None)
-    name = getattr(name, "value", name)  # an enum by its name
+    name = enum_value(name)
     return logger, None if name in (None, "none") else name
 
 

@@ -26,6 +26,7 @@ from src.errors import UserError, first_line
 from src.geco import effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
 from src.priors import GaussianMixture
+from src.schema import enum_value
 from src.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class TrainState:
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    name = getattr(cfg.name, "value", cfg.name)
+    name = enum_value(cfg.name)
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
@@ -85,7 +86,7 @@ def regulariser_weight(epoch: int, final: float, warmup_epochs: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    name = getattr(name, "value", name)
+    name = enum_value(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
