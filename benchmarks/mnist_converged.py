@@ -247,9 +247,9 @@ def _planned_config(experiment: str, overrides: list[str]) -> dict:
     """model, prior, K, reg_weight, constraint and seed of a planned run, from its composed config."""
     sys.path.insert(0, str(ROOT))
     from src.config import compose_config
+    from src.schema import enum_value as v
 
     cfg = compose_config(f"experiment={experiment}", *overrides)
-    v = lambda x: getattr(x, "value", x)  # noqa: E731
     return {
         "model": v(cfg.model.name),
         "prior": v(cfg.prior.name),

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src import rundir  # noqa: E402
 from src.data import load_dataset  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
 from src.finished_runs import load_model  # noqa: E402
-from src.pipeline import USER_ERRORS  # noqa: E402
 
 
 def evaluate(run_dir: Path, samples: int, n_test: int, batch: int, seed: int) -> dict:
@@ -67,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     try:
         out = evaluate(args.run_dir, args.samples, args.n_test, args.batch, args.seed)
-    except USER_ERRORS as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     (args.run_dir / args.out).write_text(json.dumps(out))
     print(

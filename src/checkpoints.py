@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.errors import UserError, first_line
 from src.files import replace_atomically
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 RESUME_FIX = "use a new run dir (hydra.run.dir=...); this one keeps the run that wrote it"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be read or belongs to another configuration."""
 
 
@@ -34,7 +35,7 @@ FINGERPRINT_PARTS = ("model", "prior", "dataset", "trainer.seed", "optimizer", "
 
 
 def fingerprint(model: dict, prior: dict, dataset: dict, seed: int, optimizer: dict, schedule: dict) -> str:
-    """The configuration a checkpoint belongs to (src.pipeline decides what enters each part)."""
+    """The configuration a checkpoint belongs to (src.settings decides what enters each part)."""
     return json.dumps([model, prior, dataset, seed, optimizer, schedule], sort_keys=True, default=str)
 
 
@@ -119,7 +120,7 @@ def _why_unreadable(path: Path, e: Exception) -> str:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         what = f" ({found.group(1)})" if found else ""
         return f"it holds Python objects{what} that a safe (weights_only) load refuses to run"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
+    first = first_line(text, "").split(". ")[0]
     return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
@@ -130,7 +131,7 @@ def restore(ckpt: dict, path: Path, model: nn.Module, optimizer, generator: torc
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(
-            f"checkpoint {path} does not match this model ({str(e).splitlines()[0][:200]}); "
+            f"checkpoint {path} does not match this model ({first_line(e)[:200]}); "
             "use a new run dir or trainer.resume=false"
         ) from None
     torch.set_rng_state(ckpt["rng_torch"])

@@ -20,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from src.errors import UserError, first_line
+from src.resolvers import CONF_DIR, register_resolvers
 from src.schema import (
     Config,
     Constraint,
@@ -38,14 +40,13 @@ from src.schema import (
     PriorInit,
     PriorName,
     TrainerConfig,
+    enum_value,
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 #: The config groups and their schemas; each YAML option starts from `/schema/<group>@_here_`.
 GROUP_SCHEMAS = {
@@ -61,36 +62,14 @@ GROUP_SCHEMAS = {
 
 def register_configs() -> None:
     """Register the schemas (in the `schema` group, which no command line selects) and the resolvers the
-    config files use. Every entry point calls this before composing; only the first call registers
-    (Hydra refuses a second registration of a name)."""
+    config files use (src.resolvers). Every entry point calls this before composing; only the first call
+    registers (Hydra refuses a second registration of a name)."""
     cs = ConfigStore.instance()
     if "config.yaml" not in cs.repo.get("schema", {}):
         cs.store(group="schema", name="config", node=Config)
         for group, schema in GROUP_SCHEMAS.items():
             cs.store(group="schema", name=group, node=schema)
-    if not OmegaConf.has_resolver("config_groups"):  # conf/hydra/help/csrae.yaml
-        OmegaConf.register_resolver("config_groups", config_groups)
-    from src.sweeps.jobs import parallel_trials  # conf/optuna_study.yaml: n_jobs: ${parallel_trials:...}
-
-    if not OmegaConf.has_resolver("parallel_trials"):
-        OmegaConf.register_resolver("parallel_trials", parallel_trials)
-    if not OmegaConf.has_resolver("max"):  # conf/pruner/: the first rung is the end of the warm-up, at least 1
-        OmegaConf.register_resolver("max", _max)
-
-
-def _max(*values: int) -> int:
-    return max(values)
-
-
-def option_names(group: str) -> list[str]:
-    """The options of a config group: its files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def config_groups() -> str:
-    """'group: option, option' per line for every group a command line selects from (--help)."""
-    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
-    return "\n".join(f"{g}: {', '.join(option_names(g))}" for g in groups)
+    register_resolvers()
 
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
@@ -112,7 +91,7 @@ def typed_config(cfg: Any) -> DictConfig:
     try:
         return OmegaConf.structured(cfg)
     except OmegaConfBaseException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first) from None
 
 
@@ -247,7 +226,7 @@ def estimate_step_bytes(cfg: Any) -> int:
     from src.data import IMAGE_SHAPES
 
     m, p, t = cfg.model, cfg.prior, cfg.trainer
-    c, h, w = IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)]
+    c, h, w = IMAGE_SHAPES[enum_value(cfg.dataset.name)]
     pixels, latent, k, b = c * h * w, m.latent_dim, p.K, t.batch_size
     widths = list(m.hidden_dims or [m.hidden_dim, m.hidden_dim])  # the decoder mirrors the encoder
     inner = sum(a * z for a, z in zip(widths, widths[1:]))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from src.files import NO_SPACE_ERRNOS, replace_atomically
+from src.schema import enum_value
 
 FEWLABEL_N = (1, 10, 100)  # labelled training points per class of the few-label accuracies
 FEWLABEL_KEYS = [f"fewlabel_{kind}_{n}" for kind in ("lr", "comp") for n in FEWLABEL_N]
@@ -79,7 +80,7 @@ def key_config(cfg: Any) -> dict:
     out = {}
     for column, path in CONFIG_COLUMNS.items():
         v = reduce(getattr, path.split("."), cfg)
-        v = getattr(v, "value", v)  # enums by name
+        v = enum_value(v)
         if v is not None and column in INT_KEYS:
             v = int(v)
         elif v is not None and column in FLOAT_KEYS:

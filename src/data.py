@@ -33,6 +33,9 @@ from typing import Any
 
 import torch
 
+from src.errors import UserError
+from src.schema import enum_value
+
 __all__ = ["DataError", "Split", "DataBundle", "IMAGE_SHAPES", "check_available", "load_dataset", "binarize"]
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ _CIFAR_FILES = (
 _TRAIN_VAL = {"mnist": (50_000, 10_000), "fashion_mnist": (50_000, 10_000), "cifar10": (45_000, 5_000)}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem the user can fix (missing files, bad settings); the message is one line."""
 
 
@@ -80,7 +83,7 @@ class DataBundle:
     test: Split
     image_shape: tuple[int, int, int]  # (C, H, W)
     binary: bool  # train.x: grey levels to binarise per batch; val.x / test.x already 0/1
-    n_classes: int
+    n_classes: int  # labels are 0 .. n_classes - 1 (all three splits, before any cap)
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,7 +96,7 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def _name(cfg: Any) -> str:
-    return str(getattr(cfg.name, "value", cfg.name))
+    return str(enum_value(cfg.name))
 
 
 def _root(cfg: Any) -> Path:
@@ -356,6 +359,7 @@ def load_dataset(cfg: Any) -> DataBundle:
     else:
         train, val, test, to_float, shape = _load_cifar10(cfg)
     binary = name != "cifar10" and bool(cfg.binarize)
+    n_classes = 1 + max(int(y.max()) for _, y in (train, val, test))
     tr, va, te = _split_eval(
         train,
         val,
@@ -366,4 +370,4 @@ def load_dataset(cfg: Any) -> DataBundle:
         max_train=cfg.max_train,
         max_eval=cfg.max_eval,
     )
-    return DataBundle(name=name, train=tr, val=va, test=te, image_shape=shape, binary=binary, n_classes=10)
+    return DataBundle(name=name, train=tr, val=va, test=te, image_shape=shape, binary=binary, n_classes=n_classes)

@@ -18,13 +18,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from src.errors import UserError
+
 #: What a user fixes by making room or choosing another place, not by changing the code.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 #: Out of space: an existing file's own blocks may still take a rewrite (see contract.write_results).
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class WriteError(RuntimeError):
+class WriteError(UserError, RuntimeError):
     """A file could not be written: disk full, quota exceeded or a read-only file system; one line."""
 
 

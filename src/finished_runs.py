@@ -31,11 +31,12 @@ from src.checkpoints import CheckpointError, best_checkpoint, load_checkpoint
 from src.config import ConfigError, validate
 from src.contract import key_config, strict
 from src.data import IMAGE_SHAPES, load_dataset
+from src.errors import UserError, first_line, print_error
 from src.files import replace_atomically, write_error
 from src.formatting import headline
 from src.models import Autoencoder, build_model, count_parameters
-from src.pipeline import USER_ERRORS, config_fingerprint
-from src.schema import Config
+from src.schema import Config, enum_value
+from src.settings import config_fingerprint
 from src.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ def run_config(run_dir: Path) -> DictConfig:
     try:
         return _typed(OmegaConf.load(path))
     except Exception as e:  # noqa: BLE001 - a file that is not this harness's config, whatever the parser says
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise rundir.RunDirError(f"{path} is not a configuration of this harness ({first})") from None
+        raise rundir.RunDirError(f"{path} is not a configuration of this harness ({first_line(e)})") from None
 
 
 def _typed(raw: DictConfig) -> DictConfig:
@@ -105,12 +105,12 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
             "trainer.checkpoint=false, or stopped before its first epoch ended)"
         )
     path = last_path if ckpt is last else run_dir / "checkpoints" / "best.pt"
-    model = build_model(cfg.model, cfg.prior, IMAGE_SHAPES[getattr(cfg.dataset.name, "value", cfg.dataset.name)])
+    model = build_model(cfg.model, cfg.prior, IMAGE_SHAPES[enum_value(cfg.dataset.name)])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(
-            f"checkpoint {path} does not match the model of its run dir's config ({str(e).splitlines()[0][:200]})"
+            f"checkpoint {path} does not match the model of its run dir's config ({first_line(e)[:200]})"
         ) from None
     return LoadedRun(model.to(resolve_device(str(device))).eval(), cfg, path, ckpt["state"]["epoch"])
 
@@ -133,7 +133,7 @@ def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         out = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         where = f" ({e.full_key})" if getattr(e, "full_key", None) else ""
-        raise ConfigError(f"{str(e).splitlines()[0]}{where}") from None
+        raise ConfigError(f"{first_line(e)}{where}") from None
     validate(out)
     return out
 
@@ -211,7 +211,7 @@ def _check_writable(out_dir: Path) -> None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, like every user error of the harness
-        self.exit(2, f"error: {message} (python -m src.evaluate --help)\n")
+        self.exit(print_error(f"{message} (python -m src.evaluate --help)"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,11 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, record = reevaluate(args.run_dir, args.overrides, args.out)
     except Exception as e:
-        error = e if isinstance(e, USER_ERRORS) else write_error(e)  # a full disk too: one line
+        error = e if isinstance(e, UserError) else write_error(e)  # a full disk too: one line
         if error is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
         return 130

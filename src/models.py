@@ -27,6 +27,7 @@ from src.divergences import (
 )
 from src.networks import Decoder, Encoder, build_networks
 from src.priors import Prior, StandardNormal, VampPrior, build_prior
+from src.schema import enum_value
 
 # Gaussian likelihood: clamp the decoder's per-pixel log-variance (avoids collapse onto a pixel).
 GAUSS_LOGVAR_MIN, GAUSS_LOGVAR_MAX = -9.0, 2.0
@@ -140,12 +141,11 @@ class Autoencoder(nn.Module):
 
 def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Autoencoder:
     """The autoencoder for a ModelConfig and PriorConfig (dataclasses or DictConfigs)."""
-    value = lambda v: getattr(v, "value", v)  # noqa: E731  (str Enums and plain strings alike)
-    likelihood = value(model_cfg.likelihood)
+    likelihood = enum_value(model_cfg.likelihood)
     n_params = 1 if likelihood == "bernoulli" else 2
     hidden = list(getattr(model_cfg, "hidden_dims", None) or [model_cfg.hidden_dim, model_cfg.hidden_dim])
     encoder, decoder = build_networks(
-        value(model_cfg.network),
+        enum_value(model_cfg.network),
         image_shape,
         model_cfg.latent_dim,
         hidden,
@@ -154,8 +154,8 @@ def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Auto
         model_cfg.logvar_max,
     )
     prior = build_prior(prior_cfg, model_cfg.latent_dim, image_shape)
-    objective = "kl" if value(model_cfg.name) == "vae" else "cs"
-    return Autoencoder(encoder, decoder, prior, objective, value(model_cfg.variant), likelihood)
+    objective = "kl" if enum_value(model_cfg.name) == "vae" else "cs"
+    return Autoencoder(encoder, decoder, prior, objective, enum_value(model_cfg.variant), likelihood)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,8 +8,6 @@ network for images whose height and width are multiples of 4.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -151,7 +149,3 @@ def build_networks(
     he_init(encoder)
     he_init(decoder)
     return encoder, decoder
-
-
-def n_pixels(image_shape: tuple[int, int, int]) -> int:
-    return math.prod(image_shape)

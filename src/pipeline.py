@@ -9,129 +9,35 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from src import evaluate, rundir, trackers
-from src.checkpoints import CheckpointError, fingerprint, load_best_weights
-from src.config import ConfigError, typed_config, unknown_keys, validate
+from src.checkpoints import load_best_weights
+from src.config import typed_config, unknown_keys, validate
 from src.contract import key_config, write_results
-from src.data import DataError, check_available, load_dataset
-from src.files import WriteError, replace_atomically, write_error
-from src.geco import GecoSettings, default_rate
+from src.data import check_available, load_dataset
+from src.files import replace_atomically, write_error
 from src.models import build_model, count_parameters
-from src.train import (
-    CompileError,
-    NonFiniteLossError,
-    TrainingPruned,
-    TrainSettings,
-    build_optimizer,
-    fit,
-    resolve_device,
-)
+from src.schema import enum_value
+from src.settings import TrainSettings, train_settings
+from src.train import TrainingPruned, build_optimizer, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def _value(v: Any) -> Any:  # an enum by its name
-    return getattr(v, "value", v)
-
-
-# Errors whose message is the whole story for the user: no traceback needed.
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    CheckpointError,
-    NonFiniteLossError,
-    CompileError,
-    rundir.RunDirError,
-    WriteError,
-)
-
-GECO_KEYS = ("constraint", "target_recon", "geco_alpha", "geco_rate")
-
-
-def _model_identity(model: dict) -> dict:
-    """The model settings a checkpoint depends on. Settings added after checkpoints were written
-    (hidden_dims, the constraint) enter only away from their neutral default, so those checkpoints
-    still resume."""
-    drop = set()
-    if model.get("hidden_dims") is None:
-        drop.add("hidden_dims")
-    if model.get("constraint", "none") == "none":
-        drop.update(GECO_KEYS)
-    return {k: v for k, v in model.items() if k not in drop}
-
-
-def _settings(cfg) -> TrainSettings:
-    t, p, m = cfg.trainer, cfg.prior, cfg.model
-    kmeans = _value(p.name) == "gmm" and _value(p.init) == "kmeans"
-    to_plain = lambda c: OmegaConf.to_container(
-        OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
-        resolve=True,
-        enum_to_str=True,
-    )
-    # Where the files live and whether they may be downloaded do not change what a checkpoint means;
-    # the optimizer, batch size, warm-up and pretraining do (the saved optimizer state would silently
-    # override a new learning rate). trainer.epochs and patience may change on resume: that is how
-    # runs are extended.
-    data_identity = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download")}
-    schedule = {"batch_size": t.batch_size, "warmup_epochs": t.warmup_epochs}
-    if t.pretrain_epochs:
-        schedule["pretrain_epochs"] = t.pretrain_epochs
-    geco = None
-    if _value(m.constraint) == "reconstruction":
-        geco = GecoSettings(
-            target=float(m.target_recon),
-            alpha=float(m.geco_alpha),
-            rate=default_rate(float(m.target_recon)) if m.geco_rate is None else float(m.geco_rate),
-            start_weight=float(m.reg_weight),
-        )
-    return TrainSettings(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        reg_weight=m.reg_weight,
-        warmup_epochs=t.warmup_epochs,
-        patience=t.patience,
-        seed=t.seed,
-        checkpoint=t.checkpoint,
-        resume=t.resume,
-        progress=t.progress,
-        # With pretraining, a kmeans-initialised GMM is refitted once, at its end (VaDE), not at kmeans_epoch.
-        kmeans_epoch=p.kmeans_epoch if kmeans and not t.pretrain_epochs else None,
-        kmeans_samples=p.kmeans_samples,
-        pretrain_epochs=t.pretrain_epochs,
-        compile=t.compile,
-        refit_after_pretraining=kmeans,
-        geco=geco,
-        fingerprint=fingerprint(
-            model=_model_identity(to_plain(m)),
-            prior=to_plain(p),
-            dataset=data_identity,
-            seed=t.seed,
-            optimizer=to_plain(cfg.optimizer),
-            schedule=schedule,
-        ),
-    )
-
-
-def config_fingerprint(cfg) -> str:
-    """What a checkpoint must carry to belong to this configuration (see _settings)."""
-    return _settings(cfg).fingerprint
-
-
-def check_run_dir(cfg, run_dir: Path) -> TrainSettings:
+def check_run_dir(cfg, run_dir: Path) -> tuple[TrainSettings, torch.device]:
     """Everything checked before a run starts, writing nothing: the configuration, what run_dir already
-    holds (src.rundir.check), the device, the dataset's files and the tracker's settings."""
+    holds (src.rundir.check), the device, the dataset's files and the tracker's settings. Returns what the
+    run derives from the configuration once: the training loop's settings and the device."""
     validate(cfg)
-    settings = _settings(cfg)
+    settings = train_settings(cfg)
     rundir.check(run_dir, settings)
-    resolve_device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     check_available(cfg.dataset)
     trackers.check(cfg, run_dir)
-    return settings
+    return settings, device
 
 
 def run_experiment(cfg, run_dir: Path, extra: dict | None = None, reporter=None) -> float:
@@ -178,16 +84,15 @@ def _shown_unless_logging_is_set_up():
 
 def _run(cfg, run_dir: Path, extra: dict | None, reporter=None) -> float:
     results: dict = {"status": "running", **(extra or {})}
-    _preflight(cfg, run_dir, results)
+    settings, device = _preflight(cfg, run_dir, results)
     tracker = trackers.Tracker()
     try:
         write_results(run_dir, results)
         _record_config(cfg, run_dir)
         tracker = trackers.open_tracker(cfg, run_dir)
-        device = resolve_device(cfg.trainer.device)
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        results.update(_train_and_evaluate(cfg, run_dir, device, tracker, reporter))
+        results.update(_train_and_evaluate(cfg, run_dir, settings, device, tracker, reporter))
         results["status"] = "completed"
         write_results(run_dir, results)
         return results["val_nll"]
@@ -232,7 +137,7 @@ def _record_config(cfg, run_dir: Path) -> None:
         tmp.write_text(OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)))
 
 
-def _preflight(cfg, run_dir: Path, results: dict) -> None:
+def _preflight(cfg, run_dir: Path, results: dict) -> tuple[TrainSettings, torch.device]:
     """Checks that load nothing (check_run_dir): the config, what the run dir already holds, the
     device, that the dataset's files are there, the tracker's settings.
 
@@ -243,28 +148,31 @@ def _preflight(cfg, run_dir: Path, results: dict) -> None:
         results.update(key_config(cfg))
         for warning in unknown_keys(cfg):
             log.warning("%s", warning)
-        settings = check_run_dir(cfg, run_dir)
+        settings, device = check_run_dir(cfg, run_dir)
         if settings.kmeans_epoch is not None and settings.kmeans_epoch > settings.epochs:
             log.warning(
                 "prior.kmeans_epoch=%d > trainer.epochs=%d: the k-means refit of the GMM prior will not happen",
                 settings.kmeans_epoch,
                 settings.epochs,
             )
+        return settings, device
     except Exception as e:
         if not (run_dir / "results.json").exists() and not rundir.holdings(run_dir):
             _record_end(run_dir, {**results, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
 
 
-def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: trackers.Tracker, reporter=None) -> dict:
+def _train_and_evaluate(
+    cfg, run_dir: Path, settings: TrainSettings, device: torch.device, tracker: trackers.Tracker, reporter=None
+) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_dataset(cfg.dataset)
     model = build_model(cfg.model, cfg.prior, data.image_shape).to(device)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
     log.info(
         "%s + %s prior (K=%d) on %s: %d train / %d val / %d test, %d parameters, device %s",
-        _value(cfg.model.name),
-        _value(cfg.prior.name),
+        enum_value(cfg.model.name),
+        enum_value(cfg.prior.name),
         cfg.prior.K,
         data.name,
         len(data.train.x),
@@ -282,7 +190,6 @@ def _train_and_evaluate(cfg, run_dir: Path, device: torch.device, tracker: track
             if reporter.report(epoch, value) and not last:
                 raise TrainingPruned(epoch, value)
 
-    settings = _settings(cfg)
     state = fit(
         model,
         data,

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from src.divergences import log_mixture_density
+from src.schema import enum_value
 
 Components = tuple[Tensor | None, Tensor, Tensor]
 
@@ -177,8 +178,8 @@ class NetPrior(Prior):
 
 def build_prior(cfg, latent_dim: int, image_shape: tuple[int, int, int]) -> Prior:
     """The prior named by cfg.name (a PriorConfig or DictConfig)."""
-    name = getattr(cfg.name, "value", cfg.name)
-    learned = getattr(cfg.weights, "value", cfg.weights) == "learned"
+    name = enum_value(cfg.name)
+    learned = enum_value(cfg.weights) == "learned"
     if name == "standard":
         prior: Prior = StandardNormal(latent_dim)
     elif name == "gmm":

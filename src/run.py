@@ -22,8 +22,9 @@ from omegaconf import DictConfig
 from src import interrupts, rundir
 from src.config import compose_config, register_configs
 from src.contract import RESULT_KEYS
+from src.errors import UserError, first_line, print_error
 from src.formatting import headline, plain_when_redirected
-from src.pipeline import USER_ERRORS, check_run_dir, run_experiment
+from src.pipeline import check_run_dir, run_experiment
 from src.sweeps import jobs
 from src.train import TrainingPruned
 
@@ -70,12 +71,11 @@ def main(cfg: DictConfig) -> float | list[float]:
     except TrainingPruned as e:  # the trial's pruner stopped it: the sweeper records it PRUNED
         print(f"pruned: {run_dir} ({e})")
         return jobs.PrunedJob(e.epoch, e.value)
-    except (*USER_ERRORS, jobs.ObjectiveError) as e:
+    except (UserError, jobs.ObjectiveError) as e:
         if multirun:  # the sweeper reports it (once), Hydra writes it with its traceback into run.log
             raise
         log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: results.json says "interrupted"; no traceback for a single run
         if multirun and _job_has_own_process(hc):
             # An Exception, not KeyboardInterrupt: Hydra records the job failed and submitit hands that
@@ -129,14 +129,12 @@ def _check_single_run_overrides(argv: list[str]) -> DictConfig | None:
     try:
         return compose_config(*argv, hydra=True)
     except Exception as e:  # noqa: BLE001 - every composition error is the user's input
-        first = lambda x: next((ln.strip() for ln in str(x).splitlines() if ln.strip()), type(x).__name__)  # noqa
-        msg = first(e).rstrip(".")
+        msg = first_line(e).rstrip(".")
         if e.__cause__ is not None:
-            msg += f": {first(e.__cause__)}"
+            msg += f": {first_line(e.__cause__)}"
         if isinstance(e, MissingConfigException) and e.options:
             msg += "; choose one of " + ", ".join(e.options)
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(msg))
 
 
 def _sweep_syntax(override: str) -> bool:
@@ -184,12 +182,10 @@ def _claim_run_dir(cfg: DictConfig) -> str | None:
             check_run_dir(cfg, run_dir)  # a fresh dir gets its checks (and a failed record) in run_experiment
     except InterpolationResolutionError:  # a value only Hydra's runtime resolves: run_experiment checks again
         return None
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as e:
+        sys.exit(print_error(e))
     except OSError as e:
-        print(f"error: cannot use hydra.run.dir={run_dir}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(f"cannot use hydra.run.dir={run_dir}: {e.strerror or e}"))
     return None
 
 
@@ -213,11 +209,9 @@ def _new_timestamped_dir(cfg: DictConfig) -> str | None:
                 continue
         rundir.lock(Path(run_dir))
     except rundir.RunDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
     except OSError as e:
-        print(f"error: cannot create a run dir under {os.path.dirname(base)}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(f"cannot create a run dir under {os.path.dirname(base)}: {e.strerror or e}"))
     return "hydra.run.dir=" + QuotedString(text=run_dir, quote=Quote.single).with_quotes()
 
 
@@ -243,8 +237,7 @@ if __name__ == "__main__":
     plain_when_redirected()
     for check in (jobs.unknown_sweep, _pruner_outside_optuna):  # Hydra would run the wrong thing silently
         if (bad := check(sys.argv[1:])) is not None:
-            print(f"error: {bad}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(print_error(bad))
     composed = _check_single_run_overrides(sys.argv[1:])
     if composed is not None and (pinned := _claim_run_dir(composed)) is not None:
         sys.argv.append(pinned)

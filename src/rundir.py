@@ -16,15 +16,16 @@ import os
 from pathlib import Path
 
 from src.checkpoints import load_checkpoint
+from src.errors import UserError
 from src.files import NO_SPACE_ERRNOS
-from src.train import TrainSettings
+from src.settings import TrainSettings
 
 LOCK_FILE = ".lock"
 
 _held: dict[str, int] = {}  # realpath of a run dir -> the open, locked file descriptor
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """The run directory is in use or holds another run; the message is one line."""
 
 

@@ -12,6 +12,12 @@ from enum import Enum
 from typing import Any, List, Optional
 
 
+def enum_value(v: Any) -> Any:
+    """An option of a config as its name: an enum member's value, anything else (a plain string from a
+    YAML file or a DictConfig) as it is."""
+    return getattr(v, "value", v)
+
+
 def _choices(name: str, *values: str) -> type[Enum]:
     """A str Enum whose members are named by their values (OmegaConf checks a value against them)."""
     return Enum(name, {v: v for v in values}, type=str, module=__name__, qualname=name)

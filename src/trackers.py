@@ -54,6 +54,8 @@ from urllib.parse import urlsplit
 
 from src.config import ConfigError
 from src.contract import CONFIG_COLUMNS, FLOAT_KEYS, INT_KEYS, RESULT_KEYS, key_config
+from src.errors import first_line
+from src.schema import enum_value
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +228,7 @@ def _logger(cfg) -> tuple[Any, str | None]:
 
     logger = OmegaConf.select(cfg, "logger", default=None) if OmegaConf.is_config(cfg) else getattr(cfg, "logger", None)
     name = getattr(logger, "name", None)
-    name = getattr(name, "value", name)  # an enum by its name
+    name = enum_value(name)
     return logger, None if name in (None, "none") else name
 
 
@@ -244,7 +246,7 @@ def check(cfg, run_dir: Path) -> None:
         importlib.import_module("torch.utils.tensorboard" if name == "tensorboard" else "mlflow")
     except ImportError as e:
         raise ConfigError(
-            f"logger={name} needs the {name} package ({_first_line(e)}): pip install -e .[{name}], or use logger=none"
+            f"logger={name} needs the {name} package ({_reason(e)}): pip install -e .[{name}], or use logger=none"
         ) from None
     if name == "tensorboard":
         _check_writable("logger.dir", _event_dir(logger, run_dir))
@@ -312,12 +314,12 @@ def _try_tracking_uri(uri: str) -> None:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever MLflow or the database driver says, in one line
-        raise ConfigError(f"{key}: {_first_line(e)}; fix it, or use logger=none") from None
+        raise ConfigError(f"{key}: {_reason(e)}; fix it, or use logger=none") from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-    return text.split(". ")[0][:300]
+def _reason(e: BaseException) -> str:
+    """An exception's first sentence, short enough for one line."""
+    return first_line(e).split(". ")[0][:300]
 
 
 def _drop(logger, name: str, e: Exception) -> None:
@@ -327,7 +329,7 @@ def _drop(logger, name: str, e: Exception) -> None:
         "logger=%s failed (%s: %s); the run goes on without it (metrics.csv and results.json are the record)",
         name,
         type(e).__name__,
-        scrub(_first_line(e), logger.tracking_uri),  # a server's URL may hold a password
+        scrub(_reason(e), logger.tracking_uri),  # a server's URL may hold a password
     )
 
 

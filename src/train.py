@@ -22,14 +22,17 @@ import torch
 from src.checkpoints import load_checkpoint, restore, save_checkpoint
 from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS, append_metrics, reset_metrics
 from src.data import DataBundle, binarize
-from src.geco import GecoSettings, effective_weight, geco_update, start_log_lambda
+from src.errors import UserError, first_line
+from src.geco import effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder
 from src.priors import GaussianMixture
+from src.schema import enum_value
+from src.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, step and term."""
 
 
@@ -42,7 +45,7 @@ class TrainingPruned(Exception):
         self.train_seconds: float | None = None  # set by fit
 
 
-class CompileError(RuntimeError):
+class CompileError(UserError, RuntimeError):
     """trainer.compile=true but torch.compile does not work on this machine."""
 
 
@@ -60,30 +63,8 @@ class TrainState:
     geco_c_ma: float | None = None
 
 
-@dataclass
-class TrainSettings:
-    """What the loop needs from trainer / optimizer / prior configs (plain values, no Hydra)."""
-
-    epochs: int
-    batch_size: int
-    reg_weight: float
-    warmup_epochs: int = 0
-    patience: int = 0
-    seed: int = 0
-    checkpoint: bool = True
-    resume: bool = True
-    progress: bool = True
-    kmeans_epoch: int | None = None  # refit a GaussianMixture prior after this epoch
-    kmeans_samples: int = 2000
-    pretrain_epochs: int = 0  # reconstruction-only epochs before training
-    refit_after_pretraining: bool = False  # refit a GaussianMixture prior to the pretrained encoder's codes
-    geco: GecoSettings | None = None  # the reconstruction constraint; None = the scheduled weight
-    fingerprint: str = ""  # identifies the configuration a checkpoint belongs to
-    compile: bool = False  # torch.compile the training step's forward and backward
-
-
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    name = getattr(cfg.name, "value", cfg.name)
+    name = enum_value(cfg.name)
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
@@ -105,7 +86,7 @@ def regulariser_weight(epoch: int, final: float, warmup_epochs: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    name = getattr(name, "value", name)
+    name = enum_value(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -178,7 +159,7 @@ def _compiled_graphs() -> int:
 
 
 def _compile_failed(e: Exception) -> CompileError:
-    first = (str(e).strip().splitlines() or [""])[0][:200]
+    first = first_line(e, "")[:200]
     return CompileError(
         f"trainer.compile=true but torch.compile does not work here ({type(e).__name__}: {first}); "
         "use trainer.compile=false"

@@ -6,39 +6,20 @@ Everything is CPU, offline and single-threaded (the test machines are small and 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from cli import subprocess_env
+from helpers import REPO, cli_command, compose_config
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 if str(REPO) not in sys.path:  # `import src` also when pytest is started from elsewhere
     sys.path.insert(0, str(REPO))
 
-# The settings every quick run uses: conf/debug/smoke.yaml, on the CPU, without a progress bar.
-TINY = ["debug=smoke", "trainer.device=cpu", "trainer.progress=false"]
-
 torch.set_num_threads(1)
-
-
-def with_tiny(overrides: Iterable[str]) -> list[str]:
-    """TINY, minus the keys the caller sets itself, then the caller's overrides."""
-    overrides = list(overrides)
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return [o for o in TINY if o.split("=", 1)[0] not in given] + overrides
-
-
-def compose_config(*overrides: str, tiny: bool = True, return_hydra_config: bool = False):
-    """Compose conf/config.yaml (with its schemas) exactly as `python -m src.run` would."""
-    from src import config
-
-    return config.compose_config(*(with_tiny(overrides) if tiny else overrides), hydra=return_hydra_config)
 
 
 @pytest.fixture
@@ -55,9 +36,21 @@ def digits():
     return load_dataset(compose_config().dataset)
 
 
-def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> list[str]:
-    args = with_tiny(overrides) if tiny else list(overrides)
-    return [sys.executable, "-m", "src.run", *args, f"hydra.run.dir={run_dir}"]
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cli_env) -> Path:
+    """A finished one-epoch run (csrae + gmm K=3 on digits, the TINY settings: clustering and few-label
+    accuracies on), made once by `python -m src.run`. Shared: copy it before changing anything in it."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = subprocess.run(
+        cli_command(run_dir, ["prior.K=3"]),
+        cwd=tmp_path_factory.mktemp("cwd"),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +75,3 @@ def run_cli(tmp_path, cli_env) -> Callable:
 
     run.cwd = cwd
     return run
-
-
-def read_results(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "results.json").read_text())

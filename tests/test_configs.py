@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import CONF, compose_config
+from helpers import CONF, compose_config
 from omegaconf import OmegaConf
 
 from src.config import ConfigError, validate
@@ -78,8 +78,8 @@ def test_the_python_default_is_the_command_line_default(tmp_path):
     from cli import subprocess_env
 
     from src.contract import key_config
-    from src.pipeline import config_fingerprint
     from src.schema import Config
+    from src.settings import config_fingerprint
 
     out = subprocess.run(
         [sys.executable, "-m", "src.run", "--cfg", "job"],

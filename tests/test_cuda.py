@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_results
+from helpers import read_results
 
 pytestmark = [
     pytest.mark.cuda,

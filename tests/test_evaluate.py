@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_command, read_results
+from helpers import read_results
 
 from src import evaluate, label_metrics
 from src.checkpoints import CheckpointError
@@ -27,13 +27,14 @@ from src.data import load_dataset
 from src.divergences import kl_monte_carlo
 from src.finished_runs import load_model, main, reevaluate
 from src.models import build_model
-from src.train import TrainSettings, build_optimizer, fit
+from src.settings import TrainSettings
+from src.train import build_optimizer, fit
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits):
     """name -> a model trained for one epoch on digits (vae+standard, vae+gmm, csrae+gmm)."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     models = {}
     for name, overrides in {
@@ -264,25 +265,9 @@ def test_images_are_valid_pngs(overrides, k_rows, clusters, compose, digits, tmp
 # --- re-evaluating a finished run -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, cli_env) -> Path:
-    """A finished one-epoch run (csrae + gmm K=3 on digits, clustering and few-label accuracies on)."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = subprocess.run(
-        cli_command(run_dir, ["prior.K=3"]),
-        cwd=tmp_path_factory.mktemp("cwd"),
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return run_dir
-
-
 @pytest.fixture
-def run_copy(finished, tmp_path) -> Path:
-    shutil.copytree(finished, tmp_path / "run")
+def run_copy(finished_run, tmp_path) -> Path:
+    shutil.copytree(finished_run, tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -308,13 +293,13 @@ def _refused(capsys, *argv) -> str:
     return _one_line(capsys.readouterr().err)
 
 
-def test_load_model_reproduces_the_runs_own_evaluation(finished, tmp_path):
-    run = load_model(finished)
-    assert run.checkpoint == finished / "checkpoints" / "best.pt" and run.epoch == 1 and not run.model.training
+def test_load_model_reproduces_the_runs_own_evaluation(finished_run, tmp_path):
+    run = load_model(finished_run)
+    assert run.checkpoint == finished_run / "checkpoints" / "best.pt" and run.epoch == 1 and not run.model.training
     got = evaluate.evaluate_model(
         run.model, load_dataset(run.cfg.dataset), run.cfg.eval, run.cfg.trainer.seed, tmp_path, torch.device("cpu")
     )
-    r = read_results(finished)
+    r = read_results(finished_run)
     # The same weights and eval settings, the same noise (seeded by trainer.seed + 1): the same numbers.
     for key in (
         "test_nll",

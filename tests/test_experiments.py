@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_results
+from helpers import read_results
 
 from src import train as train_mod
 from src.config import ConfigError, validate
@@ -19,11 +19,12 @@ from src.contract import METRIC_COLUMNS, RESULT_KEYS
 from src.geco import W_MAX, W_MIN, GecoSettings, effective_weight, geco_update, start_log_lambda
 from src.label_metrics import fewlabel_component_accuracy, fewlabel_logistic_accuracy, fewlabel_metrics, fewlabel_subset
 from src.models import build_model
-from src.pipeline import _settings, run_experiment
+from src.pipeline import run_experiment
 from src.priors import GaussianMixture
+from src.settings import train_settings
 from src.train import build_optimizer, fit
 
-# The run the MNIST study started before these files existed (/work/runs/mnist_converged/vae_standard_s0),
+# A run of the MNIST study (/work/runs/mnist_converged/vae_standard_s0),
 # with its exact command-line overrides, and the fingerprint its checkpoints carry (read from its
 # checkpoints/last.pt). experiment=mnist_density must resume it.
 LIVE_RUN = [
@@ -74,7 +75,7 @@ DEFAULT_FINGERPRINT = (
 
 
 def fp(compose, *overrides: str) -> str:
-    return _settings(compose(*overrides, tiny=False)).fingerprint
+    return train_settings(compose(*overrides, tiny=False)).fingerprint
 
 
 # --- experiment files and checkpoint compatibility -------------------------------------------------
@@ -152,7 +153,7 @@ def test_mnist_density_refits_a_gmm_early_in_its_warm_up(compose):
     """prior.kmeans_epoch = 10 under mnist_density is the protocol's choice (docs/PROTOCOLS.md): the refit
     comes while the warm-up keeps the regulariser at a tenth of its weight, not at the warm-up's end."""
     cfg = compose("experiment=mnist_density", "model=csrae", "prior=gmm", tiny=False)
-    s = _settings(cfg)
+    s = train_settings(cfg)
     assert s.kmeans_epoch == 10 and s.warmup_epochs == 100
     assert train_mod.regulariser_weight(s.kmeans_epoch, 1.0, s.warmup_epochs) == pytest.approx(0.1)
 
@@ -166,7 +167,7 @@ def test_mnist_clustering_is_the_vade_protocol(compose):
     dec = [m.out_features for m in model.decoder.body if isinstance(m, torch.nn.Linear)]
     assert enc == [500, 500, 2000] and dec == [2000, 500, 500, 784]
     assert any(isinstance(m, torch.nn.ReLU) for m in model.encoder.body)
-    settings = _settings(cfg)
+    settings = train_settings(cfg)
     assert settings.refit_after_pretraining and settings.kmeans_epoch is None  # refit once, after pretraining
 
 
@@ -224,7 +225,7 @@ def _setup(compose, digits, *overrides):
     cfg = compose("trainer.device=cpu", *overrides)
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, cfg.prior, digits.image_shape)
-    return cfg, model, build_optimizer(model.parameters(), cfg.optimizer), _settings(cfg)
+    return cfg, model, build_optimizer(model.parameters(), cfg.optimizer), train_settings(cfg)
 
 
 def _rows(path):
@@ -394,7 +395,7 @@ def test_results_carry_fewlabel_accuracies(compose, tmp_path):
 def _queue_module():
     import importlib.util
 
-    from conftest import REPO
+    from helpers import REPO
 
     spec = importlib.util.spec_from_file_location("mnist_converged", REPO / "benchmarks" / "mnist_converged.py")
     mod = importlib.util.module_from_spec(spec)
@@ -418,7 +419,7 @@ def test_the_queue_adopts_the_runs_in_progress(compose, name, fingerprint, epoch
     cfg = compose(
         *[a if not a.startswith("dataset.root=") else "dataset.root=/work/shared/data" for a in args], tiny=False
     )
-    assert _settings(cfg).fingerprint == fingerprint
+    assert train_settings(cfg).fingerprint == fingerprint
 
 
 def test_the_plan_runs_the_anchors_first_and_takes_lambda_from_validation_only(compose):

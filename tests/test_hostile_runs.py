@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_command, read_results
+from helpers import cli_command, read_results
 
 QUICK = ["trainer.epochs=2", "prior.K=3"]
 
@@ -139,8 +139,8 @@ def test_a_shorter_resume_is_refused(finished, run_cli):
 
 
 def test_rerun_over_a_run_without_checkpoints_is_refused(tmp_path, run_cli):
-    """With trainer.checkpoint=false there is no last.pt to compare: another configuration used to
-    overwrite the finished run's results.json and metrics.csv."""
+    """With trainer.checkpoint=false there is no last.pt to compare: another configuration is still
+    refused, so the finished run's results.json and metrics.csv stay as they are."""
     run_dir = tmp_path / "run"
     assert run_cli(run_dir, *QUICK, "trainer.checkpoint=false").returncode == 0
     before = snapshot(run_dir)
@@ -362,18 +362,19 @@ def test_an_unreadable_metrics_csv_gives_one_line(tmp_path, run_cli):
 def test_a_refused_start_in_the_python_api_writes_nothing(tiny_run, compose, tmp_path):
     """Through run_experiment(cfg, dir) with trainer.resume=false: a directory holding only another
     run's checkpoints was trained over (its checkpoints replaced, nothing said)."""
-    from src.pipeline import USER_ERRORS, run_experiment
+    from src.errors import UserError
+    from src.pipeline import run_experiment
 
     shutil.copytree(tiny_run / "checkpoints", tmp_path / "checkpoints")
     before = snapshot(tmp_path)
-    with pytest.raises(USER_ERRORS, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         run_experiment(compose(*QUICK, "trainer.resume=false"), tmp_path)
     assert snapshot(tmp_path) == before
 
 
 def test_the_python_entry_types_a_dataclass_like_the_command_line(tmp_path):
-    """run_experiment(Config(...)) with names as plain strings ended in an AttributeError traceback
-    inside validate; a wrong type went unchecked. Now the schema types it, as composition does."""
+    """run_experiment(Config(...)) with names as plain strings runs, and a wrong type is one ConfigError
+    line: the schema types the dataclass, as composition types the command line's config."""
     from src.config import ConfigError
     from src.pipeline import run_experiment
     from src.schema import Config, DatasetConfig, EvalConfig, PriorConfig, TrainerConfig
@@ -761,10 +762,11 @@ def test_a_new_run_dir_without_room_for_its_lock_gives_one_line(tmp_path, run_cl
 
 def test_a_run_started_on_a_full_disk_fails_in_one_line(small_disk, compose):
     """From Python (or a sweep job) the pid written into the lock file raised a bare OSError."""
-    from src.pipeline import USER_ERRORS, run_experiment
+    from src.errors import UserError
+    from src.pipeline import run_experiment
 
     fill_disk(small_disk)
-    with pytest.raises(USER_ERRORS, match="No space left on device") as e:
+    with pytest.raises(UserError, match="No space left on device") as e:
         run_experiment(compose(*QUICK), small_disk / "run")
     assert "\n" not in str(e.value)
     assert not list(small_disk.rglob("*.tmp"))
@@ -1034,10 +1036,11 @@ def test_a_read_only_run_dir_is_evaluated_into_another_dir(read_only_run, cli_en
 
 def test_run_experiment_into_a_read_only_dir_gives_one_line(read_only_run, compose):
     """From Python (or a sweep job) an OSError from the lock file, where src.run says one line."""
-    from src.pipeline import USER_ERRORS, run_experiment
+    from src.errors import UserError
+    from src.pipeline import run_experiment
 
     before = snapshot(read_only_run)
-    with pytest.raises(USER_ERRORS, match="cannot use run dir") as e:
+    with pytest.raises(UserError, match="cannot use run dir") as e:
         run_experiment(compose(*QUICK), read_only_run)
     assert "\n" not in str(e.value) and str(read_only_run) in str(e.value)
     assert snapshot(read_only_run) == before

@@ -122,8 +122,8 @@ def copy_runs(two_runs: Path, dest: Path) -> Path:
 
 
 def test_report_named_after_its_own_run_dir_deletes_nothing(two_runs, tmp_path):
-    """`python -m src.report X --out PARENT --name X`, twice: the second call must not delete the run's
-    metrics.csv and images (the first had marked X as a report dir). Now both refuse in one line."""
+    """`python -m src.report X --out PARENT --name X`, twice: both refuse in one line, so the second call
+    cannot delete the run's metrics.csv and images as if the first had made X a report dir."""
     run = shutil.copytree(two_runs / "0", tmp_path / "X")
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     for _ in range(2):
@@ -168,8 +168,8 @@ def test_report_refuses_a_non_empty_dir_it_did_not_write(two_runs, tmp_path):
 
 @pytest.mark.parametrize("name", ["csrae_optun", "nope"])
 def test_misspelt_sweep_name_runs_nothing(tmp_path, name):
-    """`-m sweep=csrae_optun` used to exit 0 after one default job without Optuna (the config's
-    `optional sweep` skips an unknown name silently)."""
+    """`-m sweep=csrae_optun` is refused with one line: the config's `optional sweep` skips an unknown
+    name silently, so Hydra alone would run one default job without Optuna and exit 0."""
     p = python("-m", "src.run", "-m", f"sweep={name}", *TINY, cwd=tmp_path / "cwd", timeout=120)
     line = assert_one_line_error(p, f"unknown sweep {name}", *SWEEP_NAMES)
     assert "choose one of" in line
@@ -204,7 +204,7 @@ def test_misspelt_debug_name_runs_nothing(tmp_path):
 
 def test_report_of_a_python_api_run(tmp_path):
     """A run made with `run_experiment(cfg, dir)` has no job_num: the report stopped on KeyError."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from src.pipeline import run_experiment
 
@@ -225,8 +225,8 @@ def test_report_of_runs_with_list_valued_tags(two_runs, tmp_path):
 @pytest.mark.parametrize("key", ["test_nll", "fewlabel_lr_10"])
 def test_report_excludes_a_run_with_a_non_numeric_result(two_runs, tmp_path, key):
     """test_nll "n/a" in one results.json: the run is excluded with its reason (report and stderr),
-    the other run still counts. A summary metric outside the checked keys (fewlabel_lr_10) used to
-    count the run and turn the value into NaN silently."""
+    the other run still counts. A summary metric outside the checked keys (fewlabel_lr_10) excludes the
+    run too, rather than counting it with the value turned into NaN silently."""
     d = copy_runs(two_runs, tmp_path / "runs")
     edit_results(d / "1", **{key: "n/a"})
     p = report(d, tmp_path / "reports")
@@ -344,7 +344,8 @@ def test_sweeps_cli_bad_arguments(capsys, argv, words):
 
 
 def test_sweeps_cli_show_does_not_create_a_study_file(tmp_path, capsys):
-    """`show` with a mistyped storage path used to create an empty database there."""
+    """`show` with a mistyped storage path creates nothing there (opening a SQLite URL would create an
+    empty database)."""
     from src.sweeps.cli import main
 
     missing = tmp_path / "typo" / "study.db"
@@ -384,8 +385,8 @@ def test_sweep_with_no_trials_to_run(tmp_path, n):
     ],
 )
 def test_sweep_that_would_select_on_test_data(tmp_path, sweep, objectives):
-    """sweep.objectives=[test_nll] was accepted, and suggested by the error for an unknown objective: the
-    search then chose on test data. Now one line, before a study or a job directory exists."""
+    """sweep.objectives=[test_nll] would have the search choose on test data: it is refused in one line,
+    before a study or a job directory exists, and the error for an unknown objective never suggests it."""
     args = ["-m", "src.run", "-m", f"sweep={sweep}", objectives, f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY]
     if sweep != "vae_vs_csrae":
         args.append(f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}")
@@ -554,8 +555,8 @@ def _start_long_sweep(tmp_path: Path) -> subprocess.Popen:
 
 
 def test_close_stale_leaves_a_running_sweep_alone(tmp_path, capsys):
-    """`close-stale --older-than 0` while a sweep runs used to FAIL its running trial (and the sweep
-    then crashed telling the study). Now only trials whose sweep process is gone are closed."""
+    """`close-stale --older-than 0` while a sweep runs leaves its running trial alone: only trials whose
+    sweep process is gone are closed (failing a live one would crash the sweep when it tells the study)."""
     from src.sweeps.cli import main
 
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"
@@ -606,8 +607,8 @@ def test_close_stale_never_takes_values_of_another_studys_trial(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_a_sweep_cleanly(tmp_path, sig):
-    """SIGTERM or Ctrl-C to a sweep: a traceback before, and the trial in flight stayed RUNNING with no
-    trials.csv. Now it is FAIL (interrupted), trials.csv is written, and the exit is one line, 130."""
+    """SIGTERM or Ctrl-C to a sweep: the trial in flight is FAIL (interrupted) rather than left RUNNING,
+    trials.csv is written, and the exit is one line, 130, with no traceback."""
     proc = _start_long_sweep(tmp_path)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)  # generous: on a loaded machine the bookkeeping after the stop is slow
@@ -622,8 +623,8 @@ def test_signal_stops_a_sweep_cleanly(tmp_path, sig):
 
 
 def test_sweep_that_flips_the_direction_of_an_existing_study(tmp_path):
-    """A rerun with hydra.sweeper.direction=maximize on a study created to minimize: a traceback
-    (ValueError: Cannot overwrite study direction). Now one line that says what to do."""
+    """A rerun with hydra.sweeper.direction=maximize on a study created to minimize: one line that says
+    what to do, not Optuna's traceback (ValueError: Cannot overwrite study direction)."""
     from src.sweeps.storage import ensure_study
 
     ensure_study(f"sqlite:///{tmp_path / 'study.db'}", "vae_optuna", ["minimize"])

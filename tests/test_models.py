@@ -24,7 +24,8 @@ from src.divergences import kl_monte_carlo, kl_standard_normal
 from src.models import Autoencoder, build_model
 from src.pipeline import run_experiment
 from src.priors import GaussianMixture, NetPrior, StandardNormal, VampPrior
-from src.train import TrainSettings, build_optimizer, fit
+from src.settings import TrainSettings
+from src.train import build_optimizer, fit
 
 # (model overrides, prior overrides): every model × prior, plus the csrae aggregate variant and
 # learned mixture weights (whose logits must learn too).

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 from cli import subprocess_env
-from conftest import TINY
+from helpers import REPO, TINY
 from test_sweeps import _command, load_study, optuna_args, results, states, sweep
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _epochs_trained(sweep_dir: Path) -> int:

@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli import subprocess_env
+from cli import REPO, subprocess_env
 
 from src.formatting import number
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli import subprocess_env
+from cli import REPO, subprocess_env
 from scipy import stats
 
 from src import analysis as A
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
 TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false", "eval.is_samples=10"]
 CHROMIUM_FLAGS = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_command, read_results
+from helpers import cli_command, read_results
 
 CONTRACT_KEYS = [
     "status",
@@ -301,18 +301,6 @@ def test_missing_mnist_names_the_path_and_both_fixes(tmp_path, run_cli):
     assert {p.name for p in tmp_path.iterdir()} == {"cwd", "empty", "run"} and list(run_cli.cwd.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cli_env):
-    """A finished one-epoch run (csrae + gmm K=3) to copy into resume tests."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    cwd = tmp_path_factory.mktemp("cwd")
-    proc = subprocess.run(
-        cli_command(run_dir, ["prior.K=3"]), cwd=cwd, env=cli_env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
-    return run_dir
-
-
 def _snapshot(run_dir: Path) -> dict:
     files = [run_dir / "metrics.csv", run_dir / "results.json", *sorted((run_dir / "checkpoints").iterdir())]
     return {p.name: p.read_bytes() for p in files}
@@ -407,9 +395,9 @@ def test_non_finite_loss_later_keeps_the_last_good_checkpoint(compose, tmp_path,
 
 def test_compile_is_not_part_of_the_checkpoint_fingerprint(compose):
     """A run started without trainer.compile resumes with it (and back): it changes speed, not the model."""
-    from src.pipeline import _settings
+    from src.settings import train_settings
 
-    plain, compiled = _settings(compose("trainer.compile=false")), _settings(compose("trainer.compile=true"))
+    plain, compiled = train_settings(compose("trainer.compile=false")), train_settings(compose("trainer.compile=true"))
     assert compiled.compile and not plain.compile
     assert compiled.fingerprint == plain.fingerprint and "compile" not in plain.fingerprint
 

@@ -19,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli import subprocess_env
-from conftest import TINY
+from helpers import CONF, REPO, TINY
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
 
@@ -252,7 +250,8 @@ def test_submitit_local_launcher_runs(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_gpu", "submitit_slurm", "joblib", "submitit_local"])
 def test_launcher_configs_compose(launcher):
-    from src.sweeps.jobs import job_threads, parallel_trials
+    from src.resolvers import parallel_trials
+    from src.sweeps.jobs import job_threads
 
     cfg = compose("sweep=csrae_optuna", f"hydra/launcher={launcher}")
     lc = cfg.hydra.launcher
@@ -441,7 +440,8 @@ def test_sweep_dir_is_claimed_once(tmp_path):
 
 
 def test_parallel_trials_and_job_threads():
-    from src.sweeps.jobs import cpu_count, job_threads, parallel_trials
+    from src.resolvers import cpu_count, parallel_trials
+    from src.sweeps.jobs import job_threads
 
     assert parallel_trials(1) == 1 and parallel_trials(4) == 4 and parallel_trials(None) == 1
     assert parallel_trials(-1) == cpu_count()

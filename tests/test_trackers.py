@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -217,9 +217,9 @@ def test_a_failed_run_is_a_failed_mlflow_run(run_cli, tmp_path):
 
 
 def test_the_logger_is_not_part_of_the_checkpoint_identity(compose):
-    from src.pipeline import _settings
+    from src.settings import train_settings
 
-    plain = _settings(compose()).fingerprint
-    assert _settings(compose("logger=tensorboard")).fingerprint == plain
-    assert _settings(compose("logger=mlflow", "logger.experiment=x")).fingerprint == plain
-    assert _settings(compose("prior.K=3")).fingerprint != plain  # it does see what matters
+    plain = train_settings(compose()).fingerprint
+    assert train_settings(compose("logger=tensorboard")).fingerprint == plain
+    assert train_settings(compose("logger=mlflow", "logger.experiment=x")).fingerprint == plain
+    assert train_settings(compose("prior.K=3")).fingerprint != plain  # it does see what matters

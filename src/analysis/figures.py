@@ -4,8 +4,6 @@ nothing to draw); `save` writes it as a PNG."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,17 +16,15 @@ from src.analysis.stats import best_run, summarize
 from src.analysis.studies import OptunaStudy, load_curves
 from src.analysis.vocabulary import metric_info
 from src.formatting import number
+from src.plotting import pyplot
 
 PALETTE = "colorblind"
 
 
 def plotting():
-    """matplotlib.pyplot and seaborn with the figures' theme (the Agg backend unless one was chosen)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """matplotlib.pyplot (src.plotting: the Agg backend unless one was chosen) and seaborn with the
+    figures' theme."""
+    plt = pyplot()  # before seaborn, which imports pyplot
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import analysis as A
+from src.errors import print_error
 from src.files import write_error
 from src.formatting import number, plain_when_redirected
 from src.report.render import Doc, md_text
@@ -248,14 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ReportDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     except Exception as e:
         disk = write_error(e)  # disk full, quota, read-only --out: one line
         if disk is None:
             raise
-        print(f"error: {disk}", file=sys.stderr)
-        return 2
+        return print_error(disk)
     runs = pd.read_csv(out / "runs.csv")
     n_ok = int((runs["status"] == A.COMPLETED).sum())
     for _, r in runs[runs["status"] != A.COMPLETED].iterrows():  # one line per excluded run

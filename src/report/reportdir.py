@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from src import analysis as A
+from src.errors import UserError
 from src.files import replace_atomically
 
 OUTPUTS = Path("outputs")
@@ -27,7 +28,7 @@ RUN_OR_SWEEP_MARKERS = (
 )
 
 
-class ReportDirError(Exception):
+class ReportDirError(UserError):
     """The report directory cannot be used without touching files the report did not write."""
 
 

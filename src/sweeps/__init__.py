@@ -1,7 +1,7 @@
 """Sweep support: Optuna study storage, trial ↔ job bookkeeping, pruning, objectives, per-job CPU threads.
 
 - jobs.py: what one job of a sweep needs (src/run.py imports it; no Optuna): its CPU share
-  (`job_threads`, and `parallel_trials`, the resolver of the sweep files' hydra.sweeper.n_jobs), its
+  (`job_threads`; the sweep files' hydra.sweeper.n_jobs is src.resolvers.parallel_trials), its
   objective(s) (`objective`, `check_objectives`), the keys it adds to results.json (`job_record`),
   what a pruned job returns (`PrunedJob`), and the check that a `sweep=` / `experiment=` name exists.
 - pruning.py: a trial's job reports interim validation NLLs to its trial and asks the study's pruner

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from src.errors import first_line, print_error
 from src.sweeps.artifacts import artifact_store
 from src.sweeps.jobs import sweep_names, unknown_sweep
 from src.sweeps.storage import (
@@ -33,10 +34,6 @@ from src.sweeps.trials import close_stale
 DESCRIPTION = "Sweep support: Optuna study storage, trial ↔ job bookkeeping, objectives, per-job CPU threads."
 
 
-def _first_line(e: BaseException) -> str:
-    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-
-
 def compose_sweep(overrides: list[str]) -> DictConfig:
     """The composed config (with its hydra node) of `python -m src.run -m <overrides>`."""
     from src.config import compose_config
@@ -46,8 +43,7 @@ def compose_sweep(overrides: list[str]) -> DictConfig:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse's default adds the usage block)
-        print(f"error: {message} (see python -m src.sweeps --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(print_error(f"{message} (see python -m src.sweeps --help)"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,31 +73,25 @@ def main(argv: list[str] | None = None) -> int:
 
     bad = unknown_sweep(args.overrides)
     if bad:
-        print(f"error: {bad}", file=sys.stderr)
-        return 2
+        return print_error(bad)
     try:
         composed = compose_sweep(args.overrides)
         settings = sweeper_settings(composed)
     except Exception as e:  # noqa: BLE001 - every composition error is the user's input
-        cause = f": {_first_line(e.__cause__)}" if e.__cause__ is not None else ""
-        print(f"error: {_first_line(e).rstrip('.')}{cause}", file=sys.stderr)
-        return 2
+        cause = f": {first_line(e.__cause__)}" if e.__cause__ is not None else ""
+        return print_error(f"{first_line(e).rstrip('.')}{cause}")
     if settings is None:
-        print(
-            "error: no Optuna storage/study_name in this config; pass sweep=NAME of an Optuna sweep "
-            f"({', '.join(sweep_names())})",
-            file=sys.stderr,
+        return print_error(
+            "no Optuna storage/study_name in this config; pass sweep=NAME of an Optuna sweep "
+            f"({', '.join(sweep_names())})"
         )
-        return 2
     storage, name, directions, objectives = settings
     try:
         return _command(args, storage, name, directions, objectives, composed.hydra)
     except StudyStorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     except storage_errors() as e:
-        print(f"error: {storage_error(storage, e)}", file=sys.stderr)
-        return 2
+        return print_error(storage_error(storage, e))
 
 
 def _command(args, storage: str, name: str, directions: list[str], objectives: list[str], hydra_cfg) -> int:
@@ -128,8 +118,7 @@ def _command(args, storage: str, name: str, directions: list[str], objectives: l
     elif args.command == "export":
         out = Path(args.out) if args.out else Path("outputs/optuna") / f"{name}_trials.csv"
         if out.is_dir():
-            print(f"error: --out {out} is a directory; give a file name, e.g. {out / 'trials.csv'}", file=sys.stderr)
-            return 2
+            return print_error(f"--out {out} is a directory; give a file name, e.g. {out / 'trials.csv'}")
         print(export_trials(storage, name, out, objectives))
     elif args.command == "close-stale":
         closed = close_stale(study, args.older_than, objectives, force=args.force)
@@ -154,8 +143,7 @@ def serve_dashboard(storage: str, study, host: str, port: int, artifacts=None) -
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        print("error: optuna-dashboard is not installed: pip install -e '.[dashboard]'", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(print_error("optuna-dashboard is not installed: pip install -e '.[dashboard]'")) from None
     import optuna
 
     opened = optuna.storages.get_storage(open_storage(storage))

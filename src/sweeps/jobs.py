@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from src.config import option_names
+from src.resolvers import cpu_count, option_names, workers
 
 TRIALS_SUBDIR = ".optuna"  # <sweep dir>/.optuna/<job num>.json: the trial each job runs
 
@@ -38,35 +37,6 @@ class ObjectiveError(ValueError):
 
 
 # --- CPU share per job --------------------------------------------------------------------------
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def workers(n_jobs: Any) -> int:
-    """joblib's reading of n_jobs: -1 = all CPUs, -2 = all but one, None/0 = 1."""
-    try:
-        n = int(n_jobs)
-    except (TypeError, ValueError):
-        return 1
-    if n < 0:
-        return max(1, cpu_count() + 1 + n)
-    return max(1, n)
-
-
-def parallel_trials(n_jobs: Any = 1) -> int:
-    """Resolver for hydra.sweeper.n_jobs: as many trials per batch as the launcher runs at once.
-
-    `${parallel_trials:${oc.select:hydra.launcher.n_jobs,1}}` gives 1 for the basic and submitit
-    launchers and the joblib worker count (-1 read as all CPUs) for joblib. The Optuna sweeper asks
-    n_jobs trials, launches them as one batch and waits for all of them, so with n_jobs=1 a parallel
-    launcher would run one trial at a time. src.config.register_configs registers it.
-    """
-    return workers(n_jobs)
 
 
 def job_threads(trainer_threads: int, hydra_cfg: Any) -> int | None:

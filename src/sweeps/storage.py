@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.errors import first_line
 from src.sweeps.jobs import objective_names
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,7 @@ def storage_error(storage: Any, e: BaseException) -> StudyStorageError:
         why = f"needs a database driver that is not installed ({e})"
     else:
         root = next((c for c in reversed(chain) if "sqlalchemy" in type(c).__module__ or "sqlite" in str(c)), e)
-        first = next((ln.strip() for ln in str(root).splitlines() if ln.strip()), "")
-        why = f"cannot be used: {type(root).__name__}: {first}"
+        why = f"cannot be used: {type(root).__name__}: {first_line(root, '')}"
     return StudyStorageError(scrub(f"{where} {why}", storage))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src import interrupts
+from src.errors import UserError, first_line, print_error
 from src.sweeps import slurm
 from src.sweeps.jobs import TRIALS_SUBDIR, PrunedJob, check_objectives, objective_names
 from src.sweeps.space import search_space
@@ -124,7 +125,7 @@ def make_sampler(sampler_cfg: Any):
 
 
 def _first_line(e: BaseException) -> str:
-    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    text = first_line(e, "")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -308,7 +309,6 @@ def _stopped(what: str, recorded: str, sweep_dir: Path, name: str) -> str:
 def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list[str]) -> None:
     import optuna
 
-    from src.pipeline import USER_ERRORS
     from src.sweeps.pruning import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep says once what it opened (below)
@@ -327,9 +327,8 @@ def run_sweep(config: DictConfig, settings: dict, launcher: Any, arguments: list
             pruner=make_pruner(config),
         )
         claim_sweep_dir(sweep_dir)
-    except (*USER_ERRORS, SweepDirInUse, StudyStorageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (UserError, SweepDirInUse, StudyStorageError, ValueError) as e:
+        raise SystemExit(print_error(e)) from None
     log.info("%s in %s", study_summary(study), masked(storage))
     running = [t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
     if running:

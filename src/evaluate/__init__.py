@@ -28,6 +28,7 @@ from src.data import DataBundle
 from src.divergences import log_mixture_density_matmul, log_normal
 from src.label_metrics import cluster_accuracy, clustering_metrics, fewlabel_metrics
 from src.models import Autoencoder
+from src.plotting import pyplot
 from src.train import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -292,11 +293,7 @@ def write_images(
 ) -> list[str]:
     """samples.png, components.png, reconstructions.png, latent_scatter.png in out_dir (created here, so
     that an evaluation that ends early leaves no empty one); returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     device = next(model.parameters()).device
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -345,9 +342,3 @@ def write_images(
     plt.close(fig)
     written.append("latent_scatter.png")
     return written
-
-
-if __name__ == "__main__":  # python -m src.evaluate RUN_DIR [overrides]: re-evaluate a finished run
-    from src.finished_runs import main
-
-    raise SystemExit(main())
