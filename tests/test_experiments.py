@@ -572,7 +572,7 @@ def test_a_lambda_search_whose_runs_dir_was_lost_goes_on_from_its_csv(tmp_path, 
     a new study the finished trials back (values, interim curves, results), so only the rest run again."""
     import importlib
 
-    from conftest import REPO
+    from helpers import REPO
 
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     search = importlib.import_module("mnist_lambda_search")
