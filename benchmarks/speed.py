@@ -56,8 +56,11 @@ from src.data import DataBundle, Split  # noqa: E402
 from src.evaluate import importance_sampled_nll  # noqa: E402
 from src.models import Autoencoder, build_model  # noqa: E402
 from src.schema import ModelConfig, PriorConfig  # noqa: E402
-from src.settings import TrainSettings  # noqa: E402
-from src.train import fit, resolve_device  # noqa: E402
+from src.settings import (
+    TrainSettings,  # noqa: E402
+    resolve_device,  # noqa: E402
+)
+from src.train import fit  # noqa: E402
 
 SHAPE = (1, 28, 28)
 LOAD_AT_START = os.getloadavg()

@@ -190,12 +190,12 @@ def validate(cfg: Any) -> None:
             "(the k-means refit needs at least one point per component)",
         )
     if t.device == Device.cuda:
-        import torch
+        from src.settings import resolve_device
 
-        _require(
-            torch.cuda.is_available(),
-            "trainer.device=cuda but CUDA is not available here; use trainer.device=auto or cpu",
-        )
+        try:
+            resolve_device("cuda")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if m.variant == CSVariant.aggregate:
         _require(m.name == ModelName.csrae, "model.variant=aggregate applies to model=csrae only")
     if p.name == PriorName.standard:

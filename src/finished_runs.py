@@ -36,8 +36,7 @@ from src.files import replace_atomically, write_error
 from src.formatting import headline
 from src.models import Autoencoder, build_model, count_parameters
 from src.schema import Config, enum_value
-from src.settings import config_fingerprint
-from src.train import resolve_device
+from src.settings import config_fingerprint, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -158,5 +158,19 @@ def build_model(model_cfg, prior_cfg, image_shape: tuple[int, int, int]) -> Auto
     return Autoencoder(encoder, decoder, prior, objective, enum_value(model_cfg.variant), likelihood)
 
 
+@torch.no_grad()
+def loss_terms_mean(model: Autoencoder, x: Tensor, batch: int = 500, device=None) -> tuple[float, float]:
+    """Mean reconstruction (-log p(x|z), one sample) and regulariser over a dataset."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    recon, reg, n = 0.0, 0.0, 0
+    for start in range(0, x.shape[0], batch):
+        terms = model.loss_terms(x[start : start + batch].to(device))
+        recon += terms.recon.sum().item()
+        reg += terms.reg.sum().item()
+        n += terms.recon.shape[0]
+    return recon / n, reg / n
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -21,8 +21,8 @@ from src.data import check_available, load_dataset
 from src.files import replace_atomically, write_error
 from src.models import build_model, count_parameters
 from src.schema import enum_value
-from src.settings import TrainSettings, train_settings
-from src.train import TrainingPruned, build_optimizer, fit, resolve_device
+from src.settings import TrainSettings, resolve_device, train_settings
+from src.train import TrainingPruned, build_optimizer, fit
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from omegaconf import OmegaConf
 
 from src.checkpoints import fingerprint
@@ -110,3 +111,12 @@ def train_settings(cfg) -> TrainSettings:
 def config_fingerprint(cfg) -> str:
     """What a checkpoint must carry to belong to this configuration (see train_settings)."""
     return train_settings(cfg).fingerprint
+
+
+def resolve_device(name: str) -> torch.device:
+    name = enum_value(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but CUDA is not available here; use trainer.device=auto or cpu")
+    return torch.device(name)

@@ -24,7 +24,7 @@ from src.contract import METRIC_COLUMNS, PRETRAIN_COLUMNS, append_metrics, reset
 from src.data import DataBundle, binarize
 from src.errors import UserError, first_line
 from src.geco import effective_weight, geco_update, start_log_lambda
-from src.models import Autoencoder
+from src.models import Autoencoder, loss_terms_mean
 from src.priors import GaussianMixture
 from src.schema import enum_value
 from src.settings import TrainSettings
@@ -85,15 +85,6 @@ def regulariser_weight(epoch: int, final: float, warmup_epochs: int) -> float:
     return final * min(1.0, epoch / warmup_epochs)
 
 
-def resolve_device(name: str) -> torch.device:
-    name = enum_value(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but CUDA is not available here; use trainer.device=auto or cpu")
-    return torch.device(name)
-
-
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -119,17 +110,6 @@ def _prepare_batch(x: torch.Tensor, binary: bool, generator: torch.Generator, de
     else:
         x = (x * 255.0 + torch.rand(x.shape, generator=generator)) / 256.0  # uniform dequantisation
     return x.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def _validation_terms(model: Autoencoder, x: torch.Tensor, batch: int, device) -> tuple[float, float]:
-    model.eval()
-    recon = reg = 0.0
-    for i in range(0, x.shape[0], batch):
-        t = model.loss_terms(x[i : i + batch].to(device))
-        recon += t.recon.sum().item()
-        reg += t.reg.sum().item()
-    return recon / x.shape[0], reg / x.shape[0]
 
 
 @torch.no_grad()
@@ -355,7 +335,7 @@ def fit(
             weight = regulariser_weight(epoch, settings.reg_weight, settings.warmup_epochs)
         else:
             weight = effective_weight(state.geco_log_lambda)
-        val_recon, val_reg = _validation_terms(model, data.val.x, 500, device)
+        val_recon, val_reg = loss_terms_mean(model, data.val.x, 500, device)
         val_loss = val_recon + settings.reg_weight * val_reg
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(

@@ -27,7 +27,7 @@ from src.contract import FEWLABEL_KEYS
 from src.data import DataBundle
 from src.divergences import log_mixture_density_matmul, log_normal
 from src.label_metrics import cluster_accuracy, clustering_metrics, fewlabel_metrics
-from src.models import Autoencoder
+from src.models import Autoencoder, loss_terms_mean
 from src.plotting import pyplot
 from src.train import NonFiniteLossError
 
@@ -154,20 +154,6 @@ def interim_nll(model: Autoencoder, x: Tensor, n_samples: int, points: int, devi
 
 
 INTERIM_SEED = 20_241  # any fixed value: interim values share their noise across trials
-
-
-@torch.no_grad()
-def loss_terms_mean(model: Autoencoder, x: Tensor, batch: int = 500, device=None) -> tuple[float, float]:
-    """Mean reconstruction (-log p(x|z), one sample) and regulariser over a dataset."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    recon, reg, n = 0.0, 0.0, 0
-    for start in range(0, x.shape[0], batch):
-        terms = model.loss_terms(x[start : start + batch].to(device))
-        recon += terms.recon.sum().item()
-        reg += terms.reg.sum().item()
-        n += terms.recon.shape[0]
-    return recon / n, reg / n
 
 
 @torch.no_grad()
