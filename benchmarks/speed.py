@@ -108,11 +108,8 @@ def step_fn(model: Autoencoder, x: torch.Tensor, reg=None, reference: bool = Fal
             z = model.reparameterise(mu, logvar)
             return (-model.log_likelihood(x, model.decode(z)) + reg(model, mu, logvar)).mean()
         if tiles:
-            pair_sums.USE_NATIVE = False
-            try:
+            with pair_sums.torch_tiles_only():
                 return model.loss_terms(x).total(1.0)
-            finally:
-                pair_sums.USE_NATIVE = True
         if not reference:
             return model.loss_terms(x).total(1.0)
         with dv.reference_math():

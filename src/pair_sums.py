@@ -30,6 +30,7 @@ which never leaves log space, is used).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,6 +50,17 @@ def spread_ok(*logvars: Tensor) -> bool:
 
 
 USE_NATIVE = True  # src/native.py's compiled loops on CPU; False: the tiled torch code below everywhere
+
+
+@contextlib.contextmanager
+def torch_tiles_only():
+    """Within the block the tiled torch code runs on CPU too, instead of the native loops."""
+    global USE_NATIVE
+    saved, USE_NATIVE = USE_NATIVE, False
+    try:
+        yield
+    finally:
+        USE_NATIVE = saved
 
 
 def _native_chunk(c: Tensor, logvars: tuple, others: tuple = ()) -> int:

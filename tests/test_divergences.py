@@ -693,9 +693,9 @@ def test_native_loops_build_and_are_used_on_cpu():
     assert native.library() is not None, "the native mixture loops did not build (is a C++ compiler installed?)"
     x = torch.randn(3, 4, dtype=F64)
     assert pair_sums._native_chunk(x[0], (x,)) == 4
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pair_sums, "USE_NATIVE", False)
+    with pair_sums.torch_tiles_only():
         assert pair_sums._native_chunk(x[0], (x,)) == 0
+    assert pair_sums._native_chunk(x[0], (x,)) == 4  # switched back after the block
 
 
 def test_mixed_dtypes_never_reach_the_native_loops():
