@@ -5,7 +5,7 @@
       prior, Monte-Carlo KL), and the VampPrior rows (a'') csrae+vamp / vae+vamp, (v) vae+vamp /
       vae+standard. Each ratio twice from the same repetitions: the fused path (the default) and the
       reference path (src.divergences.reference_math, VampPrior encoded in two calls: the code before
-      it); (a*) fused / reference. Targets (issue 9): <= 1.10 at K=50, <= 3.0 at K=500, vamp <= 1.5.
+      it); (a*) fused / reference. Targets: <= 1.10 at K=50, <= 3.0 at K=500, vamp <= 1.5.
   (m) peak RSS of a fresh process after one csrae+gmm K=1000 step, fused and reference (CPU).
   (f) the same step on 2 torch threads / 1 thread, wall clock (CPU).
   (b) the same csrae step with D_CS computed by a naive per-sample Python loop over the batch and

@@ -17,16 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.divergences import (
-    component_log_responsibilities,
-    cs_divergence,
-    cs_divergence_mixtures,
-    kl_monte_carlo,
-    kl_standard_normal,
-    log_normal,
-)
+from src.divergences import component_log_responsibilities, cs_divergence, cs_divergence_mixtures, log_normal
 from src.networks import Decoder, Encoder, build_networks
-from src.priors import Prior, StandardNormal, VampPrior, build_prior
+from src.priors import Prior, build_prior
 from src.schema import enum_value
 
 # Gaussian likelihood: clamp the decoder's per-pixel log-variance (avoids collapse onto a pixel).
@@ -93,8 +86,9 @@ class Autoencoder(nn.Module):
     def encode_with_prior(self, x: Tensor):
         """q(z|x) as (mu, logvar) and the prior's components. A VampPrior's pseudo-inputs go through the
         encoder in the same call as x (one pass instead of two; the encoder treats rows independently)."""
-        if isinstance(self.prior, VampPrior):
-            mu, logvar = self.encoder(torch.cat([x, self.prior.inputs().to(x.dtype)]))
+        inputs = self.prior.encoder_inputs()
+        if inputs is not None:
+            mu, logvar = self.encoder(torch.cat([x, inputs.to(x.dtype)]))
             b = x.shape[0]
             return mu[:b], logvar[:b], (self.prior.logits, mu[b:], logvar[b:])
         mu, logvar = self.encode(x)
@@ -104,9 +98,7 @@ class Autoencoder(nn.Module):
         """R per data point, [B]; components: the prior's, when the caller has them already."""
         logits, p_mu, p_logvar = components if components is not None else self.prior_components()
         if self.objective == "kl":
-            if isinstance(self.prior, StandardNormal):
-                return kl_standard_normal(mu, logvar)
-            return kl_monte_carlo(z, mu, logvar, logits, p_mu, p_logvar)
+            return self.prior.kl(z, mu, logvar, (logits, p_mu, p_logvar))
         if self.variant == "aggregate":
             d = cs_divergence_mixtures(None, mu, logvar, logits, p_mu, p_logvar)
             return d.expand(mu.shape[0])

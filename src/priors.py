@@ -7,7 +7,11 @@
 - NetPrior: K learnable codes mapped by a small network to each component's mean and log-variance.
 
 Component parameters of VampPrior and NetPrior are functions of the encoder / the network, so every
-prior exposes `components(encoder)`; the others ignore the argument.
+prior exposes `components(encoder)`; the others ignore the argument. What else differs between priors
+lives on the class, so that a new prior is a class here (registered in PRIORS) and a YAML file in
+conf/prior/: how it is built from its config (`from_config`), the inputs the encoder maps to its
+components (`encoder_inputs`), its KL from q(z|x) (`kl`), and whether it can be refitted to the
+encoder's codes (`refits_to_codes`, with `fit_to_codes`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from src.divergences import log_mixture_density
+from src.divergences import kl_monte_carlo, kl_standard_normal, log_mixture_density
 from src.schema import enum_value
 
 Components = tuple[Tensor | None, Tensor, Tensor]
@@ -24,9 +28,22 @@ Components = tuple[Tensor | None, Tensor, Tensor]
 class Prior(nn.Module):
     K: int
     latent_dim: int
+    refits_to_codes = False  # True: fit_to_codes(codes, code_vars, seed) refits it (prior.init=kmeans)
+
+    @classmethod
+    def from_config(cls, cfg, latent_dim: int, image_shape: tuple[int, int, int]) -> Prior:
+        raise NotImplementedError
 
     def components(self, encoder: nn.Module | None = None) -> Components:
         raise NotImplementedError
+
+    def encoder_inputs(self) -> Tensor | None:
+        """Inputs whose encodings are the components (a VampPrior's pseudo-inputs), else None."""
+        return None
+
+    def kl(self, z: Tensor, mu: Tensor, logvar: Tensor, components: Components) -> Tensor:
+        """KL(q(z|x) || p(z)) per data point, [B]: a one-sample Monte-Carlo estimate at z."""
+        return kl_monte_carlo(z, mu, logvar, *components)
 
     def log_prob(self, z: Tensor, encoder: nn.Module | None = None) -> Tensor:
         return log_mixture_density(z, *self.components(encoder))
@@ -62,8 +79,15 @@ class StandardNormal(Prior):
         self.register_buffer("mu", torch.zeros(1, latent_dim))
         self.register_buffer("logvar", torch.zeros(1, latent_dim))
 
+    @classmethod
+    def from_config(cls, cfg, latent_dim, image_shape):
+        return cls(latent_dim)
+
     def components(self, encoder=None) -> Components:
         return None, self.mu, self.logvar
+
+    def kl(self, z, mu, logvar, components):
+        return kl_standard_normal(mu, logvar)  # in closed form
 
 
 def _weight_logits(k: int, learned: bool) -> nn.Parameter | None:
@@ -71,6 +95,8 @@ def _weight_logits(k: int, learned: bool) -> nn.Parameter | None:
 
 
 class GaussianMixture(Prior):
+    refits_to_codes = True
+
     def __init__(
         self,
         K: int,
@@ -87,6 +113,11 @@ class GaussianMixture(Prior):
         self.mu = nn.Parameter(torch.randn(K, latent_dim) * init_scale)
         self.raw_logvar = nn.Parameter(torch.full((K, latent_dim), float(init_logvar)))
         self.logits = _weight_logits(K, learned_weights)
+
+    @classmethod
+    def from_config(cls, cfg, latent_dim, image_shape):
+        learned = enum_value(cfg.weights) == "learned"
+        return cls(cfg.K, latent_dim, learned, cfg.init_scale, cfg.init_logvar, cfg.logvar_min, cfg.logvar_max)
 
     def components(self, encoder=None) -> Components:
         return self.logits, self.mu, self.raw_logvar.clamp(self.logvar_min, self.logvar_max)
@@ -136,9 +167,16 @@ class VampPrior(Prior):
         self.pseudo_inputs = nn.Parameter(torch.randn(K, *image_shape) * init_std + init_mean)
         self.logits = _weight_logits(K, learned_weights)
 
+    @classmethod
+    def from_config(cls, cfg, latent_dim, image_shape):
+        return cls(cfg.K, latent_dim, image_shape, enum_value(cfg.weights) == "learned")
+
     def inputs(self) -> Tensor:
         """The pseudo-inputs u_k, [K, C, H, W]."""
         return self.pseudo_inputs.clamp(0.0, 1.0)
+
+    def encoder_inputs(self) -> Tensor:
+        return self.inputs()
 
     def components(self, encoder=None) -> Components:
         if encoder is None:
@@ -170,28 +208,31 @@ class NetPrior(Prior):
             self.net[-1].bias.zero_()
             self.net[-1].weight[:latent_dim].mul_(3.5)
 
+    @classmethod
+    def from_config(cls, cfg, latent_dim, image_shape):
+        learned = enum_value(cfg.weights) == "learned"
+        return cls(cfg.K, latent_dim, cfg.code_dim, cfg.hidden_dim, learned, cfg.logvar_min, cfg.logvar_max)
+
     def components(self, encoder=None) -> Components:
         out = self.net(self.codes)
         mu, logvar = out.chunk(2, dim=-1)
         return self.logits, mu, self.clamp(logvar)
 
 
+PRIORS: dict[str, type[Prior]] = {
+    "standard": StandardNormal,
+    "gmm": GaussianMixture,
+    "vamp": VampPrior,
+    "net": NetPrior,
+}
+
+
 def build_prior(cfg, latent_dim: int, image_shape: tuple[int, int, int]) -> Prior:
     """The prior named by cfg.name (a PriorConfig or DictConfig)."""
     name = enum_value(cfg.name)
-    learned = enum_value(cfg.weights) == "learned"
-    if name == "standard":
-        prior: Prior = StandardNormal(latent_dim)
-    elif name == "gmm":
-        prior = GaussianMixture(
-            cfg.K, latent_dim, learned, cfg.init_scale, cfg.init_logvar, cfg.logvar_min, cfg.logvar_max
-        )
-    elif name == "vamp":
-        prior = VampPrior(cfg.K, latent_dim, image_shape, learned)
-    elif name == "net":
-        prior = NetPrior(cfg.K, latent_dim, cfg.code_dim, cfg.hidden_dim, learned, cfg.logvar_min, cfg.logvar_max)
-    else:
+    if name not in PRIORS:
         raise ValueError(f"unknown prior {name!r}")
+    prior = PRIORS[name].from_config(cfg, latent_dim, image_shape)
     if not cfg.train:
         for p in prior.parameters():
             p.requires_grad_(False)

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from src.checkpoints import fingerprint
 from src.geco import GecoSettings, default_rate
+from src.priors import PRIORS
 from src.schema import enum_value
 
 
@@ -31,10 +32,10 @@ class TrainSettings:
     checkpoint: bool = True
     resume: bool = True
     progress: bool = True
-    kmeans_epoch: int | None = None  # refit a GaussianMixture prior after this epoch
+    kmeans_epoch: int | None = None  # refit a prior that refits to codes (a gmm) after this epoch
     kmeans_samples: int = 2000
     pretrain_epochs: int = 0  # reconstruction-only epochs before training
-    refit_after_pretraining: bool = False  # refit a GaussianMixture prior to the pretrained encoder's codes
+    refit_after_pretraining: bool = False  # refit such a prior to the pretrained encoder's codes
     geco: GecoSettings | None = None  # the reconstruction constraint; None = the scheduled weight
     fingerprint: str = ""  # identifies the configuration a checkpoint belongs to
     compile: bool = False  # torch.compile the training step's forward and backward
@@ -58,7 +59,7 @@ def _model_identity(model: dict) -> dict:
 def train_settings(cfg) -> TrainSettings:
     """What the training loop needs from a config, and the fingerprint its checkpoints carry."""
     t, p, m = cfg.trainer, cfg.prior, cfg.model
-    kmeans = enum_value(p.name) == "gmm" and enum_value(p.init) == "kmeans"
+    kmeans = PRIORS[enum_value(p.name)].refits_to_codes and enum_value(p.init) == "kmeans"
     to_plain = lambda c: OmegaConf.to_container(
         OmegaConf.structured(c) if not OmegaConf.is_config(c) else c,  # noqa
         resolve=True,

@@ -25,7 +25,6 @@ from src.data import DataBundle, binarize
 from src.errors import UserError, first_line
 from src.geco import effective_weight, geco_update, start_log_lambda
 from src.models import Autoencoder, loss_terms_mean
-from src.priors import GaussianMixture
 from src.schema import enum_value
 from src.settings import TrainSettings
 
@@ -241,7 +240,7 @@ def _pretrain(loop: _Loop, state: TrainState, run_dir: Path, on_epoch: Callable[
         tr, _ = _train_epoch(loop, f"pretrain {epoch}/{settings.pretrain_epochs}", step_loss)
         val_recon = _validation_recon(model, data.val.x, 500, device)
         if epoch == settings.pretrain_epochs:
-            if settings.refit_after_pretraining and isinstance(model.prior, GaussianMixture):
+            if settings.refit_after_pretraining and model.prior.refits_to_codes:
                 _refit_mixture(model, data, settings.kmeans_samples, settings.seed, optimizer, device)
             optimizer.state.clear()
         seconds = time.perf_counter() - t0
@@ -320,11 +319,7 @@ def fit(
             return loss, terms.recon, terms.reg
 
         tr, compiling = _train_epoch(loop, f"epoch {epoch}/{settings.epochs}", step_loss, compiled=settings.compile)
-        if (
-            settings.kmeans_epoch is not None
-            and epoch == settings.kmeans_epoch
-            and isinstance(model.prior, GaussianMixture)
-        ):
+        if settings.kmeans_epoch is not None and epoch == settings.kmeans_epoch and model.prior.refits_to_codes:
             _refit_mixture(model, data, settings.kmeans_samples, settings.seed, optimizer, device)
             # The objective changed under the model: earlier validation losses no longer compare.
             state.best_val, state.bad_epochs = math.inf, 0

@@ -399,3 +399,17 @@ def test_vamp_encodes_batch_and_pseudo_inputs_in_one_call(model_name, compose, d
     z = model.reparameterise(mu, logvar)
     torch.testing.assert_close(terms.recon, -model.log_likelihood(x, model.decode(z)), rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(terms.reg, model.regulariser(mu, logvar, z), rtol=1e-10, atol=1e-9)
+
+
+def test_every_prior_file_names_a_registered_class_that_builds_from_its_config():
+    """A prior is a class in src.priors.PRIORS and a file in conf/prior/: nothing else names it."""
+    from helpers import CONF, compose_config
+
+    from src.priors import PRIORS, build_prior
+    from src.schema import PriorName
+
+    files = {f.stem for f in (CONF / "prior").glob("*.yaml")}
+    assert files == set(PRIORS) == {n.value for n in PriorName}
+    for name, cls in PRIORS.items():
+        prior = build_prior(compose_config(f"prior={name}").prior, latent_dim=4, image_shape=(1, 8, 8))
+        assert type(prior) is cls and prior.latent_dim == 4
