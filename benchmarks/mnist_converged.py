@@ -59,6 +59,7 @@ LAMBDA_SEARCH = RESULTS / "mnist_lambda_search.csv"
 LAMBDA_SWEEP = ROOT / "conf" / "sweep" / "csrae_lambda.yaml"  # the search's space and budget
 # Stands for model.reg_weight=<that λ> in a row's overrides (resolve); shown as is in the plan table.
 CHOSEN_LAMBDA = "model.reg_weight=<λ-search>"
+POLL_S = 10  # run_queue: seconds between looks at the running jobs
 KAPPA = 60  # GECO reconstruction target, nats: about where a converged vae+standard reconstructs (provisional)
 
 D, C = "mnist_density", "mnist_clustering"
@@ -442,7 +443,7 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
             )
         if not running:
             break
-        time.sleep(10)
+        time.sleep(POLL_S)
     build_tables(runs)
     report()
     _log("queue empty" + (f"; failed: {sorted(failed)}" if failed else ""))

@@ -475,6 +475,7 @@ def test_the_queue_waits_for_the_lambda_search_then_takes_its_best_validation_tr
     for name in ("COPIES", "TABLE", "PLAN_TABLE", "LAMBDA_SEARCH"):
         monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
     monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setattr(q, "POLL_S", 0.1)  # look at the jobs often: they take seconds
     monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -513,6 +514,7 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
     monkeypatch.setattr(q, "COPIES", tmp_path / "results" / "mnist_converged_runs")
     monkeypatch.setattr(q, "TABLE", tmp_path / "results.csv")
     monkeypatch.setattr(q, "PLAN_TABLE", tmp_path / "plan.csv")
+    monkeypatch.setattr(q, "POLL_S", 0.1)  # look at the jobs often: they take seconds
     monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -548,6 +550,7 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     for name in ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"):
         monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
     monkeypatch.setattr(q, "report", lambda: None)
+    monkeypatch.setattr(q, "POLL_S", 0.1)  # look at the jobs often: they take seconds
     monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -276,7 +276,8 @@ def test_two_runs_started_in_the_same_second_both_run_in_their_own_dirs(tmp_path
 def test_a_killed_run_leaves_no_stale_lock(tmp_path, run_cli, cli_env):
     """The lock dies with its process: after SIGKILL the same command resumes."""
     run_dir = tmp_path / "run"
-    cmd = cli_command(run_dir, ["trainer.epochs=30", "prior.K=3"])
+    # 10 epochs: time to kill it after its first checkpoint, few for the resume to train.
+    cmd = cli_command(run_dir, ["trainer.epochs=10", "prior.K=3"])
     p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -289,7 +290,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path, run_cli, cli_env):
         if p.poll() is None:
             p.kill()
     assert (run_dir / ".lock").exists()
-    proc = run_cli(run_dir, "trainer.epochs=30", "prior.K=3")
+    proc = run_cli(run_dir, "trainer.epochs=10", "prior.K=3")
     assert proc.returncode == 0, proc.stderr
     assert "resumed from" in proc.stdout
 

@@ -152,6 +152,7 @@ RESUME = [
     "prior.kmeans_epoch=3",
     "prior.kmeans_samples=500",
     "trainer.seed=1",
+    "dataset.max_train=500",  # 5 batches an epoch: the resume is what is tested, not the training
 ]
 
 

@@ -125,16 +125,16 @@ def test_grid_sweep_writes_every_jobs_outputs(tmp_path):
 def test_optuna_sweep_completes_and_rerun_resumes_the_study(tmp_path):
     import pandas as pd
 
-    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "first", 3))
+    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "first", 2))
     study = load_study(tmp_path, "csrae_optuna")
-    assert states(study) == {"COMPLETE": 3}
+    assert states(study) == {"COMPLETE": 2}
 
     first = tmp_path / "first"
     assert (first / "optimization_results.yaml").exists()
     best = OmegaConf.load(first / "optimization_results.yaml")
     assert best.best_value == pytest.approx(study.best_value)
     table = pd.read_csv(first / "trials.csv")
-    assert len(table) == 3 and {"val_nll", "run_dir", "run_status", "params_prior.K"} <= set(table.columns)
+    assert len(table) == 2 and {"val_nll", "run_dir", "run_status", "params_prior.K"} <= set(table.columns)
     assert (table["run_status"] == "completed").all()
     for t in study.trials:  # every job's results.json carries its trial (study, number, params)
         job = first / str(t.user_attrs["job_num"])
@@ -144,12 +144,12 @@ def test_optuna_sweep_completes_and_rerun_resumes_the_study(tmp_path):
         assert r["val_nll"] == pytest.approx(t.value)
         assert r["K"] == t.params["prior.K"] and r["model"] == "csrae"
 
-    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "second", 3))
+    sweep(tmp_path, *optuna_args(tmp_path, "csrae_optuna", "second", 2))
     study = load_study(tmp_path, "csrae_optuna")
-    assert states(study) == {"COMPLETE": 6}
-    assert [t.number for t in study.trials] == list(range(6))
+    assert states(study) == {"COMPLETE": 4}
+    assert [t.number for t in study.trials] == list(range(4))
     table = pd.read_csv(tmp_path / "second" / "trials.csv")
-    assert len(table) == 6 and (table["run_status"] == "completed").all()
+    assert len(table) == 4 and (table["run_status"] == "completed").all()
     assert set(table["run_dir"].map(lambda p: Path(p).parent.name)) == {"first", "second"}
 
 

@@ -192,13 +192,25 @@ def storage_errors() -> tuple:
 _PERMANENT = ("not a database", "malformed", "readonly", "read-only", "unable to open")
 
 
-def storage_error(storage: Any, e: BaseException) -> StudyStorageError:
-    """One line saying what is wrong with the storage (optuna's own text for a failed write blames
-    "exceeding max length", which is never the reason here)."""
+def _chain(e: BaseException) -> list[BaseException]:
+    """e and the errors it was raised from (optuna wraps SQLAlchemy's, which wraps the driver's)."""
     chain, x = [], e
     while x is not None and len(chain) < 6:
         chain.append(x)
         x = x.__cause__ or x.__context__
+    return chain
+
+
+def _permanent(e: BaseException) -> bool:
+    """A storage error that waiting cannot cure (a corrupt or read-only file), wherever in the chain it is said."""
+    text = " ".join(str(c) for c in _chain(e)).lower()
+    return any(p in text for p in _PERMANENT)
+
+
+def storage_error(storage: Any, e: BaseException) -> StudyStorageError:
+    """One line saying what is wrong with the storage (optuna's own text for a failed write blames
+    "exceeding max length", which is never the reason here)."""
+    chain = _chain(e)
     text = " ".join(str(c) for c in chain).lower()
     where = f"study storage {masked(storage)}"
     if "not a database" in text or "malformed" in text:
@@ -230,7 +242,7 @@ def retrying(storage: Any, call, *args, **kwargs):
         try:
             return call(*args, **kwargs)
         except storage_errors() as e:
-            if wait is None or any(p in str(e).lower() for p in _PERMANENT):
+            if wait is None or _permanent(e):
                 raise storage_error(storage, e) from None
             log.warning("%s; trying again in %d s", storage_error(storage, e), wait)
             time.sleep(wait)
@@ -290,7 +302,7 @@ def ensure_study(
                     study.set_metric_names(list(metric_names))
             return study
         except SQLAlchemyError as e:  # two processes creating the schema or the study at once: retry
-            if attempt == attempts - 1 or any(p in str(e).lower() for p in _PERMANENT):
+            if attempt == attempts - 1 or _permanent(e):
                 raise storage_error(storage, e) from None
             log.warning("creating study %s: %s; retrying", study_name, type(e).__name__)
             time.sleep(0.5 + attempt)
