@@ -16,6 +16,7 @@ import threading
 
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
 _last_signal = signal.SIGINT
+_previous_hook = sys.unraisablehook  # what reports every other unraisable exception (pytest has its own)
 
 
 def raise_keyboard_interrupt(signum, frame):
@@ -33,7 +34,7 @@ def _deliver_again(unraisable) -> None:
         timer.daemon = True
         timer.start()
         return
-    sys.__unraisablehook__(unraisable)
+    _previous_hook(unraisable)
 
 
 def install() -> None:
@@ -45,7 +46,9 @@ def install() -> None:
                 signal.signal(sig, raise_keyboard_interrupt)
     except ValueError:
         return
-    sys.unraisablehook = _deliver_again
+    global _previous_hook
+    if sys.unraisablehook is not _deliver_again:
+        _previous_hook, sys.unraisablehook = sys.unraisablehook, _deliver_again
 
 
 def restore(handlers: tuple) -> None:

@@ -49,3 +49,27 @@ def test_a_process_started_to_ignore_ctrl_c_keeps_ignoring_it():
     script = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + SCRIPT.format(sig="SIGINT")
     p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stdout.strip()) == (0, "went on"), p.stdout + p.stderr
+
+
+def test_other_lost_exceptions_still_reach_the_hook_that_was_there():
+    """Only a lost interrupt is taken over; any other exception in a finalizer goes where it went before
+    (pytest, for one, installs its own hook to report them)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from src import interrupts
+
+        seen = []
+        sys.unraisablehook = lambda u: seen.append(u.exc_type.__name__)
+        interrupts.install()
+
+        class Finalized:
+            def __del__(self):
+                raise ValueError("in a finalizer")
+
+        Finalized()
+        print(seen)
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "['ValueError']", p.stdout + p.stderr
