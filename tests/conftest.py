@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli import subprocess_env
-from helpers import REPO, cli_command, compose_config
+from helpers import REPO, cli_command, compose_config, make_finished_run
 
 if str(REPO) not in sys.path:  # `import src` also when pytest is started from elsewhere
     sys.path.insert(0, str(REPO))
@@ -41,16 +41,7 @@ def finished_run(tmp_path_factory, cli_env) -> Path:
     """A finished one-epoch run (csrae + gmm K=3 on digits, the TINY settings: clustering and few-label
     accuracies on), made once by `python -m src.run`. Shared: copy it before changing anything in it."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = subprocess.run(
-        cli_command(run_dir, ["prior.K=3"]),
-        cwd=tmp_path_factory.mktemp("cwd"),
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return run_dir
+    return make_finished_run(run_dir, ["prior.K=3"], cwd=tmp_path_factory.mktemp("cwd"), env=cli_env)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ conftest.py.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,6 +39,15 @@ def cli_command(run_dir: Path, overrides: Iterable[str], tiny: bool = True) -> l
     """The `python -m src.run` command line of one run into run_dir."""
     args = with_tiny(overrides) if tiny else list(overrides)
     return [sys.executable, "-m", "src.run", *args, f"hydra.run.dir={run_dir}"]
+
+
+def make_finished_run(run_dir: Path, overrides: Iterable[str], cwd: Path, env: dict) -> Path:
+    """Run `python -m src.run` into run_dir with the tiny settings and the overrides; fail the caller's
+    test with the run's stderr unless it finishes."""
+    command = cli_command(run_dir, overrides)
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
 
 
 def read_results(run_dir: Path) -> dict:

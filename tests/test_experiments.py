@@ -462,23 +462,30 @@ def test_the_committed_tables_hold_no_lambda_chosen_on_test_data():
             assert (plan[name]["state"] == "waiting") == (lam is None), name
 
 
-def test_the_queue_waits_for_the_lambda_search_then_takes_its_best_validation_trial(tmp_path, monkeypatch):
+def _queue_in(tmp_path, monkeypatch, plan, tables) -> tuple:
+    """The queue module running `plan` into tmp_path/runs, its `tables` under tmp_path/results, no report."""
     q = _queue_module()
-    monkeypatch.setattr(
-        q,
-        "PLAN",
-        [
-            ("csrae_s0", "digits_smoke", ["model=csrae", q.CHOSEN_LAMBDA, "trainer.epochs=1", "eval.is_samples=5"]),
-            ("vae_s0", "digits_smoke", ["model=vae", "trainer.epochs=1", "eval.is_samples=5"]),
-        ],
-    )
-    for name in ("COPIES", "TABLE", "PLAN_TABLE", "LAMBDA_SEARCH"):
+    monkeypatch.setattr(q, "PLAN", plan(q))
+    for name in tables:
         monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
     monkeypatch.setattr(q, "report", lambda: None)
     monkeypatch.setattr(q, "POLL_S", 0.1)  # look at the jobs often: they take seconds
     monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
     runs = tmp_path / "runs"
     runs.mkdir()
+    return q, runs
+
+
+def test_the_queue_waits_for_the_lambda_search_then_takes_its_best_validation_trial(tmp_path, monkeypatch):
+    q, runs = _queue_in(
+        tmp_path,
+        monkeypatch,
+        lambda q: [
+            ("csrae_s0", "digits_smoke", ["model=csrae", q.CHOSEN_LAMBDA, "trainer.epochs=1", "eval.is_samples=5"]),
+            ("vae_s0", "digits_smoke", ["model=vae", "trainer.epochs=1", "eval.is_samples=5"]),
+        ],
+        ("COPIES", "TABLE", "PLAN_TABLE", "LAMBDA_SEARCH"),
+    )
     q.run_queue(runs, parallel=1, only=None)  # no λ search yet: csrae waits, the vae row trains
     assert not (runs / "csrae_s0").exists() and q.state("vae_s0", runs)[0] == "done"
     with open(q.PLAN_TABLE) as f:
@@ -538,22 +545,15 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
 
 
 def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
-    q = _queue_module()
-    monkeypatch.setattr(
-        q,
-        "PLAN",
-        [
+    q, runs = _queue_in(
+        tmp_path,
+        monkeypatch,
+        lambda q: [
             ("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
             ("b_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5", "model=vae"]),
         ],
+        ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"),
     )
-    for name in ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"):
-        monkeypatch.setattr(q, name, tmp_path / "results" / name.lower())
-    monkeypatch.setattr(q, "report", lambda: None)
-    monkeypatch.setattr(q, "POLL_S", 0.1)  # look at the jobs often: they take seconds
-    monkeypatch.setenv("PYTHONPATH", str(Path(q.ROOT)))
-    runs = tmp_path / "runs"
-    runs.mkdir()
     q.run_queue(runs, parallel=2, only=None)
     row = q.paired("a_s0", "b_s0", runs, samples=5)
     per_point = {

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_command, read_results
+from helpers import cli_command, make_finished_run, read_results
 
 QUICK = ["trainer.epochs=2", "prior.K=3"]
 
@@ -87,16 +87,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 def tiny_run(tmp_path_factory, cli_env) -> Path:
     """A finished two-epoch run (csrae + gmm K=3 on digits), to copy."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    proc = subprocess.run(
-        cli_command(run_dir, QUICK),
-        cwd=tmp_path_factory.mktemp("cwd"),
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return run_dir
+    return make_finished_run(run_dir, QUICK, cwd=tmp_path_factory.mktemp("cwd"), env=cli_env)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ tests/test_sweeps.py (digits, 1 epoch, S = 10, storage and sweep dirs under tmp_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import time
@@ -122,6 +123,32 @@ def test_journal_file_sweep_with_pruning_on_slurm(tmp_path):
     assert sorted(slurm_states(d).values()) == ["COMPLETED"] * 4
 
 
+@contextlib.contextmanager
+def sweep_with_jobs_training(command: list[str], cwd: Path, sweep_dir: Path, jobs: list[str]):
+    """Start the sweep command and yield its process once every job in `jobs` has trained two epochs.
+    On the way out a sweep still running is killed and its SLURM jobs cancelled."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
+            metrics = [sweep_dir / job / "metrics.csv" for job in jobs]
+            if all(m.exists() and len(m.read_text().splitlines()) >= 3 for m in metrics):  # header + 2 epochs
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"jobs {jobs} never all started training")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(
+                ["scancel", *(p.name for p in (sweep_dir / ".submitit").glob("*_*") if p.is_dir())], timeout=30
+            )
+
+
 def slow_first_trial(cfg, trial) -> None:
     """custom_search_space hook: trial 0 trains for 400 epochs (long enough to be cancelled while it
     runs), the others for 1."""
@@ -140,27 +167,12 @@ def test_scancelled_job_is_recorded_and_the_sweep_goes_on(tmp_path):
         "hydra.sweeper.custom_search_space=tests.test_slurm.slow_first_trial",
     ]
     command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        # Job 0 (trial 0) is task 0 of the first job array; cancel it once it trains.
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
-            metrics = d / "0" / "metrics.csv"
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2 epochs
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("job 0 never started training")
+    # Job 0 (trial 0) is task 0 of the first job array; cancel it once it trains.
+    with sweep_with_jobs_training(command, cwd, d, ["0"]) as proc:
         first = [p.name for p in (d / ".submitit").iterdir() if p.name.endswith("_0")]
         assert len(first) == 1, first
         subprocess.run(["scancel", first[0]], check=True, timeout=30)
         out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, out[-4000:]
 
     r = results(d / "0")
@@ -197,27 +209,11 @@ def test_scancelled_pending_job_fails_its_trial_and_the_sweep_goes_on(tmp_path):
         "pruner=none",
     ]
     command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
-            metrics = [d / job / "metrics.csv" for job in ("0", "1")]
-            if all(m.exists() and len(m.read_text().splitlines()) >= 3 for m in metrics):  # header + 2 epochs
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("jobs 0 and 1 never both started training")
+    with sweep_with_jobs_training(command, cwd, d, ["0", "1"]) as proc:
         pending = [p.name for p in (d / ".submitit").iterdir() if p.is_dir() and p.name.endswith("_2")]
         assert len(pending) == 1 and not (d / "2").exists(), pending
         subprocess.run(["scancel", pending[0]], check=True, timeout=30)
         out, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", *(p.name for p in (d / ".submitit").glob("*_*") if p.is_dir())], timeout=30)
     assert proc.returncode == 0, out[-4000:]
     assert "Traceback" not in out, out[-4000:]
 
@@ -251,28 +247,12 @@ def test_scancelled_array_stops_the_sweep(tmp_path):
         "hydra.sweeper.custom_search_space=tests.test_slurm.slow_trials",
     ]
     command = [a for a in _command(*args) if not a.startswith("trainer.epochs=")]  # the hook sets it
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            assert proc.poll() is None, f"the sweep ended before the cancel:\n{proc.stdout.read()[-4000:]}"
-            metrics = [d / job / "metrics.csv" for job in ("0", "1")]
-            if all(m.exists() and len(m.read_text().splitlines()) >= 3 for m in metrics):  # header + 2 epochs
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("jobs 0 and 1 never both started training")
+    with sweep_with_jobs_training(command, cwd, d, ["0", "1"]) as proc:
         tasks = sorted(p.name for p in (d / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
         array = tasks[0].split("_")[0]
         assert tasks == [f"{array}_{i}" for i in range(3)], tasks
         subprocess.run(["scancel", array], check=True, timeout=30)
         out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", *(p.name for p in (d / ".submitit").glob("*_*") if p.is_dir())], timeout=30)
     assert proc.returncode == 130, out[-4000:]
     assert "Traceback" not in out, out[-4000:]
     last = out.strip().splitlines()[-1]
