@@ -7,6 +7,7 @@ the worker processes (hydra.sweeper.budget=study).
     python benchmarks/mnist_lambda_search.py             # run or resume the search (2 workers), then --csv
     python benchmarks/mnist_lambda_search.py --workers 1
     python benchmarks/mnist_lambda_search.py --csv       # write benchmarks/results/mnist_lambda_search.csv
+                                                         # and its figure, mnist_lambda_search.png
 
 The study is a journal file in the runs dir (CSRAE_RUNS_DIR, default ~/csrae-runs/mnist_converged), so a
 killed search resumes: its RUNNING trials are closed first (COMPLETE from a finished job's results.json,
@@ -177,6 +178,59 @@ def write_csv(runs: Path) -> Path:
     return LAMBDA_SEARCH
 
 
+def draw(table: Path = LAMBDA_SEARCH) -> Path:
+    """The search at a glance, from its CSV, beside it as .png: left, each finished trial's val NLL against
+    λ (95% interval; pruned trials as ticks at their λ); right, the interim val NLL curves the pruner
+    compared, one per trial, coloured by λ."""
+    import matplotlib.colors as mcolors
+
+    from src.plotting import pyplot
+
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["state"] in ("COMPLETE", "PRUNED")]
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    done = sorted(
+        (float(r["reg_weight"]), float(r["val_nll"]), float(r["val_nll_sem"] or 0))
+        for r in rows
+        if r["state"] == "COMPLETE"
+    )
+    if done:
+        lam, nll, sem = zip(*done)
+        left.errorbar(lam, nll, yerr=[1.96 * s for s in sem], fmt="o-", capsize=3, label="finished")
+        best = min(done, key=lambda d: d[1])
+        left.annotate(
+            f"best: λ = {best[0]:.3g}", (best[0], best[1]), textcoords="offset points", xytext=(0, 10), ha="center"
+        )
+    for r in rows:
+        if r["state"] == "PRUNED":
+            left.axvline(float(r["reg_weight"]), color="grey", ls=":", lw=1)
+    left.plot([], [], color="grey", ls=":", label="pruned")
+    left.set(xscale="log", xlabel="λ (model.reg_weight)", ylabel="val NLL (nats)", title="finished trials")
+    left.legend()
+    lams = [float(r["reg_weight"]) for r in rows]
+    norm = mcolors.LogNorm(min(lams), max(lams)) if lams else None
+    for r in rows:
+        curve = {int(k): v for k, v in json.loads(r["interims"] or "{}").items()}
+        if curve:
+            epochs = sorted(curve)
+            right.plot(
+                epochs,
+                [curve[e] for e in epochs],
+                color=plt.cm.viridis(norm(float(r["reg_weight"]))),
+                ls="-" if r["state"] == "COMPLETE" else "--",
+            )
+    if norm is not None:
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=right, label="λ")
+    right.set(xlabel="epoch", ylabel="interim val NLL (nats)", title="what the pruner compared")
+    fig.suptitle(f"λ search, csrae + gmm K=10 on MNIST: {len(done)} finished, {len(rows) - len(done)} pruned")
+    fig.tight_layout()
+    out = table.with_suffix(".png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", action="store_true", help="only write the CSV from the study")
@@ -188,7 +242,8 @@ def main(argv=None) -> None:
     (runs / "lambda_search").mkdir(parents=True, exist_ok=True)
     if not args.csv:
         run_search(runs, max(1, args.workers), args.extra)
-    print(f"wrote {write_csv(runs)}")
+    table = write_csv(runs)
+    print(f"wrote {table} and {draw(table)}")
 
 
 if __name__ == "__main__":

@@ -605,3 +605,6 @@ def test_a_lambda_search_whose_runs_dir_was_lost_goes_on_from_its_csv(tmp_path, 
         ("PRUNED", "12.0", "", "", "/lost/1"),
     ]
     assert json.loads(rows[0]["interims"]) == {"10": 120.5, "60": 97.1}
+    # Its figure is drawn from the CSV alone, beside it.
+    png = search.draw(search.LAMBDA_SEARCH)
+    assert png == tmp_path / "mnist_lambda_search.png" and png.read_bytes()[:4] == b"\x89PNG"
