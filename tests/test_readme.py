@@ -71,6 +71,15 @@ def test_readmes_mnist_numbers_are_the_committed_ones():
     assert (diff, lo, hi) == tuple(number(float(pair[k]), 2) for k in ("diff", "ci95_lo", "ci95_hi"))
 
 
+def test_readmes_chosen_lambda_is_the_searchs_best_validation_trial():
+    text = _section("CS vs KL on MNIST: where the answer stands")
+    found = re.search(r"λ = \*\*([\d.]+)\*\* has the\s+lowest validation NLL, ([\d.]+) ± ([\d.]+)", text)
+    assert found, text
+    rows = [r for r in _csv(REPO / "benchmarks" / "results" / "mnist_lambda_search.csv") if r["val_nll"]]
+    best = min(rows, key=lambda r: float(r["val_nll"]))
+    assert found.groups() == tuple(number(float(best[k]), 2) for k in ("reg_weight", "val_nll", "val_nll_sem"))
+
+
 def _anchors() -> list[dict]:
     """docs/MATH.md's table of published anchors, one dict per row."""
     text = (REPO / "docs" / "MATH.md").read_text().split("## Published anchors\n", 1)[1]
