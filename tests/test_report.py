@@ -177,6 +177,44 @@ def test_paired_comparisons_match_scipy_and_holm(report):
         np.testing.assert_allclose(c["p_holm"], [holm[p] for p in pvals], atol=1e-12)
 
 
+def test_models_are_compared_at_their_own_weights():
+    """A tuned pair (vae at β = 1, csrae at its λ, same seeds) is compared: each model's reg_weight is its
+    own knob, not part of the setting. A grid over weights is compared only at equal weights."""
+    from src.report.tables import comparisons_display
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, weight in (("vae", 1.0), ("csrae", 2.63)):  # the tuned pair: gmm K=10, seeds 0-2
+        rows += [dict(model=model, prior="gmm", K=10, reg_weight=weight, seed=s) for s in range(3)]
+    for model in ("vae", "csrae"):  # a grid: vamp K=5, both models at both weights
+        rows += [dict(model=model, prior="vamp", K=5, reg_weight=w, seed=s) for w in (0.5, 2.0) for s in range(2)]
+    runs = pd.DataFrame(rows).assign(run=lambda d: [f"r{i}" for i in range(len(d))], status=A.COMPLETED)
+    runs["test_nll"] = 90 + rng.normal(size=len(runs)) + np.where(runs["model"] == "csrae", 1.0, 0.0)
+
+    c = A.paired_comparisons(runs, "test_nll")
+    tuned = c[c["prior"] == "gmm"]
+    assert len(tuned) == 1
+    (t,) = tuned.to_dict("records")
+    assert (t["a"], t["weight_a"], t["b"], t["weight_b"], t["n"]) == ("csrae", 2.63, "vae", 1.0, 3)
+    assert math.isnan(t["reg_weight"])
+    a, b = (
+        runs[(runs["prior"] == "gmm") & (runs["model"] == m)].set_index("seed")["test_nll"] for m in ("csrae", "vae")
+    )
+    assert t["diff"] == pytest.approx((a - b).mean(), abs=1e-12)
+    assert t["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, abs=1e-12)
+    grid = c[c["prior"] == "vamp"].sort_values("reg_weight")
+    assert list(grid["reg_weight"]) == [0.5, 2.0]
+    assert (grid["weight_a"] == grid["reg_weight"]).all() and (grid["weight_b"] == grid["reg_weight"]).all()
+    assert (grid["n"] == 2).all()
+
+    keys = A.group_keys(runs)
+    shown = comparisons_display({"test_nll": c}, keys)
+    assert "csrae (λ=2.63) − vae (β=1)" in set(shown["a − b"])
+    assert "gmm, K=10" in set(shown["setting"])
+    sentence = A.describe_comparison(tuned.iloc[0], "test_nll", keys)
+    assert sentence.startswith("gmm, K=10: ") and "csrae (λ=2.63)" in sentence and "vae (β=1)" in sentence
+
+
 def test_statistics_helpers():
     s = A.mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert s["n"] == 3 and s["mean"] == 2.0 and s["std"] == 1.0

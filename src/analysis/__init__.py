@@ -11,7 +11,8 @@ unreadable runs stay in the run table with their status and are excluded from ev
 Main entry points (all importable from here, `from src import analysis as A`):
     load_runs(path)               -> one row per run (config columns, every result key, status, ...)
     summarize(runs)               -> grouped over seeds: mean, std, 95% CI (t), n per metric
-    paired_comparisons(runs, m)   -> model vs model on the same seeds: paired t-test per context
+    paired_comparisons(runs, m)   -> model vs model on the same seeds: paired t-test per setting (each
+                                     model at its own weight when it has one there)
     verdict(runs, ...)            -> sentences written from the data
     optuna_studies(runs)          -> the Optuna sweeps among the runs, one trials table each
     param_importances(study)      -> each searched parameter's importance for the objective
@@ -34,7 +35,15 @@ from src.analysis.figures import (
     plot_val_curves,
     save,
 )
-from src.analysis.grouping import candidate_keys, config_label, group_keys, short_key, varying_keys
+from src.analysis.grouping import (
+    candidate_keys,
+    config_label,
+    group_keys,
+    setting_label,
+    short_key,
+    side_labels,
+    varying_keys,
+)
 from src.analysis.loading import (
     NoRunsError,
     completed,
@@ -103,7 +112,9 @@ __all__ = [
     "plot_rate_distortion",
     "plot_val_curves",
     "save",
+    "setting_label",
     "short_key",
+    "side_labels",
     "show",
     "status_counts",
     "summarize",

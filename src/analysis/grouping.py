@@ -66,3 +66,18 @@ def config_label(values: dict, keys: Sequence[str]) -> str:
         else:
             parts.append(f"{short_key(k, model)}={number(v)}")
     return ", ".join(parts) if parts else "all runs"
+
+
+def side_labels(row: dict) -> dict:
+    """The names of a paired comparison's two sides, {model: label}: the model alone, or with its own
+    weight ('csrae (λ=2.63)') when the two sides were run at different weights."""
+    wa, wb = row.get("weight_a"), row.get("weight_b")
+    if wa is None or wb is None or pd.isna(wa) or pd.isna(wb) or wa == wb:
+        return {row["a"]: str(row["a"]), row["b"]: str(row["b"])}
+    return {m: f"{m} ({short_key('reg_weight', m)}={number(w)})" for m, w in ((row["a"], wa), (row["b"], wb))}
+
+
+def setting_label(row: dict, keys: Sequence[str]) -> str:
+    """The setting a comparison row was made in: its keys except the model (and the weight when the
+    sides differ in it)."""
+    return config_label(row, [k for k in keys if k != "model" and not (k == "reg_weight" and pd.isna(row.get(k)))])

@@ -101,16 +101,48 @@ def per_seed(g: pd.DataFrame, metric: str) -> pd.Series:
     return v.groupby("seed")[metric].mean().astype(float)
 
 
+def _settings(ok: pd.DataFrame, keys: list[str], between: str):
+    """(setting values, runs) in which the values of `between` are compared. reg_weight is each model's
+    own knob (β of the VAE, λ of CSRAE), so when every model of a setting was run at a single weight
+    there (each at its own, e.g. a tuned pair), the models are compared at those weights and the setting
+    holds the weight only when all share it; otherwise they are compared only at equal weights."""
+    loose = [k for k in keys if k != "reg_weight"] if between == "model" else keys
+    if loose == keys:
+        yield from ((dict(zip(keys, c if isinstance(c, tuple) else (c,))), g) for c, g in _groups(ok, keys))
+        return
+    for ctx, g in _groups(ok, loose):
+        values = dict(zip(loose, ctx if isinstance(ctx, tuple) else (ctx,)))
+        if g.groupby(between)["reg_weight"].nunique(dropna=False).max() <= 1:
+            weights = g["reg_weight"].unique()
+            yield {**values, "reg_weight": weights[0] if len(weights) == 1 else np.nan}, g
+        else:
+            for w, gw in g.groupby("reg_weight", dropna=False, sort=True):
+                yield {**values, "reg_weight": w}, gw
+
+
+def _groups(df: pd.DataFrame, keys: list[str]):
+    return df.groupby(keys, dropna=False, sort=True) if keys else [((), df)]
+
+
+def _weight(g: pd.DataFrame) -> float:
+    """The one reg_weight of one side's runs (NaN when the runs have none)."""
+    w = g["reg_weight"].dropna().unique() if "reg_weight" in g else []
+    return float(w[0]) if len(w) == 1 else np.nan
+
+
 def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") -> pd.DataFrame:
-    """For each context (all other grouping keys equal), every pair of `between` values compared on
-    the seeds both have: mean difference (a − b), its 95% CI, paired t-test p and Holm-adjusted p over
-    the rows of this table. `better` names the value with the better mean for this metric."""
+    """For each setting (all other grouping keys equal; see _settings for the models' own weights), every
+    pair of `between` values compared on the seeds both have: mean difference (a − b), its 95% CI, paired
+    t-test p and Holm-adjusted p over the rows of this table. weight_a and weight_b are each side's
+    reg_weight; `better` names the value with the better mean for this metric."""
     ok = completed(runs)
     ok = ok[pd.to_numeric(ok[metric], errors="coerce").notna()] if metric in ok else ok.iloc[0:0]
     keys = [k for k in group_keys(runs) if k != between]
     cols = keys + [
         "a",
         "b",
+        "weight_a",
+        "weight_b",
         "n",
         "seeds",
         "mean_a",
@@ -129,18 +161,18 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
         return pd.DataFrame(columns=cols)
     higher = metric_info(metric).higher_is_better
     rows = []
-    groups = ok.groupby(keys, dropna=False, sort=True) if keys else [((), ok)]
-    for ctx, g in groups:
-        ctx = ctx if isinstance(ctx, tuple) else (ctx,)
+    for ctx, g in _settings(ok, keys, between):
         values = sorted(g[between].dropna().unique(), key=value_order)
         for a, b in combinations(values, 2):
-            r = paired_test(per_seed(g[g[between] == a], metric), per_seed(g[g[between] == b], metric))
+            ga, gb = g[g[between] == a], g[g[between] == b]
+            r = paired_test(per_seed(ga, metric), per_seed(gb, metric))
             if r["n"] == 0:
                 continue
             better = None
             if np.isfinite(r["diff"]) and r["diff"] != 0:
                 better = a if (r["diff"] > 0) == higher else b
-            rows.append({**dict(zip(keys, ctx)), "a": a, "b": b, **r, "better": better, "metric": metric})
+            sides = {"a": a, "b": b, "weight_a": _weight(ga), "weight_b": _weight(gb)}
+            rows.append({**ctx, **sides, **r, "better": better, "metric": metric})
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)

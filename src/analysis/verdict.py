@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from src.analysis.grouping import config_label, group_keys, select_rows, short_key, value_order
+from src.analysis.grouping import (
+    config_label,
+    group_keys,
+    select_rows,
+    setting_label,
+    short_key,
+    side_labels,
+    value_order,
+)
 from src.analysis.loading import completed, status_counts
 from src.analysis.stats import best_configs, paired_comparisons, paired_test, per_seed, summarize
 from src.analysis.studies import OptunaStudy, optuna_studies
@@ -19,19 +27,20 @@ from src.formatting import MANY_TO_ONE, number, p_value
 def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str:
     """One sentence for a paired comparison row: honest about n and significance."""
     m = METRICS[metric]
-    ctx = config_label(row.to_dict(), [k for k in keys if k not in ("model",)])
+    ctx = setting_label(row.to_dict(), keys)
     where = f"{ctx}: " if ctx != "all runs" else ""
     n, dg, unit = int(row["n"]), metric_digits(metric), unit_suffix(metric)
     seeds = f"{n} seed{'s' if n != 1 else ''}"
+    name = side_labels(row.to_dict())
+    a, b = name[row["a"]], name[row["b"]]
     if n < 2:
         return (
-            f"{where}{row['a']} vs {row['b']} on {m.label}: only {seeds} in common "
-            f"({row['a']} {number(row['mean_a'], dg)}, {row['b']} {number(row['mean_b'], dg)}); "
-            f"too few seeds to tell."
+            f"{where}{a} vs {b} on {m.label}: only {seeds} in common "
+            f"({a} {number(row['mean_a'], dg)}, {b} {number(row['mean_b'], dg)}); too few seeds to tell."
         )
     if row["better"] is None or pd.isna(row["better"]):
-        return f"{where}{row['a']} and {row['b']} tie on {m.label} over {seeds} ({number(row['mean_a'], dg)})."
-    winner, loser = row["better"], (row["b"] if row["better"] == row["a"] else row["a"])
+        return f"{where}{a} and {b} tie on {m.label} over {seeds} ({number(row['mean_a'], dg)})."
+    winner, loser = (a, b) if row["better"] == row["a"] else (b, a)
     diff = abs(row["diff"])
     ci = row["diff_ci95"]
     pm = f" ± {number(ci, dg)}" if np.isfinite(ci) else ""

@@ -85,7 +85,8 @@ def build_report(target, out_root: Path = OUTPUTS / "reports", name: str | None 
     cd = comparisons_display(comps, keys)
     doc.h(2, "Paired comparisons between models")
     doc.p(
-        "Same setting, same seeds: difference a − b, paired t-test, Holm-adjusted within each metric (comparisons.csv)."
+        "Same setting, same seeds, each model at its own weight (β, λ) when it has one there: difference a − b, "
+        "paired t-test, Holm-adjusted within each metric (comparisons.csv)."
     )
     doc.table(cd)
 

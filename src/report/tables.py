@@ -64,12 +64,12 @@ def comparisons_display(comps: dict, keys: Sequence[str]) -> pd.DataFrame:
     for metric, t in comps.items():
         d = A.metric_digits(metric)
         for _, r in t.iterrows():
-            ctx = A.config_label(r.to_dict(), [k for k in keys if k != "model"])
+            name = A.side_labels(r.to_dict())
             rows.append(
                 {
                     "metric": A.METRICS[metric].label,
-                    "setting": ctx,
-                    "a − b": f"{r['a']} − {r['b']}",
+                    "setting": A.setting_label(r.to_dict(), keys),
+                    "a − b": f"{name[r['a']]} − {name[r['b']]}",
                     "seeds": r["seeds"],
                     "mean a": number(r["mean_a"], d),
                     "mean b": number(r["mean_b"], d),
@@ -77,7 +77,7 @@ def comparisons_display(comps: dict, keys: Sequence[str]) -> pd.DataFrame:
                     + (f" ± {number(r['diff_ci95'], d)}" if np.isfinite(r["diff_ci95"]) else ""),
                     "p": number(r["p"], 3),
                     "p (Holm)": number(r["p_holm"], 3),
-                    "better": "–" if pd.isna(r["better"]) else r["better"],
+                    "better": "–" if pd.isna(r["better"]) else name[r["better"]],
                     "significant": "yes" if r["significant"] else "no",
                 }
             )
