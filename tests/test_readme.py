@@ -80,6 +80,34 @@ def test_readmes_chosen_lambda_is_the_searchs_best_validation_trial():
     assert found.groups() == tuple(number(float(best[k]), 2) for k in ("reg_weight", "val_nll", "val_nll_sem"))
 
 
+def test_readmes_converged_anchor_is_the_committed_row():
+    """The converged vae + standard anchor: README's test NLL ± SEM, epochs and gap to the published
+    number are the committed row of mnist_converged.csv and docs/MATH.md's anchor, as formatted."""
+    text = _section("CS vs KL on MNIST: where the answer stands")
+    found = re.search(
+        r"`vae_standard_s0`, test NLL \*\*([\d.]+) ± ([\d.]+)\*\* \(S = (\d+),\s+all ([\d ]+) test points; "
+        r"stopped early after (\d+) epochs\) against the published ([\d.]+) \(docs/MATH.md\): ([\d.]+)\s+nats",
+        text,
+    )
+    assert found, text
+    nll, sem, s, n_test, epochs, published, gap = found.groups()
+    (row,) = [
+        r
+        for r in _csv(REPO / "benchmarks" / "results" / "mnist_converged.csv")
+        if r["configuration"] == "mnist_density:vae_standard"
+    ]
+    assert row["stopped_early"] == "True"
+    assert (nll, sem) == (number(float(row["test_nll"]), 2), number(float(row["test_nll_sem"]), 2))
+    assert (int(s), int(n_test.replace(" ", "")), int(epochs)) == (
+        int(row["is_samples"]),
+        int(row["n_test"]),
+        int(row["epochs_run"]),
+    )
+    (anchor,) = [r for r in _anchors() if "standard prior" in r["model"] and "(this protocol)" in r["data"]]
+    assert published == anchor["value"]
+    assert gap == number(float(row["test_nll"]) - float(anchor["value"]), 2)
+
+
 def _anchors() -> list[dict]:
     """docs/MATH.md's table of published anchors, one dict per row."""
     text = (REPO / "docs" / "MATH.md").read_text().split("## Published anchors\n", 1)[1]
