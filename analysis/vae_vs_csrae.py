@@ -77,7 +77,7 @@ for metric, table in comparisons.items():
     print(
         table[
             [k for k in keys if k != "model"]
-            + ["a", "b", "n", "diff", "diff_ci95", "p", "p_holm", "better", "significant"]
+            + ["a", "b", "weight_a", "weight_b", "n", "diff", "diff_ci95", "p", "p_holm", "better", "significant"]
         ]
         .round(4)
         .to_string(index=False)

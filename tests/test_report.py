@@ -26,6 +26,7 @@ from cli import REPO, subprocess_env
 from scipy import stats
 
 from src import analysis as A
+from src.contract import CONFIG_COLUMNS, RESULT_KEYS
 
 NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
 TINY = ["trainer.epochs=1", "trainer.threads=1", "trainer.device=cpu", "trainer.progress=false", "eval.is_samples=10"]
@@ -189,6 +190,7 @@ def test_models_are_compared_at_their_own_weights():
     for model in ("vae", "csrae"):  # a grid: vamp K=5, both models at both weights
         rows += [dict(model=model, prior="vamp", K=5, reg_weight=w, seed=s) for w in (0.5, 2.0) for s in range(2)]
     runs = pd.DataFrame(rows).assign(run=lambda d: [f"r{i}" for i in range(len(d))], status=A.COMPLETED)
+    runs = runs.reindex(columns=list(dict.fromkeys([*runs, *CONFIG_COLUMNS, *RESULT_KEYS])))  # as load_runs has them
     runs["test_nll"] = 90 + rng.normal(size=len(runs)) + np.where(runs["model"] == "csrae", 1.0, 0.0)
 
     c = A.paired_comparisons(runs, "test_nll")
@@ -213,6 +215,20 @@ def test_models_are_compared_at_their_own_weights():
     assert "gmm, K=10" in set(shown["setting"])
     sentence = A.describe_comparison(tuned.iloc[0], "test_nll", keys)
     assert sentence.startswith("gmm, K=10: ") and "csrae (λ=2.63)" in sentence and "vae (β=1)" in sentence
+
+    # The verdict's best-vs-runner-up line defers to that row instead of testing the pair again.
+    pair = runs[runs["prior"] == "gmm"]
+    (lines,) = [lines for title, lines in A.verdict(pair) if title == "Test NLL"]
+    assert lines[0].endswith("(compared below).") and "not corrected" not in lines[0]
+    assert "csrae (λ=2.63)" in lines[1]
+
+    # The pairing follows the design, not what finished: a grid whose vae ran only at 0.5 and csrae only
+    # at 2.0 (the others failed) has no pair at equal weights, and no cross-weight pair either.
+    gaps = runs.copy()
+    failed = (gaps["prior"] == "vamp") & (gaps["reg_weight"] == gaps["model"].map({"vae": 2.0, "csrae": 0.5}))
+    gaps.loc[failed, "status"] = "failed"
+    assert A.paired_comparisons(gaps, "test_nll").query("prior == 'vamp'").empty
+    assert len(A.paired_comparisons(gaps, "test_nll").query("prior == 'gmm'")) == 1
 
 
 def test_statistics_helpers():

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from src.analysis.grouping import group_keys, value_order
+from src.analysis.grouping import group_keys, select_rows, value_order
 from src.analysis.loading import completed
 from src.analysis.vocabulary import SUMMARY_METRICS, metric_info
 
@@ -101,23 +101,30 @@ def per_seed(g: pd.DataFrame, metric: str) -> pd.Series:
     return v.groupby("seed")[metric].mean().astype(float)
 
 
-def _settings(ok: pd.DataFrame, keys: list[str], between: str):
-    """(setting values, runs) in which the values of `between` are compared. reg_weight is each model's
-    own knob (β of the VAE, λ of CSRAE), so when every model of a setting was run at a single weight
-    there (each at its own, e.g. a tuned pair), the models are compared at those weights and the setting
-    holds the weight only when all share it; otherwise they are compared only at equal weights."""
+def _settings(runs: pd.DataFrame, ok: pd.DataFrame, keys: list[str], between: str):
+    """(setting values, runs of ok) in which the values of `between` are compared. reg_weight is each
+    model's own knob (β of the VAE, λ of CSRAE), so when every model of a setting was run at a single
+    weight there (each at its own, e.g. a tuned pair), the models are compared at those weights and the
+    setting holds the weight only when all share it; otherwise they are compared only at equal weights.
+    Which of the two is decided on every run of the setting (the design, whatever finished), so a grid
+    with a failed run or a missing metric never turns into cross-weight comparisons."""
     loose = [k for k in keys if k != "reg_weight"] if between == "model" else keys
     if loose == keys:
-        yield from ((dict(zip(keys, c if isinstance(c, tuple) else (c,))), g) for c, g in _groups(ok, keys))
+        yield from ((dict(zip(keys, _tuple(c))), g) for c, g in _groups(ok, keys))
         return
     for ctx, g in _groups(ok, loose):
-        values = dict(zip(loose, ctx if isinstance(ctx, tuple) else (ctx,)))
-        if g.groupby(between)["reg_weight"].nunique(dropna=False).max() <= 1:
+        values = dict(zip(loose, _tuple(ctx)))
+        design = select_rows(runs, loose, _tuple(ctx))
+        if design.groupby(between)["reg_weight"].nunique(dropna=False).max() <= 1:
             weights = g["reg_weight"].unique()
             yield {**values, "reg_weight": weights[0] if len(weights) == 1 else np.nan}, g
         else:
             for w, gw in g.groupby("reg_weight", dropna=False, sort=True):
                 yield {**values, "reg_weight": w}, gw
+
+
+def _tuple(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def _groups(df: pd.DataFrame, keys: list[str]):
@@ -133,8 +140,8 @@ def _weight(g: pd.DataFrame) -> float:
 def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") -> pd.DataFrame:
     """For each setting (all other grouping keys equal; see _settings for the models' own weights), every
     pair of `between` values compared on the seeds both have: mean difference (a − b), its 95% CI, paired
-    t-test p and Holm-adjusted p over the rows of this table. weight_a and weight_b are each side's
-    reg_weight; `better` names the value with the better mean for this metric."""
+    t-test p and Holm-adjusted p over the rows of this table. weight_a and weight_b are each model's
+    reg_weight (NaN unless `between` is the model); `better` names the value with the better mean for this metric."""
     ok = completed(runs)
     ok = ok[pd.to_numeric(ok[metric], errors="coerce").notna()] if metric in ok else ok.iloc[0:0]
     keys = [k for k in group_keys(runs) if k != between]
@@ -161,7 +168,7 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
         return pd.DataFrame(columns=cols)
     higher = metric_info(metric).higher_is_better
     rows = []
-    for ctx, g in _settings(ok, keys, between):
+    for ctx, g in _settings(runs, ok, keys, between):
         values = sorted(g[between].dropna().unique(), key=value_order)
         for a, b in combinations(values, 2):
             ga, gb = g[g[between] == a], g[g[between] == b]
@@ -171,7 +178,8 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
             better = None
             if np.isfinite(r["diff"]) and r["diff"] != 0:
                 better = a if (r["diff"] > 0) == higher else b
-            sides = {"a": a, "b": b, "weight_a": _weight(ga), "weight_b": _weight(gb)}
+            weights = (_weight(ga), _weight(gb)) if between == "model" else (np.nan, np.nan)
+            sides = {"a": a, "b": b, "weight_a": weights[0], "weight_b": weights[1]}
             rows.append({**ctx, **sides, **r, "better": better, "metric": metric})
     if not rows:
         return pd.DataFrame(columns=cols)

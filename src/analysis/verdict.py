@@ -187,7 +187,7 @@ def verdict(
         if len(ranked) > 1:
             second = ranked.iloc[1]
             s += f"; runner-up {config_label(second.to_dict(), keys)} with {number(second[f'{metric}_mean'], dg)}"
-            s += _separation(runs, best, second, metric, keys)
+            s += _separation(runs, best, second, metric, keys, table)
         lines.append(s + ".")
         if not table.empty:
             for _, row in table.iterrows():
@@ -226,11 +226,34 @@ def _range_text(n: pd.Series) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def _separation(runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: str, keys: Sequence[str]) -> str:
-    """Is the best distinguishable from the runner-up? Paired test on common seeds when possible (not
-    corrected for having picked the best; when the two differ only in the model, the paired model
-    comparison below says it, with Holm correction)."""
-    if all(best[k] == second[k] for k in keys if k != "model"):
+def _same(x, y) -> bool:
+    return bool(x == y) or (pd.isna(x) and pd.isna(y))
+
+
+def _compared_below(table: pd.DataFrame, best: pd.Series, second: pd.Series, keys: Sequence[str]) -> bool:
+    """Whether the paired model comparisons hold a row for best against runner-up: two models in one
+    setting, each at its own weight."""
+    if table.empty or best["model"] == second["model"]:
+        return False
+    setting = [k for k in keys if k not in ("model", "reg_weight")]
+    for _, r in table.iterrows():
+        if {r["a"], r["b"]} != {best["model"], second["model"]}:
+            continue
+        if not all(_same(r[k], best[k]) and _same(r[k], second[k]) for k in setting):
+            continue
+        weight = {r["a"]: r["weight_a"], r["b"]: r["weight_b"]}
+        if "reg_weight" not in keys or all(_same(weight[c["model"]], c["reg_weight"]) for c in (best, second)):
+            return True
+    return False
+
+
+def _separation(
+    runs: pd.DataFrame, best: pd.Series, second: pd.Series, metric: str, keys: Sequence[str], table: pd.DataFrame
+) -> str:
+    """Is the best distinguishable from the runner-up? When the paired model comparisons (table) hold
+    the two, that row says it, with Holm correction; otherwise a paired test on common seeds when
+    possible (not corrected for having picked the best)."""
+    if _compared_below(table, best, second, keys):
         return " (compared below)"
     ok = completed(runs)
     a, b = (select_rows(ok, keys, tuple(row[k] for k in keys)) for row in (best, second))
