@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -37,7 +38,7 @@ def evaluate(run_dir: Path, samples: int, n_test: int, batch: int, seed: int) ->
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     nll = importance_sampled_nll(
-        run.model, x, n_samples=samples, chunk=samples, batch=batch, device=torch.device("cpu")
+        run.model, x, n_samples=samples, chunk=samples, batch=batch, device=torch.device("cpu"), name=run_dir.name
     )  # src.evaluate bounds the rows per chunk itself
     return {
         "test_nll": nll.mean().item(),
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench_eval.json")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # progress
     torch.set_num_threads(args.threads)
     try:
         out = evaluate(args.run_dir, args.samples, args.n_test, args.batch, args.seed)

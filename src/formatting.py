@@ -34,6 +34,15 @@ def number(v: Any, digits: int | None = None) -> str:
     return str(v)
 
 
+def duration(seconds: float) -> str:
+    """'40 s', '12 min', '2 h 05 min': a time span as people read it in a log."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    m = round(seconds / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
 def p_value(p: float) -> str:
     """'p < 0.001', 'p = 0.004', 'p = 0.31' (two decimals are enough above 0.01)."""
     if p is None or not math.isfinite(p):

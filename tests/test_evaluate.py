@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -26,6 +27,7 @@ from src.checkpoints import CheckpointError
 from src.data import load_dataset
 from src.divergences import kl_monte_carlo
 from src.finished_runs import load_model, main, reevaluate
+from src.formatting import duration
 from src.models import build_model
 from src.settings import TrainSettings
 from src.train import build_optimizer, fit
@@ -123,6 +125,31 @@ def test_is_nll_is_independent_of_chunking_and_batching(trained, digits):
     torch.manual_seed(3)
     b = evaluate.importance_sampled_nll(model, x, n_samples=20, chunk=3, batch=8)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_a_long_evaluation_logs_its_progress(trained, digits, monkeypatch, caplog):
+    """An S = 5000 evaluation of 10 000 points runs most of an hour: a named one logs points done, time
+    spent and time left (here after every batch), and naming it changes no number."""
+    model, x = trained["vae-gmm"], digits.test.x[:75]
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="src.evaluate"):
+        named = evaluate.importance_sampled_nll(model, x, n_samples=20, batch=25, seed=5, name="test")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # after 25 and 50 points; the end is the caller's to report
+    for line, done in zip(lines, (25, 50)):
+        assert re.fullmatch(rf"test NLL \(S=20\): {done}/75 points, \d+ s, about \d+ s left", line), line
+    torch.testing.assert_close(named, evaluate.importance_sampled_nll(model, x, n_samples=20, batch=25, seed=5))
+
+
+def test_durations_read_as_people_write_them():
+    assert [duration(s) for s in (0.4, 59.4, 61, 3599, 3600, 7500)] == [
+        "0 s",
+        "59 s",
+        "1 min",
+        "1 h 00 min",
+        "1 h 00 min",
+        "2 h 05 min",
+    ]
 
 
 def test_importance_noise_is_standard_normal_and_partition_free():

@@ -26,6 +26,7 @@ from torch import Tensor
 from src.contract import FEWLABEL_KEYS
 from src.data import DataBundle
 from src.divergences import log_mixture_density_matmul, log_normal
+from src.formatting import duration
 from src.label_metrics import cluster_accuracy, clustering_metrics, fewlabel_metrics
 from src.models import Autoencoder, loss_terms_mean
 from src.plotting import pyplot
@@ -122,16 +123,19 @@ def importance_sampled_nll(
     batch: int = 500,
     device: torch.device | None = None,
     seed: int | None = None,
+    name: str | None = None,
 ) -> Tensor:
     """Per-point NLL estimate -log p(x) in nats, [N]; x is evaluated `batch` points at a time.
 
     For a given seed the result does not depend on `batch` or `chunk` (see importance_noise);
     seed None draws one from torch's global RNG (so torch.manual_seed makes it reproducible).
+    With a name ("test", "validation"), progress is logged at most every PROGRESS_EVERY_S seconds.
     """
     device = device or next(model.parameters()).device
     seed = _draw_seed() if seed is None else seed
     model.eval()
     nll = []
+    progress = _Progress(name, x.shape[0], n_samples) if name else None
     for start in range(0, x.shape[0], batch):
         xb = x[start : start + batch].to(device)
         chunk_b = max(1, min(chunk, (chunk * 500) // max(1, xb.shape[0])))  # bound S_chunk·B
@@ -142,7 +146,36 @@ def importance_sampled_nll(
             )
         log_w = importance_log_weights(model, xb, n_samples, chunk_b, seed=seed, first_index=start)
         nll.append(-(torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu())
+        if progress:
+            progress.update(start + xb.shape[0])
     return torch.cat(nll)
+
+
+PROGRESS_EVERY_S = 60.0  # an S = 5000 evaluation of 10 000 points takes most of an hour on one core
+
+
+class _Progress:
+    """Log lines for a long importance-sampled evaluation: points done, time spent, time left."""
+
+    def __init__(self, name: str, total: int, n_samples: int):
+        self.name, self.total, self.n_samples = name, total, n_samples
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or done >= self.total:
+            return
+        self.last = now
+        spent = now - self.t0
+        log.info(
+            "%s NLL (S=%d): %d/%d points, %s, about %s left",
+            self.name,
+            self.n_samples,
+            done,
+            self.total,
+            duration(spent),
+            duration(spent * (self.total - done) / done),
+        )
 
 
 def interim_nll(model: Autoencoder, x: Tensor, n_samples: int, points: int, device=None) -> float:
@@ -193,8 +226,8 @@ def evaluate_model(model: Autoencoder, data: DataBundle, ev, seed: int, out_dir:
         len(data.val.x),
     )
     is_kwargs = dict(n_samples=ev.is_samples, chunk=ev.is_chunk, batch=ev.is_batch, device=device)
-    test_nll = importance_sampled_nll(model, data.test.x, **is_kwargs)
-    val_points = importance_sampled_nll(model, data.val.x, **is_kwargs)
+    test_nll = importance_sampled_nll(model, data.test.x, name="test", **is_kwargs)
+    val_points = importance_sampled_nll(model, data.val.x, name="validation", **is_kwargs)
     val_nll = val_points.mean().item()
     test_recon, test_reg = loss_terms_mean(model, data.test.x, device=device)
     out = {
