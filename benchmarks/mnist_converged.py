@@ -3,6 +3,7 @@ overrides, trained with the harness until it stops early, resumable.
 
     python benchmarks/mnist_converged.py --list             # the plan and each run's state
     python benchmarks/mnist_converged.py --run              # train whatever is unfinished, one at a time
+                                                            # (started runs first, then the plan's order)
     python benchmarks/mnist_converged.py --run --parallel 2 # two at a time (one thread each)
     python benchmarks/mnist_converged.py --csv              # collect finished runs, rebuild the tables and report
     python benchmarks/mnist_converged.py --paired A B       # paired per-test-point NLL difference of two runs
@@ -426,7 +427,7 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
                 failed.add(name)
                 _log(f"FAILED {name} (rc {proc.returncode}); see {runs / (name + '.log')}")
         todo = [
-            (n, e, args)
+            (st != "resumable", n, e, args)  # runs already started finish first, then the plan's order
             for n, e, _, args, st, _ in plan_states(runs)
             if n not in running
             and n not in failed
@@ -434,6 +435,7 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
             and st in ("todo", "resumable")
             and args is not None
         ]
+        todo = [t[1:] for t in sorted(todo, key=lambda t: t[0])]  # stable: plan order within each
         while todo and len(running) < parallel:
             name, experiment, args = todo.pop(0)
             _log(f"start {name}: experiment={experiment} {' '.join(args)}")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 from cli import REPO
 
 CONF = REPO / "conf"
@@ -52,3 +54,21 @@ def make_finished_run(run_dir: Path, overrides: Iterable[str], cwd: Path, env: d
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def wait_for_epochs(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
+    """Wait until the run proc trains into run_dir has a checkpoint and n epochs in metrics.csv (to kill it
+    there); fail the caller's test if proc ends first or nothing comes in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: {err}")
+        try:
+            rows = (run_dir / "metrics.csv").read_text().count("\n") - 1
+        except FileNotFoundError:
+            rows = 0
+        if (run_dir / "checkpoints" / "last.pt").exists() and rows >= n:
+            return
+        time.sleep(0.02)
+    pytest.fail("no checkpoint appeared in time")

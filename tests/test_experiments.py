@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import read_results
+from cli import subprocess_env
+from helpers import read_results, wait_for_epochs
 
 from src import train as train_mod
 from src.config import ConfigError, validate
@@ -542,6 +545,44 @@ def test_the_queue_trains_collects_and_tabulates(tmp_path, monkeypatch):
         assert [r["state"] for r in csv.DictReader(f)] == ["done", "todo"]
     # The report over the copies (it was refused while the copies lived inside its directory).
     assert "smoke_s0" in (tmp_path / "results" / "mnist_converged" / "report.md").read_text()
+
+
+def test_the_queue_finishes_started_runs_before_it_starts_new_ones(tmp_path, monkeypatch, capsys):
+    """A session ends mid-run: next time the queue resumes the half-trained run before a new row, even
+    one planned earlier (a converged run is hours of work; leaving it half done helps no one)."""
+    q, runs = _queue_in(
+        tmp_path,
+        monkeypatch,
+        lambda q: [
+            ("new_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+            ("started_s0", "digits_smoke", ["trainer.epochs=6", "eval.is_samples=5"]),
+        ],
+        ("COPIES", "TABLE", "PLAN_TABLE"),
+    )
+    _, experiment, overrides = q.PLAN[1]
+    p = subprocess.Popen(
+        q.command("started_s0", experiment, overrides, runs),
+        cwd=q.ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_epochs(runs / "started_s0", p, n=2)
+        p.send_signal(signal.SIGTERM)  # the session's end
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stderr.close()
+    assert [q.state(n, runs)[0] for n in ("new_s0", "started_s0")] == ["todo", "resumable"]
+    capsys.readouterr()
+    q.run_queue(runs, parallel=1, only=None)
+    starts = [ln.split()[3].rstrip(":") for ln in capsys.readouterr().out.splitlines() if " start " in ln]
+    assert starts == ["started_s0", "new_s0"]
+    assert [q.state(n, runs)[0] for n in ("new_s0", "started_s0")] == ["done", "done"]
+    assert read_results(runs / "started_s0")["epochs_run"] == 6
 
 
 def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):

@@ -13,12 +13,11 @@ import math
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_command, read_results
+from helpers import cli_command, read_results, wait_for_epochs
 
 CONTRACT_KEYS = [
     "status",
@@ -156,20 +155,6 @@ RESUME = [
 ]
 
 
-def _wait_for_rows(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: {proc.stderr.read()}")
-        try:
-            if (run_dir / "checkpoints" / "last.pt").exists() and len(metrics_rows(run_dir)) >= n:
-                return
-        except (FileNotFoundError, ValueError, KeyError, AssertionError):
-            pass
-        time.sleep(0.02)
-    pytest.fail("no checkpoint appeared in time")
-
-
 def _comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
@@ -185,7 +170,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, run_cli, cl
         cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        _wait_for_rows(killed, p, n=4)  # past the k-means refit at epoch 3
+        wait_for_epochs(killed, p, n=4)  # past the k-means refit at epoch 3
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
     finally:
@@ -234,7 +219,7 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path, run_cli, cli
     cmd = cli_command(run_dir, ["trainer.epochs=8", "prior.K=3"])
     p = subprocess.Popen(cmd, cwd=run_cli.cwd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_rows(run_dir, p, n=2)
+        wait_for_epochs(run_dir, p, n=2)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=60)
     finally:
