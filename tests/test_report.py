@@ -231,6 +231,17 @@ def test_models_are_compared_at_their_own_weights():
     assert len(A.paired_comparisons(gaps, "test_nll").query("prior == 'gmm'")) == 1
 
 
+def test_entries_the_prior_fixes_do_not_name_groups():
+    """vae + standard beside csrae + gmm: the gmm prior's init and train vary only with the prior, so they
+    add nothing to its labels; an entry that varies within one model and prior (a searched width) does."""
+    rows = [dict(model="vae", prior="standard", K=1, seed=s, init="random", width=w) for s in (0, 1) for w in (64, 128)]
+    rows += [dict(model="csrae", prior="gmm", K=10, seed=s, init="kmeans", width=64) for s in (0, 1)]
+    runs = pd.DataFrame(rows).rename(columns={"init": "cfg.prior.init", "width": "cfg.model.hidden"})
+    runs = runs.assign(run=[f"r{i}" for i in range(len(runs))], status=A.COMPLETED, test_nll=90.0)
+    assert A.group_keys(runs) == ["model", "prior", "K", "cfg.model.hidden"]
+    assert len(A.summarize(runs)) == 3
+
+
 def test_statistics_helpers():
     s = A.mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert s["n"] == 3 and s["mean"] == 2.0 and s["std"] == 1.0

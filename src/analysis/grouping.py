@@ -26,14 +26,26 @@ def varying_keys(runs: pd.DataFrame, keys: Iterable[str] | None = None) -> list[
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
     """Grouping keys for seeds-as-replicates: the configuration columns that vary among completed runs
-    (always including model and K when present, so labels stay readable)."""
+    (always including model and K when present, so labels stay readable), less the entries of the model
+    and prior config groups that the choice of model and prior already fixes (a gmm prior's init and
+    train beside the standard prior's)."""
     ok = completed(runs)
-    keys = varying_keys(ok if len(ok) else runs)
+    rows = ok if len(ok) else runs
+    keys = [k for k in varying_keys(rows) if not _fixed_by_model_and_prior(rows, k)]
     for k in ("K", "model"):
         if k in runs and k not in keys:
             keys.insert(0, k)
     order = candidate_keys(runs)
     return sorted(keys, key=order.index)
+
+
+def _fixed_by_model_and_prior(runs: pd.DataFrame, key: str) -> bool:
+    """Whether key is a cfg.model.* or cfg.prior.* entry with one value per (model, prior) among runs."""
+    by = [k for k in ("model", "prior") if k in runs]
+    if not key.startswith(("cfg.model.", "cfg.prior.")) or not by:
+        return False
+    values = runs[[*by, key]].astype(str)
+    return bool((values.groupby(by)[key].nunique() == 1).all())
 
 
 def select_rows(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFrame:
