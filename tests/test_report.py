@@ -216,6 +216,12 @@ def test_models_are_compared_at_their_own_weights():
     sentence = A.describe_comparison(tuned.iloc[0], "test_nll", keys)
     assert sentence.startswith("gmm, K=10: ") and "csrae (λ=2.63)" in sentence and "vae (β=1)" in sentence
 
+    # Their validation curves share one panel, titled with each model's weight (a grid gets a panel per weight).
+    curves = pd.concat([runs.assign(epoch=e, val_recon=60.0 + e, val_loss=90.0 - e) for e in (1, 2, 3)])
+    fig = A.plot_val_curves(runs, curves)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["gmm, K=10\ncsrae λ=2.63, vae β=1", "vamp, K=5, β/λ=0.5", "vamp, K=5, β/λ=2"], titles
+
     # The verdict's best-vs-runner-up line defers to that row instead of testing the pair again.
     pair = runs[runs["prior"] == "gmm"]
     (lines,) = [lines for title, lines in A.verdict(pair) if title == "Test NLL"]

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.analysis.grouping import config_label, group_keys, select_rows
+from src.analysis.grouping import (
+    config_label,
+    group_keys,
+    model_settings,
+    own_weights_label,
+    select_rows,
+    setting_label,
+)
 from src.analysis.loading import completed
 from src.analysis.stats import best_run, summarize
 from src.analysis.studies import OptunaStudy, load_curves
@@ -177,20 +184,18 @@ def plot_val_curves(runs: pd.DataFrame, curves: pd.DataFrame | None = None):
     if curves.empty:
         return None
     plt, sns = plotting()
-    keys = group_keys(runs)
-    fk = [k for k in keys if k != "model"]
-    facets = list(curves[fk].drop_duplicates().sort_values(fk).itertuples(index=False, name=None)) if fk else [()]
+    fk = [k for k in group_keys(runs) if k != "model"]
+    facets = list(model_settings(curves, fk, runs))  # models side by side, each at its own weight
     pooled = len(facets) > 2 * MAX_PANELS  # a search: one panel, every run of a model pooled
     if pooled:
-        fk, facets = [], [()]
+        fk, facets = [], [({}, curves)]
     colors = _model_colors(curves["model"].dropna().unique())
     rows = [("val_recon", "validation reconstruction (nats)"), ("val_loss", "validation loss (own objective)")]
     rows = [r for r in rows if r[0] in curves]
     fig, axes = plt.subplots(
         len(rows), len(facets), figsize=(4.2 * len(facets) + 1.2, 3.4 * len(rows)), squeeze=False, sharex=True
     )
-    for j, fv in enumerate(facets):
-        c = select_rows(curves, fk, fv)
+    for j, (setting, c) in enumerate(facets):
         for i, (col, label) in enumerate(rows):
             ax = axes[i][j]
             sns.lineplot(
@@ -199,7 +204,8 @@ def plot_val_curves(runs: pd.DataFrame, curves: pd.DataFrame | None = None):
             ax.set_ylabel(label if j == 0 else "")
             ax.xaxis.get_major_locator().set_params(integer=True)
             if i == 0 and fk:
-                ax.set_title(config_label(dict(zip(fk, fv)), fk))
+                own = f"\n{own_weights_label(c)}" if "reg_weight" in fk and pd.isna(setting["reg_weight"]) else ""
+                ax.set_title(setting_label(setting, fk) + own)
             lo, hi = c[col].quantile(0.02), c[col].quantile(0.98)
             if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
                 pad = 0.15 * (hi - lo)

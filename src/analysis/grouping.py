@@ -39,6 +39,46 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
     return sorted(keys, key=order.index)
 
 
+def model_settings(data: pd.DataFrame, keys: Sequence[str], design: pd.DataFrame):
+    """The settings in which models are set side by side (paired comparisons, panels of curves), as
+    (values, rows of data): each combination of keys (grouping keys other than the model).
+
+    reg_weight is each model's own knob (β of the VAE, λ of CSRAE): when every model of a setting was run
+    at a single weight there (a tuned pair), the models meet at their own weights and the setting's
+    reg_weight is NaN unless all share it; otherwise (a grid) they meet only at equal weights. Which of
+    the two is decided on design (every run, whatever finished), so a grid with a failed run never turns
+    into cross-weight comparisons."""
+    keys = list(keys)
+    if "reg_weight" not in keys:
+        yield from key_groups(data, keys)
+        return
+    loose = [k for k in keys if k != "reg_weight"]
+    for values, g in key_groups(data, loose):
+        planned = select_rows(design, loose, tuple(values.values()))
+        if planned.groupby("model")["reg_weight"].nunique(dropna=False).max() <= 1:
+            weights = g["reg_weight"].unique()
+            yield {**values, "reg_weight": weights[0] if len(weights) == 1 else np.nan}, g
+        else:
+            for w, gw in g.groupby("reg_weight", dropna=False, sort=True):
+                yield {**values, "reg_weight": w}, gw
+
+
+def own_weights_label(rows: pd.DataFrame) -> str:
+    """'csrae λ=2.63, vae β=1': each model's weight among rows."""
+    pairs = rows[["model", "reg_weight"]].drop_duplicates().sort_values("model").itertuples(index=False)
+    return ", ".join(f"{m} {short_key('reg_weight', m)}={number(w)}" for m, w in pairs)
+
+
+def key_groups(data: pd.DataFrame, keys: Sequence[str]):
+    """(values, rows) of each combination of keys among data's rows (one group of all when no keys)."""
+    keys = list(keys)
+    if not keys:
+        yield {}, data
+        return
+    for c, g in data.groupby(keys, dropna=False, sort=True):
+        yield dict(zip(keys, c if isinstance(c, tuple) else (c,))), g
+
+
 def _fixed_by_model_and_prior(runs: pd.DataFrame, key: str) -> bool:
     """Whether key is a cfg.model.* or cfg.prior.* entry with one value per (model, prior) among runs."""
     by = [k for k in ("model", "prior") if k in runs]

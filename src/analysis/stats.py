@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from src.analysis.grouping import group_keys, select_rows, value_order
+from src.analysis.grouping import group_keys, key_groups, model_settings, value_order
 from src.analysis.loading import completed
 from src.analysis.vocabulary import SUMMARY_METRICS, metric_info
 
@@ -101,36 +101,6 @@ def per_seed(g: pd.DataFrame, metric: str) -> pd.Series:
     return v.groupby("seed")[metric].mean().astype(float)
 
 
-def _settings(runs: pd.DataFrame, ok: pd.DataFrame, keys: list[str], between: str):
-    """(setting values, runs of ok) in which the values of `between` are compared. reg_weight is each
-    model's own knob (β of the VAE, λ of CSRAE), so when every model of a setting was run at a single
-    weight there (each at its own, e.g. a tuned pair), the models are compared at those weights and the
-    setting holds the weight only when all share it; otherwise they are compared only at equal weights.
-    Which of the two is decided on every run of the setting (the design, whatever finished), so a grid
-    with a failed run or a missing metric never turns into cross-weight comparisons."""
-    loose = [k for k in keys if k != "reg_weight"] if between == "model" else keys
-    if loose == keys:
-        yield from ((dict(zip(keys, _tuple(c))), g) for c, g in _groups(ok, keys))
-        return
-    for ctx, g in _groups(ok, loose):
-        values = dict(zip(loose, _tuple(ctx)))
-        design = select_rows(runs, loose, _tuple(ctx))
-        if design.groupby(between)["reg_weight"].nunique(dropna=False).max() <= 1:
-            weights = g["reg_weight"].unique()
-            yield {**values, "reg_weight": weights[0] if len(weights) == 1 else np.nan}, g
-        else:
-            for w, gw in g.groupby("reg_weight", dropna=False, sort=True):
-                yield {**values, "reg_weight": w}, gw
-
-
-def _tuple(key) -> tuple:
-    return key if isinstance(key, tuple) else (key,)
-
-
-def _groups(df: pd.DataFrame, keys: list[str]):
-    return df.groupby(keys, dropna=False, sort=True) if keys else [((), df)]
-
-
 def _weight(g: pd.DataFrame) -> float:
     """The one reg_weight of one side's runs (NaN when the runs have none)."""
     w = g["reg_weight"].dropna().unique() if "reg_weight" in g else []
@@ -138,7 +108,7 @@ def _weight(g: pd.DataFrame) -> float:
 
 
 def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") -> pd.DataFrame:
-    """For each setting (all other grouping keys equal; see _settings for the models' own weights), every
+    """For each setting (all other grouping keys equal; see grouping.model_settings), every
     pair of `between` values compared on the seeds both have: mean difference (a − b), its 95% CI, paired
     t-test p and Holm-adjusted p over the rows of this table. weight_a and weight_b are each model's
     reg_weight (NaN unless `between` is the model); `better` names the value with the better mean for this metric."""
@@ -168,7 +138,8 @@ def paired_comparisons(runs: pd.DataFrame, metric: str, between: str = "model") 
         return pd.DataFrame(columns=cols)
     higher = metric_info(metric).higher_is_better
     rows = []
-    for ctx, g in _settings(runs, ok, keys, between):
+    settings = model_settings(ok, keys, runs) if between == "model" else key_groups(ok, keys)
+    for ctx, g in settings:
         values = sorted(g[between].dropna().unique(), key=value_order)
         for a, b in combinations(values, 2):
             ga, gb = g[g[between] == a], g[g[between] == b]
