@@ -11,8 +11,9 @@ overrides, trained with the harness until it stops early, resumable.
 
 Run directories live outside the work tree (they survive a new checkout): --runs-dir, or the
 environment variable CSRAE_RUNS_DIR, default ~/csrae-runs/mnist_converged. A run is picked up again
-from its checkpoints/last.pt whenever it is unfinished and no process is training it (a process
-whose command line names its hydra.run.dir). MNIST is read from MNIST_ROOT (default ../shared/data).
+from its checkpoints/last.pt whenever it is unfinished (or completed at a session's --epochs cap
+below its planned epochs) and no process is training it (a process whose command line names its
+hydra.run.dir). MNIST is read from MNIST_ROOT (default ../shared/data).
 
 Each finished run's results.json, metrics.csv (pretrain_metrics.csv) and .hydra/{config,overrides}.yaml
 are copied to benchmarks/results/mnist_converged_runs/<name>/ (small files, to commit), and
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -202,12 +204,16 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
-def state(name: str, runs: Path, waiting: bool = False) -> tuple[str, str]:
-    """(state, reason): done | training | resumable | failed | waiting (for the λ search, when `waiting`
-    and nothing of the run exists) | todo."""
+def state(name: str, runs: Path, waiting: bool = False, planned_epochs: int | None = None) -> tuple[str, str]:
+    """(state, reason): done | capped (completed at a session's --epochs cap, below planned_epochs and
+    without stopping early: the queue extends it) | training | resumable | failed | waiting (for the λ
+    search, when `waiting` and nothing of the run exists) | todo."""
     d = runs / name
     r = read_json(d / "results.json")
     if r is not None and r.get("status") == "completed":
+        ran = r.get("epochs_run") or 0
+        if planned_epochs and not r.get("stopped_early") and ran < planned_epochs:
+            return "capped", f"stopped at a session's epoch cap after {ran} of {planned_epochs} epochs"
         return "done", ""
     if (COPIES / name / "results.json").exists() and not d.exists():
         return "done", "collected copy (run dir not on this machine)"
@@ -228,8 +234,18 @@ def plan_states(runs: Path) -> list[tuple[str, str, list[str], list[str] | None,
     out = []
     for name, experiment, overrides in PLAN:
         args = resolve(overrides, lam)
-        out.append((name, experiment, overrides, args, *state(name, runs, waiting=args is None)))
+        planned = planned_epochs(experiment, tuple(o for o in overrides if o != CHOSEN_LAMBDA))
+        out.append((name, experiment, overrides, args, *state(name, runs, args is None, planned)))
     return out
+
+
+@functools.cache
+def planned_epochs(experiment: str, overrides: tuple[str, ...]) -> int:
+    """trainer.epochs of a planned run as its experiment and overrides compose it (before any --epochs cap)."""
+    sys.path.insert(0, str(ROOT))
+    from src.config import compose_config
+
+    return int(compose_config(f"experiment={experiment}", *overrides).trainer.epochs)
 
 
 def _log(msg: str) -> None:
@@ -427,12 +443,14 @@ def run_queue(runs: Path, parallel: int, only: list[str] | None, epochs: int | N
                 failed.add(name)
                 _log(f"FAILED {name} (rc {proc.returncode}); see {runs / (name + '.log')}")
         todo = [
-            (st != "resumable", n, e, args)  # runs already started finish first, then the plan's order
+            (st == "todo", n, e, args)  # runs already started finish first, then the plan's order
             for n, e, _, args, st, _ in plan_states(runs)
             if n not in running
             and n not in failed
             and (not only or n in only)
-            and st in ("todo", "resumable")
+            and (
+                st in ("todo", "resumable") or (st == "capped" and (epochs is None or epochs > _epochs_done(runs / n)))
+            )
             and args is not None
         ]
         todo = [t[1:] for t in sorted(todo, key=lambda t: t[0])]  # stable: plan order within each

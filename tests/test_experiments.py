@@ -585,6 +585,33 @@ def test_the_queue_finishes_started_runs_before_it_starts_new_ones(tmp_path, mon
     assert read_results(runs / "started_s0")["epochs_run"] == 6
 
 
+def test_a_run_capped_by_a_sessions_budget_is_extended_later(tmp_path, monkeypatch):
+    """--epochs caps a session's training; the capped run completes, but it is not the planned run: the
+    queue lists it as capped (no results in the table) and extends it from its last.pt next time."""
+    q, runs = _queue_in(
+        tmp_path,
+        monkeypatch,
+        lambda q: [("capped_s0", "digits_smoke", ["trainer.epochs=3", "eval.is_samples=5"])],
+        ("COPIES", "TABLE", "PLAN_TABLE"),
+    )
+    q.run_queue(runs, parallel=1, only=None, epochs=1)
+    assert read_results(runs / "capped_s0")["epochs_run"] == 1
+    st, reason = q.state("capped_s0", runs, planned_epochs=3)
+    assert st == "capped" and "after 1 of 3 epochs" in reason
+    with open(q.TABLE) as f:
+        (row,) = csv.DictReader(f)
+    assert row["test_nll"] == "" and row["epochs_run"] == "1"
+    q.run_queue(runs, parallel=1, only=None, epochs=1)  # the same cap: nothing more to do
+    assert read_results(runs / "capped_s0")["epochs_run"] == 1
+    q.run_queue(runs, parallel=1, only=None)
+    r = read_results(runs / "capped_s0")
+    assert (r["status"], r["epochs_run"]) == ("completed", 3) and q.state("capped_s0", runs, planned_epochs=3)[
+        0
+    ] == "done"
+    with open(runs / "capped_s0" / "metrics.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]
+
+
 def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     q, runs = _queue_in(
         tmp_path,
