@@ -240,12 +240,17 @@ def plan_states(runs: Path) -> list[tuple[str, str, list[str], list[str] | None,
 
 
 @functools.cache
-def planned_epochs(experiment: str, overrides: tuple[str, ...]) -> int:
-    """trainer.epochs of a planned run as its experiment and overrides compose it (before any --epochs cap)."""
+def _composed(experiment: str, overrides: tuple[str, ...]):
+    """The config a planned run composes to (read only; composed once per process)."""
     sys.path.insert(0, str(ROOT))
     from src.config import compose_config
 
-    return int(compose_config(f"experiment={experiment}", *overrides).trainer.epochs)
+    return compose_config(f"experiment={experiment}", *overrides)
+
+
+def planned_epochs(experiment: str, overrides: tuple[str, ...]) -> int:
+    """trainer.epochs of a planned run as its experiment and overrides compose it (before any --epochs cap)."""
+    return int(_composed(experiment, overrides).trainer.epochs)
 
 
 def _log(msg: str) -> None:
@@ -263,11 +268,9 @@ def collect(name: str, runs: Path) -> None:
 
 def _planned_config(experiment: str, overrides: list[str]) -> dict:
     """model, prior, K, reg_weight, constraint and seed of a planned run, from its composed config."""
-    sys.path.insert(0, str(ROOT))
-    from src.config import compose_config
     from src.schema import enum_value as v
 
-    cfg = compose_config(f"experiment={experiment}", *overrides)
+    cfg = _composed(experiment, tuple(overrides))
     return {
         "model": v(cfg.model.name),
         "prior": v(cfg.prior.name),
