@@ -6,7 +6,7 @@ overrides, trained with the harness until it stops early, resumable.
                                                             # (started runs first, then the plan's order)
     python benchmarks/mnist_converged.py --run --parallel 2 # two at a time (one thread each)
     python benchmarks/mnist_converged.py --csv              # collect finished runs, rebuild the tables and report
-    python benchmarks/mnist_converged.py --paired A B       # paired per-test-point NLL difference of two runs
+    python benchmarks/mnist_converged.py --paired A B       # paired per-test-point NLL difference of two finished runs
     nohup python benchmarks/mnist_converged.py --run --parallel 2 > ~/csrae-runs/queue.log 2>&1 &
 
 Run directories live outside the work tree (they survive a new checkout): --runs-dir, or the
@@ -370,6 +370,12 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
     training seeds. One row per pair in mnist_converged_paired.csv (replaced when rerun)."""
     from scipy import stats
 
+    planned = {n: (st, reason) for n, *_, st, reason in plan_states(runs)}
+    for n in (a, b):
+        st, reason = planned.get(n) or state(n, runs)
+        if st != "done" or not (runs / n / "checkpoints").exists():
+            why = f"{st}: {reason}" if st != "done" else f"no checkpoints under {runs / n}"
+            sys.exit(f"error: {n} is not a finished run ({why}); --paired compares the final models of two")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = f"paired_eval_s{samples}_seed{seed}.json"
     procs = [

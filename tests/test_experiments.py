@@ -638,6 +638,26 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
         assert [(r["a"], r["b"]) for r in csv.DictReader(f)] == [("a_s0", "b_s0"), ("b_s0", "a_s0")]
 
 
+def test_pairing_refuses_a_run_that_has_not_finished(tmp_path, monkeypatch, capsys):
+    """A paired difference of a model still training (or capped by a session's budget) would be taken
+    for the final answer: refused in one line, nothing evaluated or written."""
+    q, runs = _queue_in(
+        tmp_path,
+        monkeypatch,
+        lambda q: [
+            ("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
+            ("b_s0", "digits_smoke", ["trainer.epochs=3", "eval.is_samples=5", "model=vae"]),
+        ],
+        ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"),
+    )
+    q.run_queue(runs, parallel=2, only=None, epochs=1)  # b_s0 stops at the cap, 1 of its 3 epochs
+    with pytest.raises(SystemExit) as stop:
+        q.paired("a_s0", "b_s0", runs, samples=5)
+    message = str(stop.value)
+    assert message.startswith("error: b_s0 is not a finished run (capped: ") and "\n" not in message, message
+    assert not q.PAIRED.exists() and not list(runs.glob("*/paired_eval_*.json"))
+
+
 def test_a_lambda_search_whose_runs_dir_was_lost_goes_on_from_its_csv(tmp_path, monkeypatch):
     """The search's study lives in the runs dir, which a new machine may not have: its committed CSV gives
     a new study the finished trials back (values, interim curves, results), so only the rest run again."""
