@@ -5,6 +5,7 @@ tables measure against, and README's GECO command run as written."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shlex
 import subprocess
@@ -25,7 +26,6 @@ def readme_command(*words: str) -> list[str]:
     return shlex.split(lines[0], comments=True)[3:]
 
 
-PROVISIONAL = REPO / "benchmarks" / "results" / "mnist_provisional"
 # README's column headers and the results.json keys (runs.csv columns) they show, with their decimals.
 COLUMNS = {
     "test NLL (S=5000)": ("test_nll", 2),
@@ -46,29 +46,49 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _tables(text: str) -> list[list[list[str]]]:
+    """Each markdown table of text as rows of cells (header first, the |---| line dropped)."""
+    tables, rows = [], []
+    for ln in [*text.splitlines(), ""]:
+        if ln.startswith("| "):
+            rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+        elif not ln.startswith("|") and rows:
+            tables, rows = [*tables, rows], []
+    return tables
+
+
 def test_readmes_mnist_numbers_are_the_committed_ones():
-    """README said 0.928 where the CSV has 0.9275 and the report 0.927: every number of its MNIST table
-    and paired difference is the committed value as src.formatting.number rounds it."""
+    """README said 0.928 where the CSV has 0.9275 and the report 0.927: every number of its MNIST tables
+    is the committed results.json the row links to, and every paired difference the row of the CSV its
+    line links to, as src.formatting.number rounds them."""
     text = _section("CS vs KL on MNIST: where the answer stands")
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
-    header, body = rows[0], rows[1:]
-    runs = {r["run"]: r for r in _csv(PROVISIONAL / "report" / "runs.csv")}
-    assert len(body) == 2
-    for cells in body:
-        run = re.search(r"`(\w+)`", cells[0]).group(1)
-        r = {k: float(v) for k, v in runs[run].items() if re.fullmatch(r"-?[\d.]+(e-?\d+)?", v)}
-        for title, cell in zip(header[1:], cells[1:]):
-            key, digits = COLUMNS[title]
-            expected = number(r[key], digits)
-            if key == "test_nll":
-                expected += f" ± {number(r['test_nll_sem'], 2)}"
-            assert cell.replace("*", "") == expected, (run, title, cell, expected)
-    (pair,) = _csv(PROVISIONAL / "paired.csv")
-    found = re.search(r"(\w+) − (\w+) =\s+\*\*\+([\d.]+) nats, 95% CI ([\d.]+) … ([\d.]+)\*\*", text)
-    assert found, text
-    a, b, diff, lo, hi = found.groups()
-    assert (a, b) == tuple(runs[n]["model"] for n in (pair["a"], pair["b"]))
-    assert (diff, lo, hi) == tuple(number(float(pair[k]), 2) for k in ("diff", "ci95_lo", "ci95_hi"))
+    tables = _tables(text)
+    assert tables, text
+    for header, *body in tables:
+        assert body, header
+        for cells in body:
+            run, link = re.search(r"\[`(\w+)`\]\(([^)]+/(\w+)/results\.json)\)", cells[0]).group(1, 2)
+            assert link.endswith(f"/{run}/results.json"), cells[0]
+            r = json.loads((REPO / link).read_text())
+            assert r["status"] == "completed", link
+            for title, cell in zip(header[1:], cells[1:]):
+                key, digits = COLUMNS[title]
+                expected = number(r[key], digits)
+                if key == "test_nll":
+                    expected += f" ± {number(r['test_nll_sem'], 2)}"
+                assert cell.replace("*", "") == expected, (run, title, cell, expected)
+    lines = re.findall(
+        r"`(\w+)` − `(\w+)` =\s+\*\*([+−-][\d.]+) nats, 95% CI ([−-]?[\d.]+) … ([−-]?[\d.]+)\*\*"
+        r"\s+\(\[[^]]+\]\(([^)]+\.csv)\)",
+        text,
+    )
+    assert lines, text
+    for a, b, diff, lo, hi, link in lines:
+        rows = [r for r in _csv(REPO / link) if (r["a"], r["b"]) == (a, b)]
+        assert len(rows) == 1, (link, a, b)
+        (pair,) = rows
+        shown = tuple(v.replace("−", "-").lstrip("+") for v in (diff, lo, hi))
+        assert shown == tuple(number(float(pair[k]), 2) for k in ("diff", "ci95_lo", "ci95_hi")), (link, shown)
 
 
 def test_readmes_chosen_lambda_is_the_searchs_best_validation_trial():
