@@ -34,14 +34,6 @@ def number(v: Any, digits: int | None = None) -> str:
     return str(v)
 
 
-def setting(v: Any) -> str:
-    """A configuration value as a label names it: a float to 3 significant digits (a searched
-    λ = 2.627772230280631 reads 2.63; 0.5, 1000, 1e-05 stay as they are), anything else as number()."""
-    if isinstance(v, Real) and not isinstance(v, Integral) and math.isfinite(float(v)):
-        return number(float(f"{float(v):.3g}"))
-    return number(v)
-
-
 def duration(seconds: float) -> str:
     """'40 s', '12 min', '2 h 05 min': a time span as people read it in a log."""
     s = round(seconds)

@@ -237,40 +237,6 @@ def test_models_are_compared_at_their_own_weights():
     assert len(A.paired_comparisons(gaps, "test_nll").query("prior == 'gmm'")) == 1
 
 
-def test_labels_name_a_searched_weight_as_readme_does():
-    """λ = 2.627772230280631 (the validation search's choice) reads λ=2.63 in every label: the verdict,
-    the scope line, the comparison, the curves' panel; the tables keep the value."""
-    from src.formatting import setting
-
-    assert [setting(v) for v in (2.627772230280631, 0.5, 1000.0, 1e-05, 0.000123456, 10, "gmm")] == [
-        "2.63",
-        "0.5",
-        "1000",
-        "1e-05",
-        "0.000123",
-        "10",
-        "gmm",
-    ]
-    lam = 2.627772230280631
-    rows = [
-        dict(model=m, prior="gmm", K=10, reg_weight=w, seed=s)
-        for m, w in (("vae", 1.0), ("csrae", lam))
-        for s in (0, 1)
-    ]
-    rows += [dict(model="vae", prior="standard", K=1, reg_weight=1.0, seed=0)]
-    runs = pd.DataFrame(rows).assign(run=lambda d: [f"r{i}" for i in range(len(d))], status=A.COMPLETED)
-    runs = runs.reindex(columns=list(dict.fromkeys([*runs, *CONFIG_COLUMNS, *RESULT_KEYS])))
-    runs["test_nll"] = np.where(runs["model"] == "csrae", 80.0, 90.0) + 0.1 * runs["seed"]
-    keys = A.group_keys(runs)
-    text = " ".join(line for _, lines in A.verdict(runs) for line in lines)
-    assert "λ=2.63 " in text and "2.62777" not in text, text
-    c = A.paired_comparisons(runs, "test_nll")
-    assert "csrae (λ=2.63)" in A.describe_comparison(c.iloc[0], "test_nll", keys)
-    curves = pd.concat([runs.assign(epoch=e, val_recon=60.0 + e, val_loss=90.0 - e) for e in (1, 2)])
-    titles = [ax.get_title() for ax in A.plot_val_curves(runs, curves).axes if ax.get_title()]
-    assert "gmm, K=10\ncsrae λ=2.63, vae β=1" in titles, titles
-
-
 def test_entries_the_prior_fixes_do_not_name_groups():
     """vae + standard beside csrae + gmm: the gmm prior's init and train vary only with the prior, so they
     add nothing to its labels; an entry that varies within one model and prior (a searched width) does."""

@@ -9,7 +9,7 @@ import pandas as pd
 
 from src.analysis.loading import completed
 from src.contract import CONFIG_COLUMNS
-from src.formatting import number, setting
+from src.formatting import number
 
 
 def candidate_keys(runs: pd.DataFrame) -> list[str]:
@@ -66,7 +66,7 @@ def model_settings(data: pd.DataFrame, keys: Sequence[str], design: pd.DataFrame
 def own_weights_label(rows: pd.DataFrame) -> str:
     """'csrae λ=2.63, vae β=1': each model's weight among rows."""
     pairs = rows[["model", "reg_weight"]].drop_duplicates().sort_values("model").itertuples(index=False)
-    return ", ".join(f"{m} {short_key('reg_weight', m)}={setting(w)}" for m, w in pairs)
+    return ", ".join(f"{m} {short_key('reg_weight', m)}={number(w)}" for m, w in pairs)
 
 
 def key_groups(data: pd.DataFrame, keys: Sequence[str]):
@@ -116,7 +116,7 @@ def config_label(values: dict, keys: Sequence[str]) -> str:
         if k in ("model", "prior", "dataset", "network", "variant", "weights"):
             parts.append(number(v))
         else:
-            parts.append(f"{short_key(k, model)}={setting(v)}")
+            parts.append(f"{short_key(k, model)}={number(v)}")
     return ", ".join(parts) if parts else "all runs"
 
 
@@ -126,7 +126,7 @@ def side_labels(row: dict) -> dict:
     wa, wb = row.get("weight_a"), row.get("weight_b")
     if wa is None or wb is None or pd.isna(wa) or pd.isna(wb) or wa == wb:
         return {row["a"]: str(row["a"]), row["b"]: str(row["b"])}
-    return {m: f"{m} ({short_key('reg_weight', m)}={setting(w)})" for m, w in ((row["a"], wa), (row["b"], wb))}
+    return {m: f"{m} ({short_key('reg_weight', m)}={number(w)})" for m, w in ((row["a"], wa), (row["b"], wb))}
 
 
 def setting_label(row: dict, keys: Sequence[str]) -> str:

@@ -21,7 +21,7 @@ from src.analysis.loading import completed, status_counts
 from src.analysis.stats import best_configs, paired_comparisons, paired_test, per_seed, summarize
 from src.analysis.studies import OptunaStudy, optuna_studies
 from src.analysis.vocabulary import METRICS, VERDICT_METRICS, metric_digits, metric_info, unit_suffix
-from src.formatting import MANY_TO_ONE, number, p_value, setting
+from src.formatting import MANY_TO_ONE, number, p_value
 
 
 def describe_comparison(row: pd.Series, metric: str, keys: Sequence[str]) -> str:
@@ -217,8 +217,8 @@ def _values_text(df: pd.DataFrame, key: str, most: int = 6) -> str:
     """'K ∈ {1, 5, 10}', or 'K: 20 values from 1 to 50' when there are many."""
     vals = sorted(df[key].dropna().unique(), key=value_order)
     if len(vals) <= most:
-        return f"{short_key(key)} ∈ {{{', '.join(setting(v) for v in vals)}}}"
-    return f"{short_key(key)}: {len(vals)} values from {setting(vals[0])} to {setting(vals[-1])}"
+        return f"{short_key(key)} ∈ {{{', '.join(number(v) for v in vals)}}}"
+    return f"{short_key(key)}: {len(vals)} values from {number(vals[0])} to {number(vals[-1])}"
 
 
 def _range_text(n: pd.Series) -> str:
