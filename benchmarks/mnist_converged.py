@@ -231,12 +231,19 @@ def state(name: str, runs: Path, waiting: bool = False, planned_epochs: int | No
 def plan_states(runs: Path) -> list[tuple[str, str, list[str], list[str] | None, str, str]]:
     """(name, experiment, overrides, resolved overrides or None, state, reason) of every PLAN row."""
     lam = chosen_lambda()
-    out = []
-    for name, experiment, overrides in PLAN:
-        args = resolve(overrides, lam)
-        planned = planned_epochs(experiment, tuple(o for o in overrides if o != CHOSEN_LAMBDA))
-        out.append((name, experiment, overrides, args, *state(name, runs, args is None, planned)))
-    return out
+    return [
+        (name, experiment, overrides, resolve(overrides, lam), *_row_state(name, runs, lam))
+        for name, experiment, overrides in PLAN
+    ]
+
+
+def _row_state(name: str, runs: Path, lam: float | None) -> tuple[str, str]:
+    """state() of one run: a PLAN row against its planned epochs, any other run dir as it stands."""
+    for planned_name, experiment, overrides in PLAN:
+        if planned_name == name:
+            planned = planned_epochs(experiment, tuple(o for o in overrides if o != CHOSEN_LAMBDA))
+            return state(name, runs, resolve(overrides, lam) is None, planned)
+    return state(name, runs)
 
 
 @functools.cache
@@ -362,6 +369,16 @@ PAIRED_COLUMNS = [
 ]
 
 
+def _evaluated(run_dir: Path, out: str) -> bool:
+    """run_dir/out exists and evaluated the model the run ends with (a run extended since has another)."""
+    if not (run_dir / out).exists():
+        return False
+    sys.path.insert(0, str(ROOT))
+    from src.finished_runs import load_model
+
+    return json.loads((run_dir / out).read_text()).get("checkpoint_epoch") == load_model(run_dir).epoch
+
+
 def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
     """Per-test-point paired NLL difference a − b on all 10 000 test points: both runs' models
     (src.finished_runs.load_model) are evaluated by benchmarks/mnist_eval.py with the same importance-sampling
@@ -370,11 +387,15 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
     training seeds. One row per pair in mnist_converged_paired.csv (replaced when rerun)."""
     from scipy import stats
 
-    planned = {n: (st, reason) for n, *_, st, reason in plan_states(runs)}
+    lam = chosen_lambda()
     for n in (a, b):
-        st, reason = planned.get(n) or state(n, runs)
-        if st != "done" or not (runs / n / "checkpoints").exists():
-            why = f"{st}: {reason}" if st != "done" else f"no checkpoints under {runs / n}"
+        st, reason = _row_state(n, runs, lam)
+        if st != "done" or not list((runs / n / "checkpoints").glob("*.pt")):
+            why = (
+                f"{st}: {reason}"
+                if st != "done"
+                else f"no checkpoints under {runs / n}" + (f"; {reason}" if reason else "")
+            )
             sys.exit(f"error: {n} is not a finished run ({why}); --paired compares the final models of two")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = f"paired_eval_s{samples}_seed{seed}.json"
@@ -397,7 +418,7 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
             env=env,
         )
         for n in (a, b)
-        if not (runs / n / out).exists()
+        if not _evaluated(runs / n, out)
     ]
     if any(p.wait() != 0 for p in procs):
         sys.exit(f"error: an evaluation failed (see above); nothing written to {PAIRED}")

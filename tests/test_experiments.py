@@ -657,6 +657,17 @@ def test_pairing_refuses_a_run_that_has_not_finished(tmp_path, monkeypatch, caps
     assert message.startswith("error: b_s0 is not a finished run (capped: ") and "\n" not in message, message
     assert not q.PAIRED.exists() and not list(runs.glob("*/paired_eval_*.json"))
 
+    # An evaluation kept from the capped model is not the finished run's: evaluated again.
+    stale = {"checkpoint_epoch": 1, "per_point_nll": [0.0] * 359}
+    (runs / "b_s0" / "paired_eval_s5_seed1234.json").write_text(json.dumps(stale))
+    q.run_queue(runs, parallel=1, only=None)  # b_s0 trains on to its 3 epochs
+    row = q.paired("a_s0", "b_s0", runs, samples=5)
+    fresh = json.loads((runs / "b_s0" / "paired_eval_s5_seed1234.json").read_text())
+    assert fresh["checkpoint_epoch"] in (2, 3) and row["nll_b"] == pytest.approx(
+        np.mean(fresh["per_point_nll"]), abs=1e-3
+    )
+    assert row["nll_b"] > 10
+
 
 def test_a_lambda_search_whose_runs_dir_was_lost_goes_on_from_its_csv(tmp_path, monkeypatch):
     """The search's study lives in the runs dir, which a new machine may not have: its committed CSV gives
