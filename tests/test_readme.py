@@ -50,9 +50,10 @@ def _tables(text: str) -> list[list[list[str]]]:
     """Each markdown table of text as rows of cells (header first, the |---| line dropped)."""
     tables, rows = [], []
     for ln in [*text.splitlines(), ""]:
-        if ln.startswith("| "):
-            rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
-        elif not ln.startswith("|") and rows:
+        if ln.lstrip().startswith("|"):
+            if not re.fullmatch(r"[\s|:-]+", ln):
+                rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+        elif rows:
             tables, rows = [*tables, rows], []
     return tables
 
@@ -67,6 +68,7 @@ def test_readmes_mnist_numbers_are_the_committed_ones():
     for header, *body in tables:
         assert body, header
         for cells in body:
+            assert len(cells) == len(header), cells
             run, link = re.search(r"\[`(\w+)`\]\(([^)]+/(\w+)/results\.json)\)", cells[0]).group(1, 2)
             assert link.endswith(f"/{run}/results.json"), cells[0]
             r = json.loads((REPO / link).read_text())
@@ -78,13 +80,13 @@ def test_readmes_mnist_numbers_are_the_committed_ones():
                     expected += f" ± {number(r['test_nll_sem'], 2)}"
                 assert cell.replace("*", "") == expected, (run, title, cell, expected)
     lines = re.findall(
-        r"`(\w+)` − `(\w+)` =\s+\*\*([+−-][\d.]+) nats, 95% CI ([−-]?[\d.]+) … ([−-]?[\d.]+)\*\*"
+        r"\(S = (\d+)\),\s+`(\w+)` − `(\w+)` =\s+\*\*([+−-][\d.]+) nats, 95% CI ([−-]?[\d.]+) … ([−-]?[\d.]+)\*\*"
         r"\s+\(\[[^]]+\]\(([^)]+\.csv)\)",
         text,
     )
-    assert lines, text
-    for a, b, diff, lo, hi, link in lines:
-        rows = [r for r in _csv(REPO / link) if (r["a"], r["b"]) == (a, b)]
+    assert lines and len(lines) == text.count("95% CI"), text  # every interval stated is checked
+    for s, a, b, diff, lo, hi, link in lines:
+        rows = [r for r in _csv(REPO / link) if (r["a"], r["b"], r["is_samples"]) == (a, b, s)]
         assert len(rows) == 1, (link, a, b)
         (pair,) = rows
         shown = tuple(v.replace("−", "-").lstrip("+") for v in (diff, lo, hi))
