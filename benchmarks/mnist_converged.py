@@ -204,10 +204,24 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
+def _evaluation_progress(run_dir: Path) -> str | None:
+    """The last line of the run's log when training is over and the final evaluation is under way (it
+    logs its progress once a minute: most of an hour at S = 5000), else None."""
+    try:
+        with open(run_dir / "run.log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    last = lines[-1] if lines else ""
+    return last.split("] - ", 1)[1] if "][src.evaluate][" in last and "] - " in last else None
+
+
 def state(name: str, runs: Path, waiting: bool = False, planned_epochs: int | None = None) -> tuple[str, str]:
     """(state, reason): done | capped (completed at a session's --epochs cap, below planned_epochs and
-    without stopping early: the queue extends it) | training | resumable | failed | waiting (for the λ
-    search, when `waiting` and nothing of the run exists) | todo."""
+    without stopping early: the queue extends it) | training | evaluating (training over, the final
+    evaluation under way) | resumable | failed | waiting (for the λ search, when `waiting` and nothing of
+    the run exists) | todo."""
     d = runs / name
     r = read_json(d / "results.json")
     if r is not None and r.get("status") == "completed":
@@ -218,6 +232,9 @@ def state(name: str, runs: Path, waiting: bool = False, planned_epochs: int | No
     if (COPIES / name / "results.json").exists() and not d.exists():
         return "done", "collected copy (run dir not on this machine)"
     if active(d):
+        evaluating = _evaluation_progress(d)
+        if evaluating:
+            return "evaluating", f"{_epochs_done(d)} epochs trained; {evaluating}"
         return "training", f"{_epochs_done(d)} epochs so far"
     if r is not None and r.get("status") == "failed":
         return "failed", str(r.get("error"))

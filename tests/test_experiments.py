@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -636,6 +638,34 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     assert back["diff"] == pytest.approx(-row["diff"], abs=2e-3)
     with open(q.PAIRED) as f:
         assert [(r["a"], r["b"]) for r in csv.DictReader(f)] == [("a_s0", "b_s0"), ("b_s0", "a_s0")]
+
+
+def test_a_run_in_its_final_evaluation_is_listed_as_evaluating(tmp_path, monkeypatch):
+    """An S = 5000 evaluation runs most of an hour after training ends: the plan says so, with the
+    evaluation's own progress line, instead of "training"."""
+    q, runs = _queue_in(tmp_path, monkeypatch, lambda q: [], ("COPIES", "TABLE", "PLAN_TABLE"))
+    args = ["trainer.epochs=20", "eval.is_samples=20000"]  # seconds of training, minutes of evaluation
+    proc = subprocess.Popen(
+        q.command("r_s0", "digits_smoke", args, runs),
+        cwd=q.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_epochs(runs / "r_s0", proc, 1)
+        seen = [q.state("r_s0", runs)]
+        deadline = time.monotonic() + 120
+        while seen[-1][0] != "evaluating" and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            seen.append(q.state("r_s0", runs))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen[0][0] == "training", seen[0]
+    st, reason = seen[-1]
+    assert st == "evaluating" and re.match(r"\d+ epochs trained; evaluating: S=20000 ", reason), seen[-1]
+    assert q.state("r_s0", runs)[0] == "resumable"  # killed: not evaluating any more
 
 
 def test_pairing_refuses_a_run_that_has_not_finished(tmp_path, monkeypatch, capsys):
