@@ -466,9 +466,12 @@ def paired(a: str, b: str, runs: Path, samples: int, seed: int = 1234) -> dict:
         w = csv.DictWriter(f, fieldnames=PAIRED_COLUMNS)
         w.writeheader()
         w.writerows([*rows, row])
+    sys.path.insert(0, str(ROOT))
+    from src.formatting import p_value
+
     print(
         f"{a} − {b}: {row['diff']:+.3f} nats (95% CI {row['ci95_lo']:+.3f} … {row['ci95_hi']:+.3f}, "
-        f"p = {row['p_value']:.3g}; S={samples}, {len(d)} test points) -> {PAIRED}"
+        f"{p_value(row['p_value'])}; S={samples}, {len(d)} test points) -> {PAIRED}"
     )
     return row
 

@@ -614,7 +614,7 @@ def test_a_run_capped_by_a_sessions_budget_is_extended_later(tmp_path, monkeypat
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]
 
 
-def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
+def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch, capsys):
     q, runs = _queue_in(
         tmp_path,
         monkeypatch,
@@ -634,6 +634,8 @@ def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch):
     assert row["n_test"] == len(diff) == 359  # every digits test point
     assert row["diff"] == pytest.approx(diff.mean(), abs=1e-3)
     assert row["ci95_lo"] < row["diff"] < row["ci95_hi"] and 0 <= row["p_value"] <= 1
+    said = capsys.readouterr().out.splitlines()[-1]  # p as the reports write it (an underflow is not "p = 0")
+    assert re.search(r", p (< 0\.001|= 0\.\d+); S=5, 359 test points\) -> ", said), said
     back = q.paired("b_s0", "a_s0", runs, samples=5)  # evaluations are reused, the sign flips
     assert back["diff"] == pytest.approx(-row["diff"], abs=2e-3)
     with open(q.PAIRED) as f:
