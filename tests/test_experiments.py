@@ -614,16 +614,21 @@ def test_a_run_capped_by_a_sessions_budget_is_extended_later(tmp_path, monkeypat
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3]
 
 
-def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch, capsys):
-    q, runs = _queue_in(
+def _pair_queue(tmp_path, monkeypatch, b_epochs: int) -> tuple:
+    """The queue with two one-seed rows to pair: a_s0 (csrae, 1 epoch) and b_s0 (vae, b_epochs)."""
+    return _queue_in(
         tmp_path,
         monkeypatch,
         lambda q: [
             ("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
-            ("b_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5", "model=vae"]),
+            ("b_s0", "digits_smoke", [f"trainer.epochs={b_epochs}", "eval.is_samples=5", "model=vae"]),
         ],
         ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"),
     )
+
+
+def test_the_queue_pairs_two_runs_point_by_point(tmp_path, monkeypatch, capsys):
+    q, runs = _pair_queue(tmp_path, monkeypatch, b_epochs=1)
     q.run_queue(runs, parallel=2, only=None)
     row = q.paired("a_s0", "b_s0", runs, samples=5)
     per_point = {
@@ -670,18 +675,10 @@ def test_a_run_in_its_final_evaluation_is_listed_as_evaluating(tmp_path, monkeyp
     assert q.state("r_s0", runs)[0] == "resumable"  # killed: not evaluating any more
 
 
-def test_pairing_refuses_a_run_that_has_not_finished(tmp_path, monkeypatch, capsys):
+def test_pairing_refuses_a_run_that_has_not_finished(tmp_path, monkeypatch):
     """A paired difference of a model still training (or capped by a session's budget) would be taken
     for the final answer: refused in one line, nothing evaluated or written."""
-    q, runs = _queue_in(
-        tmp_path,
-        monkeypatch,
-        lambda q: [
-            ("a_s0", "digits_smoke", ["trainer.epochs=1", "eval.is_samples=5"]),
-            ("b_s0", "digits_smoke", ["trainer.epochs=3", "eval.is_samples=5", "model=vae"]),
-        ],
-        ("COPIES", "TABLE", "PLAN_TABLE", "PAIRED"),
-    )
+    q, runs = _pair_queue(tmp_path, monkeypatch, b_epochs=3)
     q.run_queue(runs, parallel=2, only=None, epochs=1)  # b_s0 stops at the cap, 1 of its 3 epochs
     with pytest.raises(SystemExit) as stop:
         q.paired("a_s0", "b_s0", runs, samples=5)
